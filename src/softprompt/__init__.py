@@ -1,0 +1,3 @@
+"""softprompt: soft prompts on frozen pretrained language models."""
+
+__version__ = "0.1.0"

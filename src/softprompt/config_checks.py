@@ -1,0 +1,107 @@
+"""Validate a composed config before anything is loaded; each problem is one line naming the key."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from transformers.trainer_utils import SchedulerType
+
+from softprompt.backbones.loading import DTYPES, FAMILIES
+from softprompt.data.sources import LABEL
+from softprompt.data.templates import Template
+from softprompt.data.verbalizer import label_words
+from softprompt.errors import ConfigError
+from softprompt.methods.init import INIT_STRATEGIES
+from softprompt.methods.layout import SLOT_LAYOUTS, prompt_template
+
+
+def _positive_int(key: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(key, value, "must be an integer >= 1")
+    return value
+
+
+def check_method(method: Mapping) -> None:
+    if method.get("slots") not in SLOT_LAYOUTS:
+        raise ConfigError("method.slots", method.get("slots"), f"allowed: {', '.join(SLOT_LAYOUTS)}")
+    if method["slots"] == "none":
+        return
+    _positive_int("method.num_virtual_tokens", method.get("num_virtual_tokens"))
+    if method.get("init") not in INIT_STRATEGIES:
+        raise ConfigError("method.init", method.get("init"), f"allowed: {', '.join(INIT_STRATEGIES)}")
+    _positive_int("method.init_vocab_size", method.get("init_vocab_size"))
+    if method["init"] == "text" and not method.get("init_text"):
+        raise ConfigError("method.init_text", method.get("init_text"), "init=text needs a non-empty text")
+    if not float(method.get("init_range", 0)) > 0:
+        raise ConfigError("method.init_range", method.get("init_range"), "must be > 0")
+
+
+def check_task(task: Mapping, method: Mapping) -> None:
+    fields = list(task.get("text_fields") or [])
+    if not fields:
+        raise ConfigError("task.text_fields", task.get("text_fields"), "list at least one text field")
+    columns = task.get("columns") or {}
+    for name in [*fields, LABEL]:
+        if name not in columns:
+            raise ConfigError("task.columns", dict(columns), f"map the field {name!r} to a dataset column")
+    Template.parse(str(task["template"]), fields)
+    Template.parse(prompt_template(method, str(task["template"])), fields, key="method template")
+    labels = [str(x) for x in task.get("labels") or []]
+    if len(labels) < 2:
+        raise ConfigError("task.labels", labels, "list at least two label names")
+    label_words(labels, task["verbalizer"])
+    _positive_int("task.max_length", task.get("max_length"))
+
+
+def check_cv(cv: Mapping) -> None:
+    num_folds = cv.get("num_folds")
+    if num_folds is None:
+        return
+    if isinstance(num_folds, bool) or not isinstance(num_folds, int) or num_folds < 2:
+        raise ConfigError("cv.num_folds", num_folds, "must be null (use the task's validation split) or >= 2")
+    fold = cv.get("fold")
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < num_folds:
+        raise ConfigError("cv.fold", fold, f"must be an integer in [0, {num_folds}) for cv.num_folds={num_folds}")
+
+
+def check_data(data: Mapping) -> None:
+    _positive_int("data.batch_size", data.get("batch_size"))
+    _positive_int("data.eval_batch_size", data.get("eval_batch_size"))
+    if data.get("padding_side") not in ("left", "right"):
+        raise ConfigError("data.padding_side", data.get("padding_side"), "allowed: left, right")
+    for role, limit in (data.get("max_samples") or {}).items():
+        if role not in ("train", "validation", "test"):
+            raise ConfigError(f"data.max_samples.{role}", limit, "allowed keys: train, validation, test")
+        if limit is not None:
+            _positive_int(f"data.max_samples.{role}", limit)
+
+
+def check_backbone(backbone: Mapping) -> None:
+    if backbone.get("dtype") not in DTYPES:
+        raise ConfigError("backbone.dtype", backbone.get("dtype"), f"allowed: {', '.join(DTYPES)}")
+    if backbone.get("family") not in FAMILIES:
+        raise ConfigError("backbone.family", backbone.get("family"), f"allowed: {', '.join(FAMILIES)}")
+    if not (backbone.get("name_or_path") or backbone.get("asset") or backbone.get("random_init")):
+        raise ConfigError("backbone.name_or_path", None, "set a hub id or local path")
+
+
+def check_optimizer(optimizer: Mapping) -> None:
+    if not float(optimizer.get("lr", 0)) > 0:
+        raise ConfigError("optimizer.lr", optimizer.get("lr"), "must be > 0")
+    allowed = [s.value for s in SchedulerType]
+    name = (optimizer.get("scheduler") or {}).get("name")
+    if name not in allowed:
+        raise ConfigError("optimizer.scheduler.name", name, f"allowed: {', '.join(allowed)}")
+
+
+def check_config(cfg: Mapping) -> None:
+    """All cheap checks, in the order a user reads the config."""
+    check_backbone(cfg["backbone"])
+    check_method(cfg["method"])
+    check_task(cfg["task"], cfg["method"])
+    check_cv(cfg["cv"])
+    check_data(cfg["data"])
+    check_optimizer(cfg["optimizer"])
+    max_steps = cfg["trainer"].get("max_steps")
+    if max_steps is not None and max_steps != -1 and (not isinstance(max_steps, int) or max_steps < 1):
+        raise ConfigError("trainer.max_steps", max_steps, "must be -1 (use max_epochs) or an integer >= 1")

@@ -1,0 +1,38 @@
+"""Dynamic padding: each batch is padded to its own longest example."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+class PadCollator:
+    """Pads input_ids/slot_ids on the given side and records where each example's answer sits."""
+
+    def __init__(self, pad_token_id: int, padding_side: str) -> None:
+        self.pad_token_id = pad_token_id
+        self.padding_side = padding_side
+
+    def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        batch = len(rows)
+        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
+        slot_ids = torch.full((batch, width), -1, dtype=torch.long)
+        attention_mask = torch.zeros((batch, width), dtype=torch.long)
+        answer_index = torch.empty(batch, dtype=torch.long)
+        for i, row in enumerate(rows):
+            n = len(row["input_ids"])
+            start = width - n if self.padding_side == "left" else 0
+            input_ids[i, start:start + n] = torch.as_tensor(row["input_ids"])
+            slot_ids[i, start:start + n] = torch.as_tensor(row["slot_ids"])
+            attention_mask[i, start:start + n] = 1
+            answer_index[i] = start + n - 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "slot_ids": slot_ids,
+            "answer_index": answer_index,
+            "labels": torch.as_tensor([r["label"] for r in rows], dtype=torch.long),
+            "row_index": torch.as_tensor([r["row_index"] for r in rows], dtype=torch.long),
+        }

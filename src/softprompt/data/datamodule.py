@@ -1,0 +1,115 @@
+"""The DataModule shared by every method: load, fold, render templates, tokenize (cached), collate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from datasets import Dataset
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from softprompt.data.collate import PadCollator
+from softprompt.data.folds import train_val_indices
+from softprompt.data.sources import LABEL, load_raw_splits, select_and_map
+from softprompt.data.templates import Template
+from softprompt.errors import ConfigError
+
+TOKENIZATION_VERSION = 1  # bump when rendering changes, to invalidate cached tokenizations
+
+
+def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A stable hash of the tokenizer's vocabulary and rules (the name alone is not enough)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    payload = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class PromptDataModule(L.LightningDataModule):
+    """Knows tasks, templates, verbalizers and folds; nothing about how a method injects prompts."""
+
+    def __init__(self, task: Mapping, data: Mapping, cv: Mapping, template: str,
+                 tokenizer: PreTrainedTokenizerBase, cache_dir: str | Path, seed: int) -> None:
+        super().__init__()
+        self.task, self.data_cfg, self.cv = task, data, cv
+        self.template = Template.parse(template, list(task["text_fields"]), key="template")
+        self.tokenizer = tokenizer
+        self.cache_dir = Path(cache_dir)
+        self.seed = seed
+        self.splits: dict[str, Dataset] = {}
+        if data["padding_side"] not in ("left", "right"):
+            raise ConfigError("data.padding_side", data["padding_side"], "allowed: left, right")
+
+    @property
+    def label_names(self) -> list[str]:
+        return [str(x) for x in self.task["labels"]]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        raw = select_and_map(load_raw_splits(self.task["source"], self.cache_dir), self.task)
+        tokenized = {role: self._tokenize(ds, role) for role, ds in raw.items()}
+        test = tokenized.get("test", tokenized.get("validation"))
+        num_folds = self.cv.get("num_folds")
+        if num_folds:
+            train_idx, val_idx = train_val_indices(list(tokenized["train"][LABEL]), int(num_folds),
+                                                   int(self.cv["fold"]), int(self.cv["seed"]))
+            train, validation = tokenized["train"].select(train_idx), tokenized["train"].select(val_idx)
+        else:
+            train, validation = tokenized["train"], tokenized.get("validation", test)
+        self.splits = {"train": train, "validation": validation, "test": test}
+        limits = self.data_cfg.get("max_samples") or {}
+        for role, limit in limits.items():
+            if limit is not None and len(self.splits[role]) > int(limit):
+                order = np.random.default_rng(int(self.cv["seed"])).permutation(len(self.splits[role]))
+                self.splits[role] = self.splits[role].select(np.sort(order[: int(limit)]))
+
+    def _tokenize(self, dataset: Dataset, role: str) -> Dataset:
+        fields = list(self.task["text_fields"])
+        template, tokenizer, max_length = self.template, self.tokenizer, int(self.task["max_length"])
+        spec = json.dumps([TOKENIZATION_VERSION, dataset._fingerprint, tokenizer_identity(tokenizer),
+                           template.text, fields, max_length])
+        fingerprint = hashlib.sha256(spec.encode()).hexdigest()[:32]
+
+        def render(row: dict, index: int) -> dict:
+            ids, slots = template.render(row, tokenizer, max_length)
+            return {"input_ids": ids, "slot_ids": slots, "row_index": index}
+
+        return dataset.map(render, with_indices=True, new_fingerprint=fingerprint,
+                           desc=f"tokenizing {role}")
+
+    def token_counts(self) -> torch.Tensor:
+        """Token frequencies over the training split's text fields (for `init=vocab`)."""
+        table = torch.zeros(len(self.tokenizer), dtype=torch.long)
+        train = self.splits["train"]
+        for field in self.task["text_fields"]:
+            encoded = self.tokenizer(list(train[field]), add_special_tokens=False).input_ids
+            flat = torch.as_tensor([t for ids in encoded for t in ids], dtype=torch.long)
+            table += torch.bincount(flat, minlength=len(table))
+        return table
+
+    def _loader(self, role: str, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        batch_size = self.data_cfg["batch_size"] if role == "train" else self.data_cfg["eval_batch_size"]
+        return DataLoader(
+            self.splits[role].with_format(None),
+            batch_size=int(batch_size),
+            shuffle=shuffle,
+            generator=generator if shuffle else None,
+            num_workers=int(self.data_cfg["num_workers"]),
+            collate_fn=PadCollator(self.tokenizer.pad_token_id, self.data_cfg["padding_side"]),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,21 @@
+"""Errors that are reported to the user as one line, without a traceback."""
+
+
+class SoftPromptError(Exception):
+    """Base class: the message is a complete, user-facing sentence."""
+
+
+class ConfigError(SoftPromptError):
+    """A config value is invalid. Raised before any compute."""
+
+    def __init__(self, key: str, value: object, allowed: str) -> None:
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={value!r} is invalid: {allowed}")
+
+
+class AssetError(SoftPromptError):
+    """An offline asset could not be obtained or verified."""
+
+
+class BackboneModifiedError(SoftPromptError):
+    """The frozen backbone's weights changed during a run."""

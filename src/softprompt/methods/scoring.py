@@ -1,0 +1,77 @@
+"""Verbalizer scoring: label scores at the answer position, computing only the rows needed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+Batch = dict[str, torch.Tensor]
+
+
+class LabelScorer:
+    """Scores labels from their verbalizer words.
+
+    A word's score is the mean log-probability of its tokens (teacher-forced); a label's score is
+    the mean over its words. With one single-token word per label this reduces to the label rows'
+    logits (the softmax normaliser is shared, so cross-entropy and argmax are unchanged).
+    """
+
+    def __init__(self, label_token_ids: Sequence[Sequence[Sequence[int]]]) -> None:
+        words = [(label, list(tokens)) for label, per_label in enumerate(label_token_ids) for tokens in per_label]
+        self.num_labels = len(label_token_ids)
+        self.word_label = torch.tensor([label for label, _ in words])
+        self.max_word_length = max(len(tokens) for _, tokens in words)
+        self.one_word_per_label = len(words) == self.num_labels
+        width = self.max_word_length
+        self.word_tokens = torch.tensor([t + [0] * (width - len(t)) for _, t in words])
+        self.word_mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for _, t in words], dtype=torch.bool)
+
+    def scores(self, batch: Batch, hidden_fn: Callable[[Batch], torch.Tensor], adapter, model) -> torch.Tensor:
+        """(batch, num_labels) scores; `hidden_fn` runs the backbone (with the method's prompt)."""
+        device = batch["input_ids"].device
+        tokens, mask, word_label = (t.to(device) for t in (self.word_tokens, self.word_mask, self.word_label))
+        rows = torch.arange(len(batch["input_ids"]), device=device)
+        if self.max_word_length == 1:
+            answer_hidden = hidden_fn(batch)[rows, batch["answer_index"]]
+            if self.one_word_per_label:
+                return adapter.row_logits(model, answer_hidden, tokens[:, 0]).float()
+            word_scores = adapter.vocab_log_probs(model, answer_hidden)[:, tokens[:, 0]]
+        else:
+            word_scores = self._multi_token_word_scores(batch, hidden_fn, adapter, model, tokens, mask)
+        return self._aggregate(word_scores, word_label)
+
+    def _multi_token_word_scores(self, batch, hidden_fn, adapter, model, tokens, mask) -> torch.Tensor:
+        """Append each word's leading tokens after the answer position and score them teacher-forced."""
+        num_words, width = tokens.shape
+        size = len(batch["input_ids"])
+        expanded = {key: batch[key].repeat_interleave(num_words, dim=0)
+                    for key in ("input_ids", "attention_mask", "slot_ids", "answer_index")}
+        pad = width - 1
+        fill = {"input_ids": 0, "attention_mask": 0, "slot_ids": -1}
+        for key, value in fill.items():
+            expanded[key] = torch.nn.functional.pad(expanded[key], (0, pad), value=value)
+        word_of_row = torch.arange(num_words, device=tokens.device).repeat(size)
+        row_tokens, row_mask = tokens[word_of_row], mask[word_of_row]
+        offsets = torch.arange(width, device=tokens.device)
+        positions = expanded["answer_index"][:, None] + offsets  # where each word token is predicted
+        rows = torch.arange(len(word_of_row), device=tokens.device)[:, None]
+        fed = row_mask[:, 1:]  # tokens 1.. are fed as inputs at positions answer+1..
+        fed_positions = positions[:, 1:]
+        expanded["input_ids"][rows.expand_as(fed_positions)[fed], fed_positions[fed]] = row_tokens[:, :-1][fed]
+        expanded["attention_mask"][rows.expand_as(fed_positions)[fed], fed_positions[fed]] = 1
+        hidden = hidden_fn(expanded)
+        safe_positions = positions.clamp(max=hidden.shape[1] - 1)
+        gathered = hidden[rows, safe_positions]  # (rows, width, d)
+        log_probs = adapter.vocab_log_probs(model, gathered)
+        token_log_probs = log_probs.gather(-1, row_tokens[..., None]).squeeze(-1)
+        per_word = (token_log_probs * row_mask).sum(-1) / row_mask.sum(-1)
+        return per_word.view(size, num_words)
+
+    def _aggregate(self, word_scores: torch.Tensor, word_label: torch.Tensor) -> torch.Tensor:
+        if self.one_word_per_label:
+            return word_scores
+        totals = torch.zeros(len(word_scores), self.num_labels, device=word_scores.device, dtype=word_scores.dtype)
+        totals.index_add_(1, word_label, word_scores)
+        counts = torch.bincount(word_label, minlength=self.num_labels).to(word_scores.dtype)
+        return totals / counts

@@ -1,0 +1,31 @@
+"""What a finished run writes next to its logs: metrics.json and test predictions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "test_predictions.jsonl"
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def stage_metrics(metrics: Mapping[str, Any], stage: str) -> dict[str, float]:
+    """`{"val/acc": t}` -> `{"acc": 0.8}` for one stage."""
+    prefix = f"{stage}/"
+    return {k[len(prefix):]: float(_plain(v)) for k, v in metrics.items() if k.startswith(prefix)}
+
+
+def write_run_results(output_dir: Path, summary: Mapping[str, Any], predictions: list[dict]) -> Path:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / METRICS_FILE
+    path.write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")
+    with open(output_dir / PREDICTIONS_FILE, "w") as handle:
+        for row in predictions:
+            handle.write(json.dumps(row) + "\n")
+    return path

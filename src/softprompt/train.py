@@ -1,0 +1,166 @@
+"""softprompt-train: compose the run from config, fit, test the best checkpoint, write metrics.json."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from softprompt.backbones import load_backbone
+from softprompt.config_checks import check_config
+from softprompt.config_dir import config_dir
+from softprompt.data import PromptDataModule
+from softprompt.data.verbalizer import label_token_ids, label_words
+from softprompt.errors import SoftPromptError
+from softprompt.methods import build_method
+from softprompt.methods.base import SoftPromptModule
+from softprompt.methods.init import InitContext
+from softprompt.methods.layout import prompt_template
+from softprompt.run_results import stage_metrics, write_run_results
+
+log = logging.getLogger("softprompt")
+
+
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    if not group:
+        return []
+    return [instantiate(item) for item in group.values() if item and "_target_" in item]
+
+
+def _prepare_wandb_env(logger_cfg: DictConfig | None) -> None:
+    """wandb falls back to offline mode when no key is available."""
+    uses_wandb = any("Wandb" in str(item.get("_target_", "")) for item in (logger_cfg or {}).values() if item)
+    has_key = os.environ.get("WANDB_API_KEY") or (Path.home() / ".netrc").exists()
+    if uses_wandb and not has_key and "WANDB_MODE" not in os.environ:
+        os.environ["WANDB_MODE"] = "offline"
+
+
+class ValidationHistory(L.Callback):
+    """Val metrics at every validation, so the best checkpoint's metrics can be reported."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, float]] = []
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            record = stage_metrics(trainer.callback_metrics, "val")
+            self.records.append({"step": trainer.global_step, **record})
+
+
+def build_init_context(cfg: DictConfig, backbone, datamodule: PromptDataModule, token_ids) -> InitContext:
+    method = cfg.method
+    return InitContext(
+        embeddings=backbone.model.get_input_embeddings().weight.detach(),
+        tokenizer=backbone.tokenizer,
+        token_counts=datamodule.token_counts() if method.init in ("vocab", "class_labels") else None,
+        label_token_ids=token_ids,
+        generator=torch.Generator().manual_seed(int(cfg.seed)),
+        init_range=float(method.init_range),
+        init_std=None if method.get("init_std") is None else float(method.init_std),
+        init_vocab_size=int(method.init_vocab_size),
+        init_text=method.get("init_text"),
+    )
+
+
+def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: PromptDataModule, output_dir: Path):
+    """Fit (when there is anything to train), then test the best checkpoint by val/acc."""
+    history = ValidationHistory()
+    callbacks = [*_instantiate_all(cfg.get("callbacks")), history]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")))
+    checkpoint = trainer.checkpoint_callback
+    best_path = None
+    if module.num_trainable_params() > 0:
+        trainer.fit(module, datamodule=datamodule)
+        best_path = checkpoint.best_model_path if checkpoint is not None and history.records else None
+    if best_path:
+        best_step = max(history.records, key=lambda r: r["acc"])["step"]
+        val = next(r for r in history.records if r["step"] == best_step)
+    else:
+        # No validation ran during fit (e.g. max_steps below the validation interval): use final weights.
+        val = {"step": trainer.global_step, **stage_metrics(trainer.validate(module, datamodule)[0], "val")}
+    test = stage_metrics(trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None)[0], "test")
+    return trainer, val, test, best_path
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The whole job; returns the metrics.json content."""
+    started = time.perf_counter()
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    check_config(plain)
+    L.seed_everything(int(cfg.seed), workers=True)
+    cache_dir = Path(cfg.paths.cache_dir).expanduser()
+    output_dir = Path(cfg.paths.output_dir)
+
+    backbone = load_backbone(plain["backbone"], cache_dir)
+    template = prompt_template(plain["method"], plain["task"]["template"])
+    datamodule = PromptDataModule(plain["task"], plain["data"], plain["cv"], template, backbone.tokenizer,
+                                  cache_dir, int(cfg.seed))
+    datamodule.setup()
+    token_ids = label_token_ids(label_words(datamodule.label_names, plain["task"]["verbalizer"]),
+                                backbone.tokenizer)
+    module = build_method(plain["method"], backbone=backbone, label_token_ids=token_ids,
+                          optimizer=plain["optimizer"],
+                          dropout=bool(cfg.backbone.dropout),
+                          init_context=lambda: build_init_context(cfg, backbone, datamodule, token_ids))
+    fingerprint_start = module.record_backbone_fingerprint()
+    trainable, total = module.num_trainable_params(), backbone.total_params()
+    log.info("trainable params: %s of %s (%.4f%%); backbone %s, fingerprint %s", f"{trainable:,}",
+             f"{total:,}", 100 * trainable / total, backbone.name, fingerprint_start)
+
+    _prepare_wandb_env(cfg.get("logger"))
+    trainer, val, test, best_path = _fit_and_test(cfg, module, datamodule, output_dir)
+    fingerprint_end = module.verify_backbone_unchanged()
+
+    summary = {
+        "method": cfg.method.name,
+        "backbone": backbone.name,
+        "backbone_source": backbone.source,
+        "backbone_revision": backbone.revision,
+        "backbone_fingerprint_start": fingerprint_start,
+        "backbone_fingerprint_end": fingerprint_end,
+        "task": cfg.task.name,
+        "num_virtual_tokens": int(getattr(module, "num_virtual_tokens", 0)),
+        "init": getattr(module, "init", None),
+        "lr": float(cfg.optimizer.lr),
+        "fold": cfg.cv.fold if cfg.cv.num_folds else None,
+        "num_folds": cfg.cv.num_folds,
+        "seed": int(cfg.seed),
+        "trainable_params": trainable,
+        "total_params": total,
+        "val": {k: v for k, v in val.items() if k != "step"},
+        "test": test,
+        "steps": int(trainer.global_step),
+        "best_step": int(val["step"]),
+        "best_checkpoint": best_path,
+        "wall_seconds": round(time.perf_counter() - started, 3),
+        "tags": list(cfg.get("tags") or []),
+        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+    }
+    path = write_run_results(output_dir, summary, module.test_predictions)
+    log.info("val %s | test %s | wrote %s", val, test, path)
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns the validation accuracy (for sweepers that optimise it)."""
+    try:
+        summary = run(cfg)
+    except SoftPromptError as error:
+        print(f"softprompt: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    return summary["val"].get("acc")
+
+
+if __name__ == "__main__":
+    main()
