@@ -1,0 +1,52 @@
+"""Small builders shared by unit tests (tiny random backbone, batches)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from softprompt.backbones import Backbone, load_backbone
+from softprompt.config_dir import config_dir
+from softprompt.data.collate import PadCollator
+from softprompt.data.templates import Template
+from softprompt.data.verbalizer import label_token_ids
+from softprompt.methods.init import InitContext
+from softprompt.methods.input_level import InputLevelPrompt
+
+OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 0.01, "weight_decay": 0.0,
+             "scheduler": {"name": "constant", "warmup_steps": 0}}
+
+
+def tiny_backbone() -> Backbone:
+    cfg = OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "backbone" / "tiny_random.yaml"))
+    return load_backbone(cfg, Path("/nonexistent-cache-not-needed"))
+
+
+def init_context(backbone: Backbone, token_ids, seed: int = 0, **overrides) -> InitContext:
+    settings = {"init_range": 0.5, "init_std": None, "init_vocab_size": 50, "init_text": "so it goes"}
+    settings.update(overrides)
+    counts = torch.zeros(len(backbone.tokenizer), dtype=torch.long)
+    counts[10:60] = torch.arange(50, 0, -1)  # ids 10..59 are "frequent", 10 the most
+    return InitContext(embeddings=backbone.model.get_input_embeddings().weight.detach(),
+                       tokenizer=backbone.tokenizer, token_counts=counts, label_token_ids=token_ids,
+                       generator=torch.Generator().manual_seed(seed), **settings)
+
+
+def prompt_module(backbone: Backbone, words: list[list[str]], n: int = 4, init: str = "random_uniform",
+                  dropout: bool = False) -> InputLevelPrompt:
+    token_ids = label_token_ids(words, backbone.tokenizer)
+    return InputLevelPrompt(num_virtual_tokens=n, init=init, init_context=init_context(backbone, token_ids),
+                            backbone=backbone, label_token_ids=token_ids, optimizer=OPTIMIZER,
+                            name="prompt_tuning", dropout=dropout)
+
+
+def make_batch(backbone: Backbone, texts: list[str], template: str, padding_side: str = "right",
+               labels: list[int] | None = None, max_length: int = 256) -> dict[str, torch.Tensor]:
+    parsed = Template.parse(template, ["text"])
+    rows = []
+    for i, text in enumerate(texts):
+        ids, slots = parsed.render({"text": text}, backbone.tokenizer, max_length)
+        rows.append({"input_ids": ids, "slot_ids": slots, "label": (labels or [0] * len(texts))[i], "row_index": i})
+    return PadCollator(backbone.tokenizer.pad_token_id, padding_side)(rows)

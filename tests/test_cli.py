@@ -1,0 +1,32 @@
+"""The console script as a user runs it: one real process each (importing lightning is slow)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def softprompt_train(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "softprompt.train", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_acceptance_command_writes_metrics_with_prompt_sized_trainables(tmp_path):
+    result = softprompt_train("backbone=tiny_random", "method.num_virtual_tokens=5", "method.init=vocab",
+                              "trainer.max_steps=5", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["trainable_params"] == 5 * 32  # 5 x hidden size of tiny_random
+    assert metrics["backbone_fingerprint_start"] == metrics["backbone_fingerprint_end"]
+    assert metrics["steps"] == 5 and 0.0 <= metrics["test"]["acc"] <= 1.0
+
+
+def test_bad_override_fails_with_one_line_before_training(tmp_path):
+    result = softprompt_train("backbone=tiny_random", "method.init=glove", f"hydra.run.dir={tmp_path}/run",
+                              cwd=tmp_path)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert errors == ["softprompt: error: method.init='glove' is invalid: allowed: random_uniform, "
+                      "random_normal, vocab, text, class_labels"]
+    assert "Traceback" not in result.stderr and not (tmp_path / "run" / "metrics.json").exists()

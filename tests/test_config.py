@@ -1,0 +1,86 @@
+"""Config composition and the one-line errors for bad overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import TINY, local_task_overrides
+from softprompt.config_checks import check_config
+from softprompt.errors import ConfigError
+from softprompt.train import run
+
+GROUP_OPTIONS = {
+    "backbone": ["smollm2_135m", "tiny_random", "gpt2", "qwen2_5_0_5b", "smollm2_135m_hub", "llama3_2_1b"],
+    "method": ["prompt_tuning", "hard_prompt"],
+    "task": ["rotten_tomatoes", "rotten_tomatoes_hub", "sst2"],
+    "optimizer": ["adamw", "adafactor"],
+    "trainer": ["default", "cpu", "gpu"],
+    "logger": ["csv", "wandb", "tensorboard", "many_loggers", "none"],
+    "callbacks": ["default", "none"],
+    "cv": ["none", "kfold"],
+    "experiment": ["lester_prompt_tuning", "zero_shot"],
+    "debug": ["default", "fast"],
+}
+
+
+def test_default_composition_follows_template_conventions(make_cfg):
+    cfg = make_cfg()
+    assert cfg.backbone.name == "smollm2_135m" and cfg.method.name == "prompt_tuning"
+    assert cfg.task.name == "rotten_tomatoes" and cfg.cv.num_folds is None
+    assert {"seed", "tags", "task_name", "paths", "data"} <= set(cfg)
+    check_config(OmegaConf.to_container(cfg, resolve=True))
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g, opts in GROUP_OPTIONS.items() for o in opts])
+def test_every_group_option_composes_and_passes_checks(make_cfg, group, option):
+    cfg = make_cfg([f"{group}={option}"])
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    check_config(plain)
+    if group in ("backbone", "method", "task", "optimizer"):
+        assert cfg[group]  # the group really was selected
+
+
+def test_overrides_later_issues_rely_on(make_cfg):
+    cfg = make_cfg(["method.num_virtual_tokens=7", "method.init=vocab", "optimizer.lr=0.1", "cv.num_folds=4",
+                    "cv.fold=3", "seed=5", "trainer.max_steps=9", "backbone=tiny_random", "task=sst2"])
+    assert (cfg.method.num_virtual_tokens, cfg.method.init, cfg.optimizer.lr) == (7, "vocab", 0.1)
+    assert (cfg.cv.num_folds, cfg.cv.fold, cfg.seed, cfg.trainer.max_steps) == (4, 3, 5, 9)
+    assert (cfg.backbone.name, cfg.task.name) == ("tiny_random", "sst2")
+
+
+def test_experiment_overrides_defaults(make_cfg):
+    cfg = make_cfg(["experiment=lester_prompt_tuning"])
+    assert cfg.optimizer.lr == 0.3 and "Adafactor" in cfg.optimizer._target_
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "allowed"),
+    [
+        (["method.init=glove"], "method.init", "random_uniform, random_normal, vocab, text, class_labels"),
+        (["method.num_virtual_tokens=0"], "method.num_virtual_tokens", ">= 1"),
+        (["task.template='Sentiment of the review:'"], "task.template", "{text}"),
+        (["cv.num_folds=5", "cv.fold=5"], "cv.fold", "[0, 5)"),
+        (["+task.verbalizer.neutral=' meh'"], "task.verbalizer.neutral", "labels are ['negative', 'positive']"),
+        (["task.labels=[negative,positive,neutral]"], "task.verbalizer.neutral", "every label needs a word"),
+        (["backbone.dtype=float8"], "backbone.dtype", "float32, bfloat16, float16"),
+        (["optimizer.scheduler.name=wavy"], "optimizer.scheduler.name", "linear"),
+        (["data.padding_side=middle"], "data.padding_side", "left, right"),
+    ],
+)
+def test_bad_config_is_one_clear_line(make_cfg, overrides, key, allowed):
+    cfg = make_cfg([*TINY, *overrides])
+    with pytest.raises(ConfigError) as raised:
+        run(cfg)
+    message = str(raised.value)
+    assert message.startswith(key) and allowed in message and "\n" not in message
+    assert not (Path(cfg.paths.output_dir) / "metrics.json").exists()
+
+
+def test_missing_dataset_column_is_reported_before_training(make_cfg, local_task_files):
+    overrides = [*TINY, *local_task_overrides(local_task_files), "task.columns={text: body, label: sentiment}"]
+    cfg = make_cfg(overrides)
+    with pytest.raises(ConfigError, match=r"^task.columns.text='body' is invalid: dataset columns are \["):
+        run(cfg)

@@ -1,0 +1,90 @@
+"""Templates, truncation, dynamic padding, label order and the tokenization cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import NEGATIVE, POSITIVE
+from helpers import tiny_backbone
+from softprompt.data.datamodule import PromptDataModule
+from softprompt.data.templates import Template
+
+TASK_TEMPLATE = "Review: {text}\nSentiment:"
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return tiny_backbone()
+
+
+def local_task(files: dict[str, str]) -> dict:
+    return {"name": "local", "source": {"path": "json", "data_files": files, "asset": None},
+            "splits": {"train": "train", "validation": "validation", "test": "test"},
+            "columns": {"text": "review", "label": "sentiment"}, "text_fields": ["text"],
+            "labels": ["negative", "positive"], "template": TASK_TEMPLATE,
+            "verbalizer": {"negative": " bad", "positive": " good"}, "max_length": 64}
+
+
+DATA = {"batch_size": 4, "eval_batch_size": 5, "num_workers": 0, "padding_side": "right", "max_samples": {}}
+NO_CV = {"num_folds": None, "fold": 0, "seed": 0}
+
+
+def test_template_slots_and_fields(backbone):
+    template = Template.parse("[P:2] {text} [P:1] It was{answer}", ["text"])
+    ids, slots = template.render({"text": "fine"}, backbone.tokenizer, 64)
+    assert slots[:2] == [0, 1] and slots.count(2) == 1 and template.num_virtual_tokens == 3
+    rendered = backbone.tokenizer.decode([i for i, s in zip(ids, slots, strict=True) if s < 0])
+    assert rendered == " fine  It was"
+
+
+def test_truncation_cuts_the_text_and_keeps_the_template_tail(backbone):
+    template = Template.parse("[P:3]" + TASK_TEMPLATE, ["text"])
+    ids, slots = template.render({"text": "x" * 500 + "é" * 50}, backbone.tokenizer, 40)
+    assert len(ids) == 40 == len(slots)
+    assert backbone.tokenizer.decode(ids[-11:]).endswith("\nSentiment:")
+
+
+def test_batches_are_dynamically_padded_and_keep_label_order(backbone, local_task_files):
+    module = PromptDataModule(local_task(local_task_files), DATA, NO_CV, "[P:2]" + TASK_TEMPLATE,
+                              backbone.tokenizer, "/unused", seed=0)
+    module.setup()
+    labels, widths = [], []
+    for batch in module.val_dataloader():
+        lengths = batch["attention_mask"].sum(-1)
+        widths.append(batch["input_ids"].shape[1])
+        assert widths[-1] == int(lengths.max())
+        assert torch.equal(batch["answer_index"], lengths - 1)
+        labels += batch["labels"].tolist()
+    expected = [1 if t in POSITIVE else 0 for t in module.splits["validation"]["text"]]
+    assert labels == expected and set(expected) == {0, 1}
+    assert all(t in POSITIVE + NEGATIVE for t in module.splits["test"]["text"])
+
+
+def test_second_setup_reuses_cached_tokenization(backbone, local_task_files, monkeypatch):
+    task = local_task(local_task_files)
+    first = PromptDataModule(task, DATA, NO_CV, TASK_TEMPLATE, backbone.tokenizer, "/unused", seed=0)
+    first.setup()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("re-tokenised although a cached tokenization exists")
+
+    monkeypatch.setattr(Template, "render", fail)
+    again = PromptDataModule(task, DATA, NO_CV, TASK_TEMPLATE, backbone.tokenizer, "/unused", seed=0)
+    again.setup()
+    assert list(again.splits["train"]["input_ids"]) == list(first.splits["train"]["input_ids"])
+    changed = PromptDataModule({**task, "max_length": 63}, DATA, NO_CV, TASK_TEMPLATE, backbone.tokenizer,
+                               "/unused", seed=0)
+    with pytest.raises(AssertionError, match="re-tokenised"):
+        changed.setup()  # a different setting must not hit the cache
+
+
+def test_token_counts_come_from_the_training_text(backbone, local_task_files):
+    module = PromptDataModule(local_task(local_task_files), DATA, NO_CV, TASK_TEMPLATE, backbone.tokenizer,
+                              "/unused", seed=0)
+    module.setup()
+    counts = module.token_counts()
+    text = "".join(module.splits["train"]["text"])
+    assert int(counts.sum()) == len(backbone.tokenizer(text, add_special_tokens=False).input_ids)
+    colon = backbone.tokenizer(":", add_special_tokens=False).input_ids[0]
+    assert counts[colon] == 0  # template text is not counted

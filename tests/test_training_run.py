@@ -1,0 +1,94 @@
+"""End-to-end runs on the tiny backbone: frozen weights, trainable-only checkpoints, metrics.json, folds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import local_task_overrides
+from helpers import prompt_module, tiny_backbone
+from softprompt.backbones import fingerprint
+from softprompt.errors import BackboneModifiedError
+from softprompt.train import run
+
+RUN = ["backbone=tiny_random", "trainer.max_steps=4", "trainer.val_check_interval=2", "data.batch_size=4",
+       "data.eval_batch_size=8", "data.max_samples.validation=null"]
+
+
+def test_run_trains_prompt_only_and_writes_metrics(make_cfg, local_task_files):
+    cfg = make_cfg([*RUN, *local_task_overrides(local_task_files), "method.num_virtual_tokens=3",
+                    "method.init=vocab", "optimizer.lr=0.3"])
+    summary = run(cfg)
+    out = Path(cfg.paths.output_dir)
+    written = json.loads((out / "metrics.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+    for key in ("method", "backbone", "task", "num_virtual_tokens", "init", "lr", "fold", "num_folds", "seed",
+                "trainable_params", "total_params", "val", "test", "steps", "wall_seconds"):
+        assert key in written
+    assert written["trainable_params"] == 3 * 32 and written["steps"] == 4
+    assert written["backbone_fingerprint_start"] == written["backbone_fingerprint_end"]
+    assert set(written["val"]) >= {"acc", "f1"} and set(written["test"]) >= {"acc", "f1"}
+    predictions = [json.loads(line) for line in (out / "test_predictions.jsonl").read_text().splitlines()]
+    assert [p["row_index"] for p in predictions] == list(range(10))  # the test split, in dataset order
+    accuracy = sum(p["prediction"] == p["label"] for p in predictions) / len(predictions)
+    assert accuracy == pytest.approx(written["test"]["acc"])
+
+    checkpoints = sorted((out / "checkpoints").glob("*.ckpt"))
+    assert checkpoints, "the default callbacks save the best and last checkpoints"
+    for path in checkpoints:
+        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        assert list(state) == ["prompt"] and state["prompt"].shape == (3, 32)
+    assert written["best_checkpoint"] and Path(written["best_checkpoint"]).exists()
+
+
+def test_same_config_and_seed_give_identical_metrics(make_cfg, local_task_files, tmp_path):
+    overrides = [*RUN, *local_task_overrides(local_task_files), "callbacks=none"]
+    first = run(make_cfg(overrides, output_dir=tmp_path / "a"))
+    second = run(make_cfg(overrides, output_dir=tmp_path / "b"))
+    for key in ("val", "test", "trainable_params", "steps"):
+        assert first[key] == second[key]
+
+
+def test_kfold_uses_the_fold_for_validation_and_the_test_split_for_test(make_cfg, local_task_files):
+    cfg = make_cfg([*RUN, *local_task_overrides(local_task_files), "callbacks=none", "cv.num_folds=4",
+                    "cv.fold=1"])
+    summary = run(cfg)
+    assert summary["fold"] == 1 and summary["num_folds"] == 4
+    predictions = (Path(cfg.paths.output_dir) / "test_predictions.jsonl").read_text().splitlines()
+    assert len(predictions) == 10  # the task's test split, untouched by the folds
+
+
+def test_hard_prompt_skips_fitting_and_reports_zero_trainable(make_cfg, local_task_files):
+    summary = run(make_cfg([*RUN, *local_task_overrides(local_task_files), "method=hard_prompt"]))
+    assert summary["trainable_params"] == 0 and summary["steps"] == 0
+    assert summary["num_virtual_tokens"] == 0
+
+
+def test_backbone_stays_in_eval_mode_unless_dropout_is_enabled():
+    backbone = tiny_backbone()
+    module = prompt_module(backbone, [["n"], ["p"]])
+    module.train()
+    assert module.training and not any(m.training for m in module.backbone.modules())
+    assert not any(p.requires_grad for p in module.backbone.parameters())
+    assert [n for n, p in module.named_parameters() if p.requires_grad] == ["prompt"]
+    with_dropout = prompt_module(tiny_backbone(), [["n"], ["p"]], dropout=True)
+    with_dropout.train()
+    assert all(m.training for m in with_dropout.backbone.modules())
+
+
+def test_changed_backbone_fails_loudly():
+    backbone = tiny_backbone()
+    module = prompt_module(backbone, [["n"], ["p"]])
+    before = module.record_backbone_fingerprint()
+    assert module.verify_backbone_unchanged() == before == fingerprint(backbone.model)
+    with torch.no_grad():
+        backbone.model.get_input_embeddings().weight[5, 0] += 1e-3
+    with pytest.raises(BackboneModifiedError, match="frozen backbone weights changed"):
+        module.verify_backbone_unchanged()
+
+
+def test_tiny_random_is_reproducible():
+    assert fingerprint(tiny_backbone().model) == fingerprint(tiny_backbone().model)
