@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 
 def softprompt_train(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -30,3 +32,18 @@ def test_bad_override_fails_with_one_line_before_training(tmp_path):
     assert errors == ["softprompt: error: method.init='glove' is invalid: allowed: random_uniform, "
                       "random_normal, vocab, text, class_labels"]
     assert "Traceback" not in result.stderr and not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_multirun_gives_each_job_its_own_dir_and_wandb_run(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
+    # A fresh HOME has no wandb credentials; keep the prepared softprompt assets.
+    env["SOFTPROMPT_CACHE"] = os.environ.get("SOFTPROMPT_CACHE", str(Path.home() / ".cache" / "softprompt"))
+    result = subprocess.run(
+        [sys.executable, "-m", "softprompt.train", "-m", "backbone=tiny_random", "trainer.max_steps=2",
+         "method.num_virtual_tokens=1,2", "logger=wandb", "callbacks=none", f"hydra.sweep.dir={tmp_path}/sweep"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**env, "HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job, n in ((0, 1), (1, 2)):
+        metrics = json.loads((tmp_path / "sweep" / str(job) / "metrics.json").read_text())
+        assert metrics["num_virtual_tokens"] == n and metrics["trainable_params"] == n * 32
+        assert len(list((tmp_path / "sweep" / str(job) / "wandb").glob("offline-run-*"))) == 1

@@ -45,6 +45,13 @@ def _prepare_wandb_env(logger_cfg: DictConfig | None) -> None:
         os.environ["WANDB_MODE"] = "offline"
 
 
+def _finish_wandb() -> None:
+    """Close the wandb run so the next job of a multirun starts its own."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
 class ValidationHistory(L.Callback):
     """Val metrics at every validation, so the best checkpoint's metrics can be reported."""
 
@@ -159,6 +166,8 @@ def main(cfg: DictConfig) -> float | None:
     except SoftPromptError as error:
         print(f"softprompt: error: {error}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        _finish_wandb()
     return summary["val"].get("acc")
 
 
