@@ -19,8 +19,20 @@ OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 0.01, "weight_decay": 0.0,
              "scheduler": {"name": "constant", "warmup_steps": 0}}
 
 
-def tiny_backbone() -> Backbone:
+# Tiny random configs of other causal-LM architectures (absolute positions, biases, ...).
+ARCHITECTURES = {
+    "llama": None,  # conf/backbone/tiny_random.yaml as shipped (GQA)
+    "gpt2": {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 512},
+    "qwen2": {"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512},
+}
+
+
+def tiny_backbone(architecture: str = "llama", **settings) -> Backbone:
     cfg = OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "backbone" / "tiny_random.yaml"))
+    if ARCHITECTURES[architecture]:
+        cfg["random_init"]["config"] = ARCHITECTURES[architecture]
+    cfg.update(settings)
     return load_backbone(cfg, Path("/nonexistent-cache-not-needed"))
 
 

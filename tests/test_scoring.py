@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import make_batch, prompt_module, tiny_backbone
+from helpers import ARCHITECTURES, make_batch, prompt_module, tiny_backbone
 
 TEXTS = ["ok", "a much longer review that goes on and on", "mid-length text here", "é ü ñ"]
 TEMPLATE = "[P:4]Review: {text}\nSentiment:"
 
 
-@pytest.fixture(scope="module")
-def backbone():
-    return tiny_backbone()
+@pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
+def backbone(request):
+    return tiny_backbone(request.param)
 
 
 def reference_scores(module, backbone, text: str, words: list[list[str]]) -> torch.Tensor:

@@ -92,3 +92,16 @@ def test_changed_backbone_fails_loudly():
 
 def test_tiny_random_is_reproducible():
     assert fingerprint(tiny_backbone().model) == fingerprint(tiny_backbone().model)
+
+
+def test_adafactor_preset_with_warmup_is_what_trains(make_cfg, local_task_files):
+    cfg = make_cfg([*RUN, *local_task_overrides(local_task_files), "optimizer=adafactor",
+                    "optimizer.scheduler.name=linear", "optimizer.scheduler.warmup_steps=2"])
+    run(cfg)
+    last = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=False)
+    state = last["optimizer_states"][0]
+    assert state["param_groups"][0]["initial_lr"] == 0.3 and state["param_groups"][0]["scale_parameter"] is False
+    assert {"exp_avg_sq_row", "exp_avg_sq_col"} <= set(state["state"][0])  # Adafactor's factored moments
+    assert last["global_step"] == 4 and last["lr_schedulers"][0]["_last_lr"][0] == 0.0  # linear decay to 0
+    assert list(last["state_dict"]) == ["prompt"]

@@ -90,8 +90,9 @@ def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: PromptD
         trainer.fit(module, datamodule=datamodule)
         best_path = checkpoint.best_model_path if checkpoint is not None and history.records else None
     if best_path:
-        best_step = max(history.records, key=lambda r: r["acc"])["step"]
-        val = next(r for r in history.records if r["step"] == best_step)
+        val = max(history.records, key=lambda r: r["acc"])  # the first best, as ModelCheckpoint keeps it
+    elif history.records and history.records[-1]["step"] == trainer.global_step:
+        val = history.records[-1]
     else:
         # No validation ran during fit (e.g. max_steps below the validation interval): use final weights.
         val = {"step": trainer.global_step, **stage_metrics(trainer.validate(module, datamodule)[0], "val")}

