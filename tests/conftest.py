@@ -66,7 +66,6 @@ def make_cfg(tmp_path) -> Callable[..., DictConfig]:
             cfg.paths.output_dir = str(out)
             cfg.paths.log_dir = str(tmp_path / "logs")
             cfg.hydra.runtime.output_dir = str(out)
-            cfg.hydra.job.num = 0
         HydraConfig.instance().set_config(cfg)
         return cfg
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from conftest import TINY, local_task_overrides
 from softprompt.config_checks import check_config
 from softprompt.errors import ConfigError
-from softprompt.train import run
+from softprompt.train import resolved_config, run
 
 GROUP_OPTIONS = {
     "backbone": ["smollm2_135m", "tiny_random", "gpt2", "qwen2_5_0_5b", "smollm2_135m_hub", "llama3_2_1b"],
@@ -31,13 +30,13 @@ def test_default_composition_follows_template_conventions(make_cfg):
     assert cfg.backbone.name == "smollm2_135m" and cfg.method.name == "prompt_tuning"
     assert cfg.task.name == "rotten_tomatoes" and cfg.cv.num_folds is None
     assert {"seed", "tags", "task_name", "paths", "data"} <= set(cfg)
-    check_config(OmegaConf.to_container(cfg, resolve=True))
+    check_config(resolved_config(cfg))
 
 
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g, opts in GROUP_OPTIONS.items() for o in opts])
 def test_every_group_option_composes_and_passes_checks(make_cfg, group, option):
     cfg = make_cfg([f"{group}={option}"])
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain = resolved_config(cfg)
     check_config(plain)
     if group in ("backbone", "method", "task", "optimizer"):
         assert cfg[group]  # the group really was selected

@@ -100,10 +100,15 @@ def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: PromptD
     return trainer, val, test, best_path
 
 
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The job config as plain containers. A `hydra` node (compose API only) is left out, unresolved."""
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The whole job; returns the metrics.json content."""
     started = time.perf_counter()
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain = resolved_config(cfg)
     check_config(plain)
     L.seed_everything(int(cfg.seed), workers=True)
     cache_dir = Path(cfg.paths.cache_dir).expanduser()
