@@ -12,6 +12,7 @@ from softprompt.config_dir import config_dir
 from softprompt.data.collate import PadCollator
 from softprompt.data.templates import Template
 from softprompt.data.verbalizer import label_token_ids
+from softprompt.methods.attention_level import AttentionLevelPrefix
 from softprompt.methods.init import InitContext
 from softprompt.methods.input_level import InputLevelPrompt
 
@@ -48,10 +49,34 @@ def init_context(backbone: Backbone, token_ids, seed: int = 0, **overrides) -> I
 
 def prompt_module(backbone: Backbone, words: list[list[str]], n: int = 4, init: str = "random_uniform",
                   dropout: bool = False) -> InputLevelPrompt:
+    return method_module("prompt_tuning", backbone, words, n=n, init=init, dropout=dropout)
+
+
+METHOD_SETTINGS = {  # the method presets' own settings, small sizes for tiny backbones
+    "prompt_tuning": {"cls": InputLevelPrompt, "encoder": "none"},
+    "p_tuning_lstm": {"cls": InputLevelPrompt, "encoder": "lstm", "encoder_hidden": 12},
+    "p_tuning_mlp": {"cls": InputLevelPrompt, "encoder": "mlp", "encoder_hidden": 12},
+    "prefix_tuning": {"cls": AttentionLevelPrefix, "reparam": "mlp", "reparam_hidden": 16},
+    "p_tuning_v2": {"cls": AttentionLevelPrefix, "reparam": "none"},
+}
+INPUT_LEVEL = ("prompt_tuning", "p_tuning_lstm", "p_tuning_mlp")
+
+
+def method_module(method: str, backbone: Backbone, words: list[list[str]], n: int = 4,
+                  init: str = "random_uniform", dropout: bool = False, seed: int = 0, **overrides):
+    context_keys = ("init_text", "init_std", "init_range", "init_vocab_size")
+    context = {k: overrides.pop(k) for k in context_keys if k in overrides}
+    settings = {**METHOD_SETTINGS[method], **overrides}
+    cls = settings.pop("cls")
     token_ids = label_token_ids(words, backbone.tokenizer)
-    return InputLevelPrompt(num_virtual_tokens=n, init=init, init_context=init_context(backbone, token_ids),
-                            backbone=backbone, label_token_ids=token_ids, optimizer=OPTIMIZER,
-                            name="prompt_tuning", dropout=dropout)
+    torch.manual_seed(seed)  # encoder / MLP weights
+    return cls(num_virtual_tokens=n, init=init, init_context=init_context(backbone, token_ids, seed=seed, **context),
+               backbone=backbone, label_token_ids=token_ids, optimizer=OPTIMIZER, name=method, dropout=dropout,
+               **settings)
+
+
+def template_for(method: str, n: int, task_template: str = "Review: {text}\nSentiment:") -> str:
+    return f"[P:{n}]{task_template}" if method in INPUT_LEVEL else task_template
 
 
 def make_batch(backbone: Backbone, texts: list[str], template: str, padding_side: str = "right",

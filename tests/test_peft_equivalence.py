@@ -1,27 +1,66 @@
-"""Invariant 3: the same prompt tensor through PEFT and through us gives the same logits."""
+"""Invariant 3: the same tensors through PEFT and through us give the same logits (fp32, 1e-5)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
-from peft import PromptTuningConfig, TaskType, get_peft_model
+from peft import (
+    PrefixTuningConfig,
+    PromptEncoderConfig,
+    PromptEncoderReparameterizationType,
+    PromptTuningConfig,
+    TaskType,
+    get_peft_model,
+)
 
-from helpers import make_batch, prompt_module, tiny_backbone
+from helpers import make_batch, method_module, template_for, tiny_backbone
 
 TEXTS = ["short", "a somewhat longer review of a film", "middling"]
+N = 5
+WORDS = [["n"], ["p"]]
 
 
-def test_prompt_tuning_label_logits_match_peft():
-    backbone = tiny_backbone()
-    n = 5
-    module = prompt_module(backbone, [["n"], ["p"]], n=n, init="random_uniform")
-    peft_model = get_peft_model(backbone.model, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n))
+def peft_for(method: str, module):
+    """PEFT's model for our method, with our tensor values copied in."""
+    if method == "prompt_tuning":
+        config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=N)
+    elif method == "p_tuning_mlp":
+        config = PromptEncoderConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=N, encoder_hidden_size=12,
+                                     encoder_reparameterization_type=PromptEncoderReparameterizationType.MLP)
+    else:
+        config = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=N,
+                                    prefix_projection=method == "prefix_tuning", encoder_hidden_size=16)
+    model = get_peft_model(module.backbone, config)
+    encoder = model.prompt_encoder["default"]
     with torch.no_grad():
-        peft_model.prompt_encoder["default"].embedding.weight.copy_(module.prompt)
-        ours = module(make_batch(backbone, TEXTS, f"[P:{n}]Review: {{text}}\nSentiment:"))
-        plain = make_batch(backbone, TEXTS, "Review: {text}\nSentiment:")  # PEFT prepends the prompt itself
-        logits = peft_model(input_ids=plain["input_ids"], attention_mask=plain["attention_mask"]).logits
-    label_ids = [backbone.tokenizer("n").input_ids[0], backbone.tokenizer("p").input_ids[0]]
-    rows = torch.arange(len(TEXTS))
-    theirs = logits[rows, n + plain["answer_index"]][:, label_ids]
-    assert theirs.shape == ours.shape
-    assert torch.allclose(ours, theirs, atol=1e-5)
+        if method in ("prompt_tuning", "p_tuning_mlp"):
+            encoder.embedding.weight.copy_(module.prompt)
+        if method == "p_tuning_mlp":
+            encoder.mlp_head.load_state_dict(module.encoder.mlp_head.state_dict())
+        if method == "p_tuning_v2":
+            encoder.embedding.weight.copy_(module.prefix)
+        if method == "prefix_tuning":
+            encoder.embedding.weight.copy_(module.prefix_embedding)
+            encoder.transform.load_state_dict(module.reparam.state_dict())
+    return model
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+@pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning_mlp", "p_tuning_v2", "prefix_tuning"])
+def test_logits_match_peft(method, architecture):
+    backbone = tiny_backbone(architecture)
+    module = method_module(method, backbone, WORDS, n=N, init="random_normal")
+    module.eval()
+    ours_batch = make_batch(backbone, TEXTS, template_for(method, N))
+    plain = make_batch(backbone, TEXTS, "Review: {text}\nSentiment:")  # PEFT adds its prompt itself
+    head = backbone.model.get_output_embeddings()
+    with torch.no_grad():
+        ours = head(module.hidden_states(ours_batch))
+        scores = module(ours_batch)
+        theirs = peft_for(method, module)(input_ids=plain["input_ids"], attention_mask=plain["attention_mask"]).logits
+    assert ours.shape == theirs.shape  # input-level: virtual positions included on both sides
+    real = ours_batch["attention_mask"].bool()
+    assert torch.allclose(ours[real], theirs[real], atol=1e-5), (ours[real] - theirs[real]).abs().max()
+    label_ids = [backbone.tokenizer(w[0]).input_ids[0] for w in WORDS]
+    answer = theirs[torch.arange(len(TEXTS)), ours_batch["answer_index"]][:, label_ids]
+    assert torch.allclose(scores, answer, atol=1e-5)

@@ -10,30 +10,15 @@ from softprompt.backbones.loading import DTYPES, FAMILIES
 from softprompt.data.sources import LABEL
 from softprompt.data.templates import Template
 from softprompt.data.verbalizer import label_words
-from softprompt.errors import ConfigError
-from softprompt.methods.init import INIT_STRATEGIES
+from softprompt.errors import ConfigError, require_positive_int
+from softprompt.methods import method_class
 from softprompt.methods.layout import SLOT_LAYOUTS, prompt_template
-
-
-def _positive_int(key: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(key, value, "must be an integer >= 1")
-    return value
 
 
 def check_method(method: Mapping) -> None:
     if method.get("slots") not in SLOT_LAYOUTS:
         raise ConfigError("method.slots", method.get("slots"), f"allowed: {', '.join(SLOT_LAYOUTS)}")
-    if method["slots"] == "none":
-        return
-    _positive_int("method.num_virtual_tokens", method.get("num_virtual_tokens"))
-    if method.get("init") not in INIT_STRATEGIES:
-        raise ConfigError("method.init", method.get("init"), f"allowed: {', '.join(INIT_STRATEGIES)}")
-    _positive_int("method.init_vocab_size", method.get("init_vocab_size"))
-    if method["init"] == "text" and not method.get("init_text"):
-        raise ConfigError("method.init_text", method.get("init_text"), "init=text needs a non-empty text")
-    if not float(method.get("init_range", 0)) > 0:
-        raise ConfigError("method.init_range", method.get("init_range"), "must be > 0")
+    method_class(method).validate_config(method)
 
 
 def check_task(task: Mapping, method: Mapping) -> None:
@@ -45,12 +30,16 @@ def check_task(task: Mapping, method: Mapping) -> None:
         if name not in columns:
             raise ConfigError("task.columns", dict(columns), f"map the field {name!r} to a dataset column")
     Template.parse(str(task["template"]), fields)
-    Template.parse(prompt_template(method, str(task["template"])), fields, key="method template")
+    template = Template.parse(prompt_template(method, str(task["template"])), fields,
+                              key="method.template" if method.get("slots") == "template" else "task.template")
+    if method.get("slots") != "none" and template.num_virtual_tokens != method.get("num_virtual_tokens"):
+        raise ConfigError("method.num_virtual_tokens", method.get("num_virtual_tokens"),
+                          f"the template {template.text!r} has {template.num_virtual_tokens} slots")
     labels = [str(x) for x in task.get("labels") or []]
     if len(labels) < 2:
         raise ConfigError("task.labels", labels, "list at least two label names")
     label_words(labels, task["verbalizer"])
-    _positive_int("task.max_length", task.get("max_length"))
+    require_positive_int("task.max_length", task.get("max_length"))
 
 
 def check_cv(cv: Mapping) -> None:
@@ -65,15 +54,15 @@ def check_cv(cv: Mapping) -> None:
 
 
 def check_data(data: Mapping) -> None:
-    _positive_int("data.batch_size", data.get("batch_size"))
-    _positive_int("data.eval_batch_size", data.get("eval_batch_size"))
+    require_positive_int("data.batch_size", data.get("batch_size"))
+    require_positive_int("data.eval_batch_size", data.get("eval_batch_size"))
     if data.get("padding_side") not in ("left", "right"):
         raise ConfigError("data.padding_side", data.get("padding_side"), "allowed: left, right")
     for role, limit in (data.get("max_samples") or {}).items():
         if role not in ("train", "validation", "test"):
             raise ConfigError(f"data.max_samples.{role}", limit, "allowed keys: train, validation, test")
         if limit is not None:
-            _positive_int(f"data.max_samples.{role}", limit)
+            require_positive_int(f"data.max_samples.{role}", limit)
 
 
 def check_backbone(backbone: Mapping) -> None:
@@ -101,7 +90,8 @@ def check_config(cfg: Mapping) -> None:
     check_task(cfg["task"], cfg["method"])
     check_cv(cfg["cv"])
     check_data(cfg["data"])
-    check_optimizer(cfg["optimizer"])
+    if method_class(cfg["method"]).trains:
+        check_optimizer(cfg["optimizer"])
     max_steps = cfg["trainer"].get("max_steps")
     if max_steps is not None and max_steps != -1 and (not isinstance(max_steps, int) or max_steps < 1):
         raise ConfigError("trainer.max_steps", max_steps, "must be -1 (use max_epochs) or an integer >= 1")

@@ -19,3 +19,10 @@ class AssetError(SoftPromptError):
 
 class BackboneModifiedError(SoftPromptError):
     """The frozen backbone's weights changed during a run."""
+
+
+def require_positive_int(key: str, value: object) -> int:
+    """`value` as an int >= 1, or a ConfigError naming `key`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(key, value, "must be an integer >= 1")
+    return value

@@ -64,17 +64,16 @@ class ValidationHistory(L.Callback):
             self.records.append({"step": trainer.global_step, **record})
 
 
-def build_init_context(cfg: DictConfig, backbone, datamodule: PromptDataModule, token_ids) -> InitContext:
-    method = cfg.method
+def build_init_context(method: dict, seed: int, backbone, datamodule: PromptDataModule, token_ids) -> InitContext:
     return InitContext(
         embeddings=backbone.model.get_input_embeddings().weight.detach(),
         tokenizer=backbone.tokenizer,
-        token_counts=datamodule.token_counts() if method.init in ("vocab", "class_labels") else None,
+        token_counts=datamodule.token_counts() if method["init"] in ("vocab", "class_labels") else None,
         label_token_ids=token_ids,
-        generator=torch.Generator().manual_seed(int(cfg.seed)),
-        init_range=float(method.init_range),
-        init_std=None if method.get("init_std") is None else float(method.init_std),
-        init_vocab_size=int(method.init_vocab_size),
+        generator=torch.Generator().manual_seed(seed),
+        init_range=float(method["init_range"]),
+        init_std=None if method.get("init_std") is None else float(method["init_std"]),
+        init_vocab_size=int(method["init_vocab_size"]),
         init_text=method.get("init_text"),
     )
 
@@ -86,7 +85,7 @@ def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: PromptD
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")))
     checkpoint = trainer.checkpoint_callback
     best_path = None
-    if module.num_trainable_params() > 0:
+    if module.trains:
         trainer.fit(module, datamodule=datamodule)
         best_path = checkpoint.best_model_path if checkpoint is not None and history.records else None
     if best_path:
@@ -116,19 +115,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     backbone = load_backbone(plain["backbone"], cache_dir)
     template = prompt_template(plain["method"], plain["task"]["template"])
+    method = plain["method"]
     datamodule = PromptDataModule(plain["task"], plain["data"], plain["cv"], template, backbone.tokenizer,
-                                  cache_dir, int(cfg.seed))
+                                  cache_dir, int(cfg.seed),
+                                  num_demonstrations=int(method.get("num_demonstrations") or 0),
+                                  demonstration_separator=str(method.get("demonstration_separator", "\n\n")))
     datamodule.setup()
     token_ids = label_token_ids(label_words(datamodule.label_names, plain["task"]["verbalizer"]),
                                 backbone.tokenizer)
-    module = build_method(plain["method"], backbone=backbone, label_token_ids=token_ids,
+    module = build_method(method, backbone=backbone, label_token_ids=token_ids,
                           optimizer=plain["optimizer"],
                           dropout=bool(cfg.backbone.dropout),
-                          init_context=lambda: build_init_context(cfg, backbone, datamodule, token_ids))
+                          init_context=lambda: build_init_context(method, int(cfg.seed), backbone, datamodule,
+                                                                  token_ids))
     fingerprint_start = module.record_backbone_fingerprint()
     trainable, total = module.num_trainable_params(), backbone.total_params()
-    log.info("trainable params: %s of %s (%.4f%%); backbone %s, fingerprint %s", f"{trainable:,}",
-             f"{total:,}", 100 * trainable / total, backbone.name, fingerprint_start)
+    log.info("%s: trainable params %s of %s (%.4f%%), %s after folding; backbone %s, fingerprint %s",
+             module.method_name, f"{trainable:,}", f"{total:,}", 100 * trainable / total,
+             f"{module.num_folded_params():,}", backbone.name, fingerprint_start)
 
     _prepare_wandb_env(cfg.get("logger"))
     trainer, val, test, best_path = _fit_and_test(cfg, module, datamodule, output_dir)
@@ -144,11 +148,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "task": cfg.task.name,
         "num_virtual_tokens": int(getattr(module, "num_virtual_tokens", 0)),
         "init": getattr(module, "init", None),
-        "lr": float(cfg.optimizer.lr),
+        "lr": float(cfg.optimizer.lr) if module.trains else None,
         "fold": cfg.cv.fold if cfg.cv.num_folds else None,
         "num_folds": cfg.cv.num_folds,
         "seed": int(cfg.seed),
         "trainable_params": trainable,
+        "folded_params": module.num_folded_params(),
         "total_params": total,
         "val": {k: v for k, v in val.items() if k != "step"},
         "test": test,
@@ -156,6 +161,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "best_step": int(val["step"]),
         "best_checkpoint": best_path,
         "wall_seconds": round(time.perf_counter() - started, 3),
+        "method_config": method,
         "tags": list(cfg.get("tags") or []),
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
     }

@@ -20,12 +20,16 @@ class CausalLMAdapter:
         return model.get_input_embeddings()(input_ids)
 
     @staticmethod
-    def hidden_states(model: PreTrainedModel, inputs_embeds: torch.Tensor,
-                      attention_mask: torch.Tensor) -> torch.Tensor:
-        """Final hidden states of the body (no LM head), with position ids counted over real tokens."""
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    def hidden_states(model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                      position_offset: int = 0, **attention_kwargs) -> torch.Tensor:
+        """Final hidden states of the body (no LM head).
+
+        Position ids count real tokens only (so padding never shifts them), starting at
+        `position_offset` (the prefix length for attention-level prompts, as PEFT places them).
+        """
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0) + position_offset
         output = model.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                  position_ids=position_ids, use_cache=False)
+                                  position_ids=position_ids, use_cache=False, **attention_kwargs)
         return output.last_hidden_state
 
     @staticmethod

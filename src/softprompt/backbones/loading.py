@@ -86,6 +86,8 @@ def load_backbone(cfg: Mapping, cache_dir: Path) -> Backbone:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     freeze(model)
+    if cfg.get("gradient_checkpointing"):
+        enable_gradient_checkpointing(model)
     family = detect_family(model, str(cfg.get("family", "auto")))
     return Backbone(model, tokenizer, str(cfg["name"]), source, revision, family)
 
@@ -93,6 +95,15 @@ def load_backbone(cfg: Mapping, cache_dir: Path) -> Backbone:
 def freeze(model: nn.Module) -> None:
     model.requires_grad_(False)
     model.eval()
+
+
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    """Non-reentrant checkpointing: it needs no input that requires grad, so a frozen backbone works."""
+    settings = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=settings)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=settings)
 
 
 def detect_family(model: PreTrainedModel, requested: str) -> str:

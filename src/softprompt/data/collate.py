@@ -10,11 +10,15 @@ import torch
 class PadCollator:
     """Pads input_ids/slot_ids on the given side and records where each example's answer sits."""
 
-    def __init__(self, pad_token_id: int, padding_side: str) -> None:
+    def __init__(self, pad_token_id: int, padding_side: str, prefix_ids: Sequence[int] = ()) -> None:
         self.pad_token_id = pad_token_id
         self.padding_side = padding_side
+        self.prefix_ids = list(prefix_ids)  # shared by every row (in-context demonstrations)
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        if self.prefix_ids:
+            rows = [{**r, "input_ids": self.prefix_ids + list(r["input_ids"]),
+                     "slot_ids": [-1] * len(self.prefix_ids) + list(r["slot_ids"])} for r in rows]
         width = max(len(r["input_ids"]) for r in rows)
         batch = len(rows)
         input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)

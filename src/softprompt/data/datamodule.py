@@ -15,9 +15,10 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from softprompt.data.collate import PadCollator
-from softprompt.data.folds import train_val_indices
+from softprompt.data.folds import stratified_sample, train_val_indices
 from softprompt.data.sources import LABEL, load_raw_splits, select_and_map
 from softprompt.data.templates import Template
+from softprompt.data.verbalizer import label_words
 from softprompt.errors import ConfigError
 
 TOKENIZATION_VERSION = 1  # bump when rendering changes, to invalidate cached tokenizations
@@ -34,8 +35,12 @@ class PromptDataModule(L.LightningDataModule):
     """Knows tasks, templates, verbalizers and folds; nothing about how a method injects prompts."""
 
     def __init__(self, task: Mapping, data: Mapping, cv: Mapping, template: str,
-                 tokenizer: PreTrainedTokenizerBase, cache_dir: str | Path, seed: int) -> None:
+                 tokenizer: PreTrainedTokenizerBase, cache_dir: str | Path, seed: int,
+                 num_demonstrations: int = 0, demonstration_separator: str = "\n\n") -> None:
         super().__init__()
+        self.num_demonstrations = num_demonstrations
+        self.demonstration_separator = demonstration_separator
+        self.demonstration_ids: list[int] = []
         self.task, self.data_cfg, self.cv = task, data, cv
         self.template = Template.parse(template, list(task["text_fields"]), key="template")
         self.tokenizer = tokenizer
@@ -63,11 +68,24 @@ class PromptDataModule(L.LightningDataModule):
         else:
             train, validation = tokenized["train"], tokenized.get("validation", test)
         self.splits = {"train": train, "validation": validation, "test": test}
+        self.demonstration_ids = self._demonstration_ids()
         limits = self.data_cfg.get("max_samples") or {}
         for role, limit in limits.items():
             if limit is not None and len(self.splits[role]) > int(limit):
                 order = np.random.default_rng(int(self.cv["seed"])).permutation(len(self.splits[role]))
                 self.splits[role] = self.splits[role].select(np.sort(order[: int(limit)]))
+
+    def _demonstration_ids(self) -> list[int]:
+        """k solved examples from the training fold (seeded, stratified), shared by every input."""
+        if not self.num_demonstrations:
+            return []
+        train = self.splits["train"]
+        task_template = Template.parse(self.task["template"], list(self.task["text_fields"]))
+        words = label_words(self.label_names, self.task["verbalizer"])
+        picks = stratified_sample(list(train[LABEL]), self.num_demonstrations, self.seed)
+        text = "".join(task_template.fill(train[int(i)]) + words[train[int(i)][LABEL]][0]
+                       + self.demonstration_separator for i in picks)
+        return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def _tokenize(self, dataset: Dataset, role: str) -> Dataset:
         fields = list(self.task["text_fields"])
@@ -102,7 +120,8 @@ class PromptDataModule(L.LightningDataModule):
             shuffle=shuffle,
             generator=generator if shuffle else None,
             num_workers=int(self.data_cfg["num_workers"]),
-            collate_fn=PadCollator(self.tokenizer.pad_token_id, self.data_cfg["padding_side"]),
+            collate_fn=PadCollator(self.tokenizer.pad_token_id, self.data_cfg["padding_side"],
+                                   self.demonstration_ids),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -24,3 +24,17 @@ def train_val_indices(labels: Sequence[int], num_folds: int, fold: int, seed: in
     folds = stratified_folds(labels, num_folds, seed)
     train = np.sort(np.concatenate([f for k, f in enumerate(folds) if k != fold]))
     return train, folds[fold]
+
+
+def stratified_sample(labels: Sequence[int], k: int, seed: int) -> np.ndarray:
+    """k indices with class proportions kept (largest remainder), deterministic in `seed`, shuffled."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quotas = k * counts / counts.sum()
+    take = np.floor(quotas).astype(int)
+    for index in np.argsort(-(quotas - take), kind="stable")[: k - take.sum()]:
+        take[index] += 1
+    picks = [rng.choice(np.flatnonzero(labels == c), size=min(t, n), replace=False)
+             for c, t, n in zip(classes, take, counts, strict=True)]
+    return rng.permutation(np.concatenate(picks))

@@ -80,6 +80,11 @@ class Template:
         raise ConfigError("task.max_length", max_length,
                           f"the template does not fit; it needs {len(ids)} tokens for this example")
 
+    def fill(self, example: Mapping[str, str]) -> str:
+        """The template as plain text with its fields filled and its slots left out."""
+        return "".join(s.format(**{f: str(example[f]) for f in self.fields}) for s in self.segments
+                       if isinstance(s, str))
+
     def _tokenize(self, values: Mapping[str, str], tokenizer: PreTrainedTokenizerBase):
         ids: list[int] = []
         slots: list[int] = []

@@ -6,7 +6,7 @@ A method subclass adds only its trainable tensors and how they enter the frozen 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -16,10 +16,12 @@ from hydra.utils import instantiate
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from transformers import get_scheduler
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from softprompt.backbones import Backbone, fingerprint
 from softprompt.backbones.families import FAMILY_ADAPTERS
-from softprompt.errors import BackboneModifiedError, SoftPromptError
+from softprompt.errors import BackboneModifiedError, ConfigError, SoftPromptError
+from softprompt.methods.init import InitContext
 from softprompt.methods.scoring import Batch, LabelScorer
 
 BACKBONE_PREFIX = "backbone."
@@ -35,6 +37,10 @@ def _classification_metrics(num_labels: int, prefix: str) -> MetricCollection:
 
 class SoftPromptModule(L.LightningModule):
     """Frozen backbone + a method's trainable part, trained by verbalizer cross-entropy."""
+
+    num_virtual_tokens = 0
+    trains = True  # False for methods without trainable tensors: fitting is skipped
+    position_offset = 0  # where real tokens' position ids start (the prefix length for prefix methods)
 
     def __init__(self, *, backbone: Backbone, label_token_ids: Sequence[Sequence[Sequence[int]]],
                  optimizer: Mapping, name: str, dropout: bool = False) -> None:
@@ -52,14 +58,43 @@ class SoftPromptModule(L.LightningModule):
         self.test_predictions: list[dict[str, Any]] = []
         self.backbone_fingerprint: str | None = None
 
+    # -- configuration: subclasses extend ------------------------------------------------------
+    @classmethod
+    def validate_config(cls, method: Mapping) -> None:
+        """Raise ConfigError for settings this method cannot honour; called before anything loads."""
+        for key in ("init", "num_virtual_tokens"):
+            if method.get(key):
+                raise ConfigError(f"method.{key}", method[key],
+                                  f"{method.get('name')} has no trainable tensors; use null (or 0)")
+
+    @classmethod
+    def from_config(cls, method: Mapping, init_context: Callable[[], InitContext], **common) -> SoftPromptModule:
+        return cls(**common)
+
     # -- injection: subclasses override -------------------------------------------------------
     def embed_inputs(self, batch: Batch) -> torch.Tensor:
         """Input embeddings for the backbone; input-level methods place their prompt here."""
         return self.adapter.embed(self.backbone, batch["input_ids"])
 
+    def attention_kwargs(self) -> dict[str, Any]:
+        """Extra forward kwargs reaching every attention call; attention-level methods add prefixes."""
+        return {}
+
+    # -- folding: the trained tensors with any reparameterisation computed away -------------------
+    def folded_state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_folded_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        if state:
+            raise SoftPromptError(f"{self.method_name} stores no tensors, got {sorted(state)}")
+
+    def num_folded_params(self) -> int:
+        return sum(t.numel() for t in self.folded_state().values())
+
     # -- forward and scoring -----------------------------------------------------------------
     def hidden_states(self, batch: Batch) -> torch.Tensor:
-        return self.adapter.hidden_states(self.backbone, self.embed_inputs(batch), batch["attention_mask"])
+        return self.adapter.hidden_states(self.backbone, self.embed_inputs(batch), batch["attention_mask"],
+                                          self.position_offset, **self.attention_kwargs())
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """(batch, num_labels) label scores."""
@@ -99,6 +134,13 @@ class SoftPromptModule(L.LightningModule):
         super().train(mode)
         if not self.backbone_dropout:
             self.backbone.eval()
+            if mode:
+                # transformers checkpoints a layer only while that layer is in training mode. Mark the
+                # checkpointed layers themselves (not their dropout-carrying children) as training, so
+                # gradient checkpointing runs with dropout still off.
+                for module in self.backbone.modules():
+                    if isinstance(module, GradientCheckpointingLayer) and module.gradient_checkpointing:
+                        module.training = True
         return self
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:

@@ -1,11 +1,25 @@
-"""The hard-prompt baseline: the template and verbalizer only, nothing trainable."""
+"""The hard-prompt baseline: the template and verbalizer only, nothing trainable.
+
+With `method.num_demonstrations=k` the DataModule prepends k solved training examples (seeded,
+stratified), which makes this the few-shot in-context baseline.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from softprompt.errors import ConfigError
 from softprompt.methods.base import SoftPromptModule
 
 
 class HardPrompt(SoftPromptModule):
-    """Zero-shot scoring through the same template, verbalizer and metrics as the soft methods."""
+    """Zero-/few-shot scoring through the same template, verbalizer and metrics as the soft methods."""
 
-    num_virtual_tokens = 0
+    trains = False
+
+    @classmethod
+    def validate_config(cls, method: Mapping) -> None:
+        super().validate_config(method)
+        demos = method.get("num_demonstrations", 0)
+        if isinstance(demos, bool) or not isinstance(demos, int) or demos < 0:
+            raise ConfigError("method.num_demonstrations", demos, "must be an integer >= 0")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from softprompt.errors import ConfigError
+from softprompt.errors import ConfigError, require_positive_int
 
 
 @dataclass
@@ -26,14 +26,20 @@ class InitContext:
     init_text: str | None
 
 
+def random_values(init: str, shape: tuple[int, ...], ctx: InitContext) -> torch.Tensor:
+    """`random_uniform`: U(-init_range, init_range); `random_normal`: N(0, init_std or the embedding std)."""
+    if init == "random_uniform":
+        return (torch.rand(shape, generator=ctx.generator) * 2 - 1) * ctx.init_range
+    std = ctx.init_std if ctx.init_std is not None else float(ctx.embeddings.float().std())
+    return torch.randn(shape, generator=ctx.generator) * std
+
+
 def _random_uniform(n: int, ctx: InitContext) -> torch.Tensor:
-    d = ctx.embeddings.shape[1]
-    return (torch.rand(n, d, generator=ctx.generator) * 2 - 1) * ctx.init_range
+    return random_values("random_uniform", (n, ctx.embeddings.shape[1]), ctx)
 
 
 def _random_normal(n: int, ctx: InitContext) -> torch.Tensor:
-    std = ctx.init_std if ctx.init_std is not None else float(ctx.embeddings.float().std())
-    return torch.randn(n, ctx.embeddings.shape[1], generator=ctx.generator) * std
+    return random_values("random_normal", (n, ctx.embeddings.shape[1]), ctx)
 
 
 def _frequent_vocab_ids(n: int, ctx: InitContext) -> torch.Tensor:
@@ -53,12 +59,15 @@ def _vocab(n: int, ctx: InitContext) -> torch.Tensor:
     return ctx.embeddings[_frequent_vocab_ids(n, ctx)].float().clone()
 
 
-def _text(n: int, ctx: InitContext) -> torch.Tensor:
+def _text_ids(n: int, ctx: InitContext) -> torch.Tensor:
     if not ctx.init_text:
         raise ConfigError("method.init_text", ctx.init_text, "init=text needs a non-empty method.init_text")
     ids = ctx.tokenizer(ctx.init_text, add_special_tokens=False).input_ids
-    repeated = (ids * (n // len(ids) + 1))[:n]
-    return ctx.embeddings[torch.tensor(repeated)].float().clone()
+    return torch.tensor((ids * (n // len(ids) + 1))[:n])
+
+
+def _text(n: int, ctx: InitContext) -> torch.Tensor:
+    return ctx.embeddings[_text_ids(n, ctx)].float().clone()
 
 
 def _class_labels(n: int, ctx: InitContext) -> torch.Tensor:
@@ -75,6 +84,32 @@ INIT_STRATEGIES: dict[str, Callable[[int, InitContext], torch.Tensor]] = {
     "text": _text,
     "class_labels": _class_labels,
 }
+
+
+RANDOM_INITS = ("random_uniform", "random_normal")
+
+
+def initial_token_ids(init: str, n: int, ctx: InitContext) -> torch.Tensor:
+    """Real tokens standing for the prompt (for activation-based prefix init); not for random inits."""
+    if init == "text":
+        return _text_ids(n, ctx)
+    if init == "vocab":
+        return _frequent_vocab_ids(n, ctx)
+    if init == "class_labels":
+        labels = torch.tensor([words[0][0] for words in ctx.label_token_ids])[:n]
+        return torch.cat([labels, _frequent_vocab_ids(n - len(labels), ctx)]) if n > len(labels) else labels
+    raise ConfigError("method.init", init, f"allowed: {', '.join(t for t in INIT_STRATEGIES if t not in RANDOM_INITS)}")
+
+
+def check_init_settings(method: Mapping) -> None:
+    """The init-related keys shared by every method with trainable prompt tensors."""
+    if method.get("init") not in INIT_STRATEGIES:
+        raise ConfigError("method.init", method.get("init"), f"allowed: {', '.join(INIT_STRATEGIES)}")
+    require_positive_int("method.init_vocab_size", method.get("init_vocab_size"))
+    if method["init"] == "text" and not method.get("init_text"):
+        raise ConfigError("method.init_text", method.get("init_text"), "init=text needs a non-empty text")
+    if not float(method.get("init_range") or 0) > 0:
+        raise ConfigError("method.init_range", method.get("init_range"), "must be > 0")
 
 
 def initial_embeddings(init: str, n: int, ctx: InitContext) -> torch.Tensor:

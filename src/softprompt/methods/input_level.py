@@ -1,32 +1,70 @@
 """Input-level soft prompts: virtual-token embeddings placed at the template's [P:n] slots.
 
-Prompt tuning (Lester et al. 2021) is this module with every slot at the front of the input.
+One mechanism serves two papers:
+- prompt tuning (Lester et al. 2021): every slot at the front, no encoder;
+- P-tuning (Liu et al. 2021): slots anywhere between anchor text, through an LSTM or MLP encoder.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import torch
 from torch import nn
 
+from softprompt.errors import ConfigError, require_positive_int
 from softprompt.methods.base import SoftPromptModule
-from softprompt.methods.init import InitContext, initial_embeddings
+from softprompt.methods.init import InitContext, check_init_settings, initial_embeddings
+from softprompt.methods.prompt_encoders import ENCODERS, build_prompt_encoder
 from softprompt.methods.scoring import Batch
 
 
 class InputLevelPrompt(SoftPromptModule):
-    def __init__(self, *, num_virtual_tokens: int, init: str, init_context: InitContext, **base) -> None:
+    def __init__(self, *, num_virtual_tokens: int, init: str, init_context: InitContext, encoder: str = "none",
+                 encoder_hidden: int | None = None, encoder_dropout: float = 0.0, **base) -> None:
         super().__init__(**base)
         self.num_virtual_tokens = num_virtual_tokens
         self.init = init
-        # The prompt stays fp32 whatever the backbone dtype; it is cast at injection time.
+        dim = self.backbone.get_input_embeddings().embedding_dim
+        # Trainable tensors stay fp32 whatever the backbone dtype; the prompt is cast at injection.
         self.prompt = nn.Parameter(initial_embeddings(init, num_virtual_tokens, init_context))
+        self.encoder = build_prompt_encoder(encoder, dim, encoder_hidden or dim, encoder_dropout)
+
+    @classmethod
+    def validate_config(cls, method: Mapping) -> None:
+        require_positive_int("method.num_virtual_tokens", method.get("num_virtual_tokens"))
+        check_init_settings(method)
+        encoder = method.get("encoder", "none")
+        if encoder not in ENCODERS:
+            raise ConfigError("method.encoder", encoder, f"allowed: {', '.join(ENCODERS)}")
+        if method.get("encoder_hidden") is not None:
+            require_positive_int("method.encoder_hidden", method["encoder_hidden"])
+
+    @classmethod
+    def from_config(cls, method: Mapping, init_context: Callable[[], InitContext], **common) -> InputLevelPrompt:
+        return cls(num_virtual_tokens=int(method["num_virtual_tokens"]), init=str(method["init"]),
+                   init_context=init_context(), encoder=str(method.get("encoder", "none")),
+                   encoder_hidden=method.get("encoder_hidden"),
+                   encoder_dropout=float(method.get("encoder_dropout") or 0.0), **common)
 
     def prompt_embeddings(self) -> torch.Tensor:
-        """(num_virtual_tokens, hidden): computed once per step, shared by the whole batch."""
-        return self.prompt
+        """(num_virtual_tokens, hidden); the encoder runs once per forward, shared by the whole batch."""
+        return self.prompt if self.encoder is None else self.encoder(self.prompt)
 
     def embed_inputs(self, batch: Batch) -> torch.Tensor:
         embeds = super().embed_inputs(batch)
         prompts = self.prompt_embeddings().to(embeds.dtype)
         slots = batch["slot_ids"]
         return torch.where(slots[..., None] >= 0, prompts[slots.clamp(min=0)], embeds)
+
+    def folded_state(self) -> dict[str, torch.Tensor]:
+        """The encoder's output: plain embeddings."""
+        return {"prompt": self.prompt_embeddings().detach().clone()}
+
+    def load_folded_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Become the folded form: the given embeddings, no encoder."""
+        prompt = state["prompt"]
+        if tuple(prompt.shape) != tuple(self.prompt.shape):
+            raise ConfigError("prompt", tuple(prompt.shape), f"expected shape {tuple(self.prompt.shape)}")
+        self.encoder = None
+        self.prompt = nn.Parameter(prompt.detach().clone().float())

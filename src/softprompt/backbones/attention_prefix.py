@@ -1,0 +1,100 @@
+"""Attention-level injection without `past_key_values`.
+
+Key/value prefixes are prepended inside attention through transformers' attention-function interface:
+we register wrappers of the stock `sdpa`/`eager` functions (and their mask builders) under our own
+names. The prefix travels as a forward keyword argument, which transformers passes down to every
+attention call, so it works under gradient checkpointing (the kwarg is part of the recomputed call),
+for encoder, decoder and cross-attention modules, and with grouped-query attention (prefixes have the
+key/value head count; the stock functions repeat them with the real keys).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+PREFIX_KWARG = "softprompt_prefix"
+CAPTURE_KWARG = "softprompt_capture"
+IMPLEMENTATION_PREFIX = "softprompt_"
+
+
+@dataclass
+class PrefixKV:
+    """Per-layer key/value prefixes, each (batch or 1, kv_heads, prefix_len, head_dim)."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[2]
+
+    def for_module(self, module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if getattr(module, "is_cross_attention", False):
+            return None  # decoder-only families prefix self-attention only
+        index = module.layer_idx
+        return self.keys[index], self.values[index]
+
+
+@dataclass
+class KVCapture:
+    """Collects each layer's key/value states (after position encoding) during one forward."""
+
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)
+    values: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+def _extend_mask(mask: torch.Tensor | None, module: torch.nn.Module, query: torch.Tensor, key_len: int,
+                 prefix_len: int) -> torch.Tensor | None:
+    """Add always-visible prefix columns in front of the key axis."""
+    if mask is None:
+        if not getattr(module, "is_causal", True):
+            return None  # bidirectional and unpadded: everything is visible already
+        q_len = query.shape[2]
+        mask = torch.ones(q_len, key_len, dtype=torch.bool, device=query.device).tril(key_len - q_len)[None, None]
+    visible = True if mask.dtype == torch.bool else 0.0
+    prefix = torch.full((*mask.shape[:-1], prefix_len), visible, dtype=mask.dtype, device=mask.device)
+    return torch.cat([prefix, mask], dim=-1)
+
+
+def _wrap(base: Callable) -> Callable:
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        prefix: PrefixKV | None = kwargs.pop(PREFIX_KWARG, None)
+        capture: KVCapture | None = kwargs.pop(CAPTURE_KWARG, None)
+        if capture is not None:
+            capture.keys[module.layer_idx], capture.values[module.layer_idx] = key, value
+        pair = prefix.for_module(module) if prefix is not None else None
+        if pair is not None:
+            prefix_keys, prefix_values = pair
+            batch = key.shape[0]
+            attention_mask = _extend_mask(attention_mask, module, query, key.shape[2], prefix_keys.shape[2])
+            key = torch.cat([prefix_keys.to(key.dtype).expand(batch, -1, -1, -1), key], dim=2)
+            value = torch.cat([prefix_values.to(value.dtype).expand(batch, -1, -1, -1), value], dim=2)
+        return base(module, query, key, value, attention_mask, **kwargs)
+
+    return attention
+
+
+IMPLEMENTATION = IMPLEMENTATION_PREFIX + "sdpa"
+
+
+def _register() -> str:
+    if IMPLEMENTATION not in ALL_ATTENTION_FUNCTIONS.valid_keys():
+        AttentionInterface.register(IMPLEMENTATION, _wrap(ALL_ATTENTION_FUNCTIONS["sdpa"]))
+        AttentionMaskInterface.register(IMPLEMENTATION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    return IMPLEMENTATION
+
+
+def enable_prefix_injection(model: PreTrainedModel) -> None:
+    """Switch the model to our wrapper of PyTorch SDPA attention (idempotent).
+
+    Without a prefix kwarg the wrapper calls the stock SDPA function unchanged. Eager attention is
+    model-specific in transformers, so SDPA is the one wrapped for every model.
+    """
+    if model.config._attn_implementation != IMPLEMENTATION:
+        model.set_attn_implementation(_register())

@@ -1,0 +1,131 @@
+"""Attention-level soft prompts: key/value prefixes in every attention layer.
+
+Prefix tuning (Li & Liang 2021) computes the prefix through an MLP (`reparam=mlp`); deep prompts /
+P-tuning v2 (Liu et al. 2022) train it directly (`reparam=none`). The flat layout of the prefix,
+(num_virtual_tokens, layers x 2 x kv_heads x head_dim), is PEFT's, so tensors move across unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from softprompt.backbones.attention_prefix import (
+    CAPTURE_KWARG,
+    PREFIX_KWARG,
+    KVCapture,
+    PrefixKV,
+    enable_prefix_injection,
+)
+from softprompt.errors import ConfigError, require_positive_int
+from softprompt.methods.base import SoftPromptModule
+from softprompt.methods.init import (
+    RANDOM_INITS,
+    InitContext,
+    check_init_settings,
+    initial_embeddings,
+    initial_token_ids,
+    random_values,
+)
+
+REPARAMS = ("mlp", "none")
+
+
+def prefix_geometry(model: PreTrainedModel) -> tuple[int, int, int]:
+    """(layers, key/value heads, head dim) of the model's self-attention."""
+    config = model.config.get_text_config()
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return config.num_hidden_layers, kv_heads, head_dim
+
+
+class AttentionLevelPrefix(SoftPromptModule):
+    def __init__(self, *, num_virtual_tokens: int, init: str, init_context: InitContext, reparam: str = "mlp",
+                 reparam_hidden: int = 512, reparam_zero_init: bool = False, **base) -> None:
+        super().__init__(**base)
+        enable_prefix_injection(self.backbone)
+        self.num_virtual_tokens = self.position_offset = num_virtual_tokens
+        self.init = init
+        self.geometry = prefix_geometry(self.backbone)
+        layers, kv_heads, head_dim = self.geometry
+        flat = layers * 2 * kv_heads * head_dim
+        if reparam == "mlp":
+            # PEFT's layout: the MLP input is kv_dim wide (the hidden size unless attention is grouped).
+            kv_dim = kv_heads * head_dim
+            self.prefix_embedding = nn.Parameter(self._initial_mlp_input(init, num_virtual_tokens, kv_dim,
+                                                                         init_context))
+            self.reparam = nn.Sequential(nn.Linear(kv_dim, reparam_hidden), nn.Tanh(),
+                                         nn.Linear(reparam_hidden, flat))
+            if reparam_zero_init:  # PEFT's init_weights="zero": training starts from an all-zero prefix
+                nn.init.zeros_(self.reparam[-1].weight)
+                nn.init.zeros_(self.reparam[-1].bias)
+        else:
+            self.prefix = nn.Parameter(self._initial_prefix(init, num_virtual_tokens, init_context))
+            self.reparam = None
+
+    @classmethod
+    def validate_config(cls, method: Mapping) -> None:
+        require_positive_int("method.num_virtual_tokens", method.get("num_virtual_tokens"))
+        check_init_settings(method)
+        if method.get("reparam") not in REPARAMS:
+            raise ConfigError("method.reparam", method.get("reparam"), f"allowed: {', '.join(REPARAMS)}")
+        if method["reparam"] == "mlp":
+            require_positive_int("method.reparam_hidden", method.get("reparam_hidden"))
+
+    @classmethod
+    def from_config(cls, method: Mapping, init_context: Callable[[], InitContext], **common) -> AttentionLevelPrefix:
+        return cls(num_virtual_tokens=int(method["num_virtual_tokens"]), init=str(method["init"]),
+                   init_context=init_context(), reparam=str(method["reparam"]),
+                   reparam_hidden=int(method.get("reparam_hidden") or 0),
+                   reparam_zero_init=bool(method.get("reparam_zero_init", False)), **common)
+
+    @staticmethod
+    def _initial_mlp_input(init: str, n: int, kv_dim: int, ctx: InitContext) -> torch.Tensor:
+        if init in RANDOM_INITS:
+            return random_values(init, (n, kv_dim), ctx)
+        if kv_dim != ctx.embeddings.shape[1]:
+            raise ConfigError("method.init", init, f"with reparam=mlp on a grouped-query backbone the MLP input "
+                              f"is kv_dim={kv_dim} wide, not the embedding size {ctx.embeddings.shape[1]}; "
+                              f"use {' or '.join(RANDOM_INITS)}, or reparam=none for word activations")
+        return initial_embeddings(init, n, ctx)
+
+    def _initial_prefix(self, init: str, n: int, ctx: InitContext) -> torch.Tensor:
+        """Random values, or the key/value activations of real words (Li & Liang 2021, section 7.2)."""
+        layers, kv_heads, head_dim = self.geometry
+        if init in RANDOM_INITS:
+            return random_values(init, (n, layers * 2 * kv_heads * head_dim), ctx)
+        ids = initial_token_ids(init, n, ctx)[None]
+        capture = KVCapture()
+        with torch.no_grad():
+            self.backbone.base_model(input_ids=ids, use_cache=False, **{CAPTURE_KWARG: capture})
+        per_layer = [torch.stack([capture.keys[i][0], capture.values[i][0]]) for i in range(layers)]
+        return torch.stack(per_layer).permute(3, 0, 1, 2, 4).reshape(n, -1).float()  # (n, L*2*H*hd)
+
+    def flat_prefix(self) -> torch.Tensor:
+        """(num_virtual_tokens, layers x 2 x kv_heads x head_dim), PEFT's layout."""
+        return self.prefix if self.reparam is None else self.reparam(self.prefix_embedding)
+
+    def attention_kwargs(self) -> dict[str, PrefixKV]:
+        layers, kv_heads, head_dim = self.geometry
+        # (P, L, 2, H, hd) -> (L, 2, 1, H, P, hd): computed once per forward, broadcast over the batch.
+        grid = self.flat_prefix().view(self.num_virtual_tokens, layers, 2, kv_heads, head_dim)
+        grid = grid.permute(1, 2, 3, 0, 4).unsqueeze(2)
+        return {PREFIX_KWARG: PrefixKV(keys=list(grid[:, 0]), values=list(grid[:, 1]))}
+
+    def folded_state(self) -> dict[str, torch.Tensor]:
+        return {"prefix": self.flat_prefix().detach().clone()}
+
+    def load_folded_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        prefix = state["prefix"]
+        layers, kv_heads, head_dim = self.geometry
+        expected = (self.num_virtual_tokens, layers * 2 * kv_heads * head_dim)
+        if tuple(prefix.shape) != expected:
+            raise ConfigError("prefix", tuple(prefix.shape), f"expected shape {expected}")
+        self.reparam = None
+        if hasattr(self, "prefix_embedding"):
+            del self.prefix_embedding
+        self.prefix = nn.Parameter(prefix.detach().clone().float())

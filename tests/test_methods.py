@@ -1,0 +1,178 @@
+"""Every method: parameter-count formulas, folding, gradient checkpointing, padding invariance, configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import METHOD_SETTINGS, make_batch, method_module, template_for, tiny_backbone
+from softprompt.backbones.attention_prefix import PREFIX_KWARG
+from softprompt.backbones.loading import enable_gradient_checkpointing
+from softprompt.config_checks import check_method
+from softprompt.errors import ConfigError
+
+METHODS = sorted(METHOD_SETTINGS)
+TEXTS = ["ok", "a much longer review that goes on and on", "mid-length text here"]
+WORDS = [[" bad"], [" good"]]  # multi-token words with the byte-level tokenizer
+N = 4
+
+
+def lstm_params(d: int, h: int) -> int:
+    first = 2 * (4 * h * d + 4 * h * h + 8 * h)
+    second = 2 * (4 * h * 2 * h + 4 * h * h + 8 * h)
+    return first + second + (2 * h * 2 * h + 2 * h) + (2 * h * d + d)
+
+
+def expected_counts(method: str) -> tuple[int, int]:
+    """(trainable, folded) for tiny_random: hidden 32, 2 layers, 2 kv heads of dim 8."""
+    d, layers, kv_dim = 32, 2, 16
+    flat = layers * 2 * kv_dim
+    h = METHOD_SETTINGS[method].get("encoder_hidden") or METHOD_SETTINGS[method].get("reparam_hidden") or 0
+    return {
+        "prompt_tuning": (N * d, N * d),
+        "p_tuning_mlp": (N * d + (d * h + h) + (h * h + h) + (h * d + d), N * d),
+        "p_tuning_lstm": (N * d + lstm_params(d, h), N * d),
+        "prefix_tuning": (N * kv_dim + (kv_dim * h + h) + (h * flat + flat), N * flat),
+        "p_tuning_v2": (N * flat, N * flat),
+    }[method]
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return tiny_backbone()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_parameter_counts_match_their_formulas(backbone, method):
+    module = method_module(method, backbone, WORDS, n=N)
+    assert (module.num_trainable_params(), module.num_folded_params()) == expected_counts(method)
+    assert all(not n.startswith("backbone.") for n, p in module.named_parameters() if p.requires_grad)
+
+
+def _train_a_little(module, backbone, method, steps: int = 3) -> None:
+    optimizer = torch.optim.Adam(module.trainable_parameters(), lr=0.05)
+    batch = make_batch(backbone, TEXTS, template_for(method, N), labels=[0, 1, 1])
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy(module(batch), batch["labels"]).backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fold_then_reload_gives_identical_outputs(backbone, method):
+    module = method_module(method, backbone, WORDS, n=N)
+    module.train()
+    _train_a_little(module, backbone, method)
+    module.eval()
+    batch = make_batch(backbone, TEXTS, template_for(method, N), padding_side="left")
+    with torch.no_grad():
+        trained = module(batch)
+    folded = module.folded_state()
+    # A fresh module of the folded form (no encoder / no MLP), other init, loaded with the folded tensors.
+    plain = {"prompt_tuning": {}, "p_tuning_mlp": {"encoder": "none"}, "p_tuning_lstm": {"encoder": "none"},
+             "prefix_tuning": {"reparam": "none"}, "p_tuning_v2": {}}[method]
+    fresh = method_module(method, backbone, WORDS, n=N, seed=7, **plain)
+    fresh.load_folded_state(folded)
+    fresh.eval()
+    assert fresh.num_trainable_params() == module.num_folded_params()
+    with torch.no_grad():
+        assert torch.allclose(fresh(batch), trained, atol=1e-6)
+    module.load_folded_state(folded)  # folding in place
+    with torch.no_grad():
+        assert torch.allclose(module(batch), trained, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gradient_checkpointing_gives_the_same_gradients(method):
+    def gradients(checkpointing: bool):
+        backbone = tiny_backbone()
+        if checkpointing:
+            enable_gradient_checkpointing(backbone.model)
+        module = method_module(method, backbone, WORDS, n=N)
+        module.train()
+        calls = []
+        layer = backbone.model.base_model.layers[0].self_attn
+        layer.register_forward_hook(lambda *args: calls.append(1))
+        batch = make_batch(backbone, TEXTS, template_for(method, N), labels=[0, 1, 1])
+        F.cross_entropy(module(batch), batch["labels"]).backward()
+        return {n: p.grad.clone() for n, p in module.named_parameters() if p.requires_grad}, len(calls)
+
+    plain, plain_calls = gradients(False)
+    checkpointed, checkpointed_calls = gradients(True)
+    assert checkpointed_calls == 2 * plain_calls  # the layer really was recomputed in backward
+    assert plain.keys() == checkpointed.keys() and plain
+    for name in plain:
+        assert torch.allclose(plain[name], checkpointed[name], atol=1e-6), name
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+@pytest.mark.parametrize("method", METHODS)
+def test_padding_invariance(method, architecture):
+    backbone = tiny_backbone(architecture)
+    module = method_module(method, backbone, WORDS, n=N, init="random_normal")
+    module.eval()
+    template = template_for(method, N)
+    with torch.no_grad():
+        alone = torch.cat([module(make_batch(backbone, [t], template)) for t in TEXTS])
+        for side in ("right", "left"):
+            assert torch.allclose(alone, module(make_batch(backbone, TEXTS, template, padding_side=side)), atol=1e-5)
+
+
+def test_p_tuning_places_the_prompt_at_slots_between_anchors(backbone):
+    module = method_module("p_tuning_lstm", backbone, WORDS, n=3)
+    batch = make_batch(backbone, ["fine"], "[P:2]{text} ?[P:1] It was")
+    with torch.no_grad():
+        embeds = module.embed_inputs(batch)[0]
+        prompt = module.prompt_embeddings()
+    slots = batch["slot_ids"][0]
+    assert slots.tolist().index(2) > slots.tolist().index(1) + 1  # anchor text between the slots
+    for position, slot in enumerate(slots.tolist()):
+        expected = prompt[slot] if slot >= 0 else backbone.model.get_input_embeddings().weight[
+            batch["input_ids"][0, position]]
+        assert torch.equal(embeds[position], expected)
+
+
+def test_prefix_text_init_is_the_words_own_activations(backbone):
+    """A prefix initialised from real words acts exactly like those words preceding the input."""
+    text = "so it goes"
+    module = method_module("p_tuning_v2", backbone, WORDS, n=len(text), init="text", init_text=text)
+    words = backbone.tokenizer(text, add_special_tokens=False).input_ids
+    assert len(words) == len(text)  # byte-level: one token per character
+    batch = make_batch(backbone, ["fine"], "{text}")
+    with torch.no_grad():
+        ours = module.hidden_states(batch)
+        reference = backbone.model.base_model(input_ids=torch.cat([torch.tensor([words]), batch["input_ids"]], 1))
+    assert torch.allclose(ours[0], reference.last_hidden_state[0, len(words):], atol=1e-5)
+
+
+def test_prefix_is_computed_once_per_forward(backbone, monkeypatch):
+    module = method_module("prefix_tuning", backbone, WORDS, n=N)
+    calls = []
+    original = module.reparam.forward
+    monkeypatch.setattr(module.reparam, "forward", lambda x: calls.append(1) or original(x))
+    module(make_batch(backbone, TEXTS, template_for("prefix_tuning", N)))
+    assert len(calls) == 1
+    assert PREFIX_KWARG in module.attention_kwargs()
+
+
+@pytest.mark.parametrize(
+    ("method", "key", "message"),
+    [
+        ({"name": "hard_prompt", "_target_": "softprompt.methods.hard_prompt.HardPrompt", "slots": "none",
+          "init": "class_labels"}, "method.init", "hard_prompt has no trainable tensors"),
+        ({"name": "hard_prompt", "_target_": "softprompt.methods.hard_prompt.HardPrompt", "slots": "none",
+          "num_demonstrations": -1}, "method.num_demonstrations", ">= 0"),
+        ({"name": "p_tuning", "_target_": "softprompt.methods.input_level.InputLevelPrompt", "slots": "front",
+          "num_virtual_tokens": 3, "init": "vocab", "init_vocab_size": 10, "init_range": 0.5, "encoder": "gru"},
+         "method.encoder", "none, mlp, lstm"),
+        ({"name": "prefix_tuning", "_target_": "softprompt.methods.attention_level.AttentionLevelPrefix",
+          "slots": "none", "num_virtual_tokens": 3, "init": "vocab", "init_vocab_size": 10, "init_range": 0.5,
+          "reparam": "lora"}, "method.reparam", "mlp, none"),
+        ({"name": "x", "_target_": "softprompt.methods.nope.Nope", "slots": "none"}, "method._target_", "importable"),
+    ],
+)
+def test_nonsensical_method_settings_are_rejected(method, key, message):
+    with pytest.raises(ConfigError) as raised:
+        check_method(method)
+    assert str(raised.value).startswith(key) and message in str(raised.value)
