@@ -34,16 +34,30 @@ def test_bad_override_fails_with_one_line_before_training(tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "run" / "metrics.json").exists()
 
 
-def test_multirun_gives_each_job_its_own_dir_and_wandb_run(tmp_path):
+def test_multirun_over_every_method_writes_one_metrics_file_each(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
     # A fresh HOME has no wandb credentials; keep the prepared softprompt assets.
     env["SOFTPROMPT_CACHE"] = os.environ.get("SOFTPROMPT_CACHE", str(Path.home() / ".cache" / "softprompt"))
+    methods = ["prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2", "hard_prompt"]
     result = subprocess.run(
-        [sys.executable, "-m", "softprompt.train", "-m", "backbone=tiny_random", "trainer.max_steps=2",
-         "method.num_virtual_tokens=1,2", "logger=wandb", "callbacks=none", f"hydra.sweep.dir={tmp_path}/sweep"],
+        [sys.executable, "-m", "softprompt.train", "-m", f"method={','.join(methods)}", "backbone=tiny_random",
+         "trainer.max_steps=5", "logger=wandb", f"hydra.sweep.dir={tmp_path}/sweep"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**env, "HOME": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-3000:]
-    for job, n in ((0, 1), (1, 2)):
+    d, h, flat = 32, 32, 2 * 2 * 16  # tiny_random: hidden 32 (the LSTM's default width), 2 layers x 2 x kv_dim 16
+    lstm = 2 * (4 * h * d + 4 * h * h + 8 * h) + 2 * (4 * h * 2 * h + 4 * h * h + 8 * h) + (4 * h * h + 2 * h) + (
+        2 * h * d + d)
+    expected = {  # (trainable, after folding) for 20 virtual tokens
+        "prompt_tuning": (20 * d, 20 * d),
+        "p_tuning": (20 * d + lstm, 20 * d),
+        "prefix_tuning": (20 * 16 + (16 * 512 + 512) + (512 * flat + flat), 20 * flat),
+        "p_tuning_v2": (20 * flat, 20 * flat),
+        "hard_prompt": (0, 0),
+    }
+    for job, method in enumerate(methods):
         metrics = json.loads((tmp_path / "sweep" / str(job) / "metrics.json").read_text())
-        assert metrics["num_virtual_tokens"] == n and metrics["trainable_params"] == n * 32
+        assert metrics["method"] == method
+        assert (metrics["trainable_params"], metrics["folded_params"]) == expected[method]
+        assert metrics["steps"] == (0 if method == "hard_prompt" else 5)
+        assert metrics["backbone_fingerprint_start"] == metrics["backbone_fingerprint_end"]
         assert len(list((tmp_path / "sweep" / str(job) / "wandb").glob("offline-run-*"))) == 1

@@ -88,3 +88,26 @@ def test_token_counts_come_from_the_training_text(backbone, local_task_files):
     assert int(counts.sum()) == len(backbone.tokenizer(text, add_special_tokens=False).input_ids)
     colon = backbone.tokenizer(":", add_special_tokens=False).input_ids[0]
     assert counts[colon] == 0  # template text is not counted
+
+
+def test_demonstrations_are_stratified_seeded_and_prepended(backbone, local_task_files):
+    task = local_task(local_task_files)
+
+    def module(seed, k=4):
+        m = PromptDataModule(task, DATA, NO_CV, TASK_TEMPLATE, backbone.tokenizer, "/unused", seed=seed,
+                             num_demonstrations=k)
+        m.setup()
+        return m
+
+    first = module(0)
+    text = backbone.tokenizer.decode(first.demonstration_ids)
+    assert text.count("Sentiment:") == 4 and text.count(" good\n\n") == 2 and text.count(" bad\n\n") == 2
+    assert module(0).demonstration_ids == first.demonstration_ids
+    assert module(1).demonstration_ids != first.demonstration_ids
+    batch = next(iter(first.test_dataloader()))
+    prefix = torch.tensor(first.demonstration_ids)
+    assert torch.equal(batch["input_ids"][:, : len(prefix)], prefix.expand(len(batch["input_ids"]), -1))
+    assert (batch["slot_ids"][:, : len(prefix)] == -1).all()
+    train_texts = set(first.splits["train"]["text"])
+    demos = [line.split("Review: ")[1] for line in text.split("\n") if line.startswith("Review: ")]
+    assert len(demos) == 4 and set(demos) <= train_texts  # drawn from the training fold

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from softprompt.methods.layout import prompt_template
 from softprompt.run_results import stage_metrics, write_run_results
 
 log = logging.getLogger("softprompt")
+# The frozen backbone is in eval mode on purpose (dropout off); Lightning warns about it on every fit.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:

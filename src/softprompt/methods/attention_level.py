@@ -30,6 +30,7 @@ from softprompt.methods.init import (
     initial_token_ids,
     random_values,
 )
+from softprompt.methods.prompt_encoders import zero_last_linear
 
 REPARAMS = ("mlp", "none")
 
@@ -45,7 +46,7 @@ def prefix_geometry(model: PreTrainedModel) -> tuple[int, int, int]:
 
 class AttentionLevelPrefix(SoftPromptModule):
     def __init__(self, *, num_virtual_tokens: int, init: str, init_context: InitContext, reparam: str = "mlp",
-                 reparam_hidden: int = 512, reparam_zero_init: bool = False, **base) -> None:
+                 reparam_hidden: int = 512, zero_init: bool = False, **base) -> None:
         super().__init__(**base)
         enable_prefix_injection(self.backbone)
         self.num_virtual_tokens = self.position_offset = num_virtual_tokens
@@ -60,9 +61,8 @@ class AttentionLevelPrefix(SoftPromptModule):
                                                                          init_context))
             self.reparam = nn.Sequential(nn.Linear(kv_dim, reparam_hidden), nn.Tanh(),
                                          nn.Linear(reparam_hidden, flat))
-            if reparam_zero_init:  # PEFT's init_weights="zero": training starts from an all-zero prefix
-                nn.init.zeros_(self.reparam[-1].weight)
-                nn.init.zeros_(self.reparam[-1].bias)
+            if zero_init:
+                zero_last_linear(self.reparam)
         else:
             self.prefix = nn.Parameter(self._initial_prefix(init, num_virtual_tokens, init_context))
             self.reparam = None
@@ -81,7 +81,7 @@ class AttentionLevelPrefix(SoftPromptModule):
         return cls(num_virtual_tokens=int(method["num_virtual_tokens"]), init=str(method["init"]),
                    init_context=init_context(), reparam=str(method["reparam"]),
                    reparam_hidden=int(method.get("reparam_hidden") or 0),
-                   reparam_zero_init=bool(method.get("reparam_zero_init", False)), **common)
+                   zero_init=bool(method.get("zero_init", False)), **common)
 
     @staticmethod
     def _initial_mlp_input(init: str, n: int, kv_dim: int, ctx: InitContext) -> torch.Tensor:

@@ -21,14 +21,15 @@ from softprompt.methods.scoring import Batch
 
 class InputLevelPrompt(SoftPromptModule):
     def __init__(self, *, num_virtual_tokens: int, init: str, init_context: InitContext, encoder: str = "none",
-                 encoder_hidden: int | None = None, encoder_dropout: float = 0.0, **base) -> None:
+                 encoder_hidden: int | None = None, encoder_dropout: float = 0.0, zero_init: bool = False,
+                 **base) -> None:
         super().__init__(**base)
         self.num_virtual_tokens = num_virtual_tokens
         self.init = init
         dim = self.backbone.get_input_embeddings().embedding_dim
         # Trainable tensors stay fp32 whatever the backbone dtype; the prompt is cast at injection.
         self.prompt = nn.Parameter(initial_embeddings(init, num_virtual_tokens, init_context))
-        self.encoder = build_prompt_encoder(encoder, dim, encoder_hidden or dim, encoder_dropout)
+        self.encoder = build_prompt_encoder(encoder, dim, encoder_hidden or dim, encoder_dropout, zero_init)
 
     @classmethod
     def validate_config(cls, method: Mapping) -> None:
@@ -45,7 +46,8 @@ class InputLevelPrompt(SoftPromptModule):
         return cls(num_virtual_tokens=int(method["num_virtual_tokens"]), init=str(method["init"]),
                    init_context=init_context(), encoder=str(method.get("encoder", "none")),
                    encoder_hidden=method.get("encoder_hidden"),
-                   encoder_dropout=float(method.get("encoder_dropout") or 0.0), **common)
+                   encoder_dropout=float(method.get("encoder_dropout") or 0.0),
+                   zero_init=bool(method.get("zero_init", False)), **common)
 
     def prompt_embeddings(self) -> torch.Tensor:
         """(num_virtual_tokens, hidden); the encoder runs once per forward, shared by the whole batch."""

@@ -38,12 +38,24 @@ class LSTMEncoder(nn.Module):
         return self.mlp_head(self.lstm_head(embeddings[None])[0][0])
 
 
-def build_prompt_encoder(kind: str, dim: int, hidden: int, dropout: float) -> nn.Module | None:
+def zero_last_linear(module: nn.Module) -> None:
+    """Zero the last Linear layer: the reparameterised tensor starts at exactly zero (a neutral prompt),
+    and training moves it from there (PEFT's `init_weights="zero"` for prefixes)."""
+    last = [m for m in module.modules() if isinstance(m, nn.Linear)][-1]
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+
+
+def build_prompt_encoder(kind: str, dim: int, hidden: int, dropout: float, zero_init: bool) -> nn.Module | None:
     """None for `none` (prompt tuning): the embeddings are the prompt."""
     if kind == "none":
         return None
     if kind == "mlp":
-        return MLPEncoder(dim, hidden)
-    if kind == "lstm":
-        return LSTMEncoder(dim, hidden, dropout)
-    raise ConfigError("method.encoder", kind, f"allowed: {', '.join(ENCODERS)}")
+        encoder = MLPEncoder(dim, hidden)
+    elif kind == "lstm":
+        encoder = LSTMEncoder(dim, hidden, dropout)
+    else:
+        raise ConfigError("method.encoder", kind, f"allowed: {', '.join(ENCODERS)}")
+    if zero_init:
+        zero_last_linear(encoder)
+    return encoder
