@@ -10,7 +10,7 @@ from helpers import METHOD_SETTINGS, make_batch, method_module, template_for, ti
 from softprompt.backbones.attention_prefix import PREFIX_KWARG
 from softprompt.backbones.loading import enable_gradient_checkpointing
 from softprompt.config_checks import check_method
-from softprompt.errors import ConfigError
+from softprompt.errors import ConfigError, SoftPromptError
 
 METHODS = sorted(METHOD_SETTINGS)
 TEXTS = ["ok", "a much longer review that goes on and on", "mid-length text here"]
@@ -176,3 +176,25 @@ def test_nonsensical_method_settings_are_rejected(method, key, message):
     with pytest.raises(ConfigError) as raised:
         check_method(method)
     assert str(raised.value).startswith(key) and message in str(raised.value)
+
+
+def test_zero_init_starts_prefix_tuning_from_an_all_zero_prefix(backbone):
+    module = method_module("prefix_tuning", backbone, WORDS, n=N, zero_init=True)
+    assert torch.count_nonzero(module.flat_prefix()) == 0
+    _train_a_little(module, backbone, "prefix_tuning", steps=2)
+    assert torch.count_nonzero(module.flat_prefix()) > 0  # and it trains away from zero
+
+
+def test_p_tuning_encoder_starts_at_word_embedding_scale(backbone):
+    module = method_module("p_tuning_lstm", backbone, WORDS, n=8, match_embedding_std=True)
+    target = backbone.model.get_input_embeddings().weight.std()
+    assert torch.allclose(module.prompt_embeddings().std(), target, rtol=1e-4)
+
+
+def test_non_finite_loss_stops_training_with_a_clear_error(backbone):
+    module = method_module("prompt_tuning", backbone, WORDS, n=N)
+    with torch.no_grad():
+        module.prompt[0, 0] = float("nan")
+    batch = make_batch(backbone, TEXTS, template_for("prompt_tuning", N), labels=[0, 1, 1])
+    with pytest.raises(SoftPromptError, match=r"train/loss is nan at step 0 of prompt_tuning"):
+        module.training_step(batch, 0)

@@ -103,6 +103,9 @@ class SoftPromptModule(L.LightningModule):
     # -- loop ----------------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss = F.cross_entropy(self(batch), batch["labels"])
+        if not torch.isfinite(loss):
+            raise SoftPromptError(f"train/loss is {loss.item()} at step {self.global_step} of {self.method_name}; "
+                                  "nothing was saved from this step on: lower optimizer.lr or check the inputs")
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
 

@@ -15,13 +15,13 @@ from torch import nn
 from softprompt.errors import ConfigError, require_positive_int
 from softprompt.methods.base import SoftPromptModule
 from softprompt.methods.init import InitContext, check_init_settings, initial_embeddings
-from softprompt.methods.prompt_encoders import ENCODERS, build_prompt_encoder
+from softprompt.methods.prompt_encoders import ENCODERS, build_prompt_encoder, match_output_std
 from softprompt.methods.scoring import Batch
 
 
 class InputLevelPrompt(SoftPromptModule):
     def __init__(self, *, num_virtual_tokens: int, init: str, init_context: InitContext, encoder: str = "none",
-                 encoder_hidden: int | None = None, encoder_dropout: float = 0.0, zero_init: bool = False,
+                 encoder_hidden: int | None = None, encoder_dropout: float = 0.0, match_embedding_std: bool = False,
                  **base) -> None:
         super().__init__(**base)
         self.num_virtual_tokens = num_virtual_tokens
@@ -29,7 +29,9 @@ class InputLevelPrompt(SoftPromptModule):
         dim = self.backbone.get_input_embeddings().embedding_dim
         # Trainable tensors stay fp32 whatever the backbone dtype; the prompt is cast at injection.
         self.prompt = nn.Parameter(initial_embeddings(init, num_virtual_tokens, init_context))
-        self.encoder = build_prompt_encoder(encoder, dim, encoder_hidden or dim, encoder_dropout, zero_init)
+        self.encoder = build_prompt_encoder(encoder, dim, encoder_hidden or dim, encoder_dropout)
+        if self.encoder is not None and match_embedding_std:
+            match_output_std(self.encoder, self.prompt, float(init_context.embeddings.float().std()))
 
     @classmethod
     def validate_config(cls, method: Mapping) -> None:
@@ -47,7 +49,7 @@ class InputLevelPrompt(SoftPromptModule):
                    init_context=init_context(), encoder=str(method.get("encoder", "none")),
                    encoder_hidden=method.get("encoder_hidden"),
                    encoder_dropout=float(method.get("encoder_dropout") or 0.0),
-                   zero_init=bool(method.get("zero_init", False)), **common)
+                   match_embedding_std=bool(method.get("match_embedding_std", False)), **common)
 
     def prompt_embeddings(self) -> torch.Tensor:
         """(num_virtual_tokens, hidden); the encoder runs once per forward, shared by the whole batch."""

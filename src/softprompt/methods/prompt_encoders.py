@@ -46,7 +46,21 @@ def zero_last_linear(module: nn.Module) -> None:
     nn.init.zeros_(last.bias)
 
 
-def build_prompt_encoder(kind: str, dim: int, hidden: int, dropout: float, zero_init: bool) -> nn.Module | None:
+def match_output_std(encoder: nn.Module, inputs: torch.Tensor, target_std: float) -> None:
+    """Rescale the last Linear layer so the encoder's initial output has std `target_std`.
+
+    A freshly initialised encoder emits vectors far larger than word embeddings, which breaks the
+    frozen model at step 0. (A zero output is no fix for input-level prompts: RMSNorm's gradient at
+    the zero vector is 1/sqrt(eps) per layer and overflows through a deep backbone.)
+    """
+    last = [m for m in encoder.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        scale = target_std / float(encoder(inputs).std())
+        last.weight.mul_(scale)
+        last.bias.mul_(scale)
+
+
+def build_prompt_encoder(kind: str, dim: int, hidden: int, dropout: float) -> nn.Module | None:
     """None for `none` (prompt tuning): the embeddings are the prompt."""
     if kind == "none":
         return None
@@ -56,6 +70,4 @@ def build_prompt_encoder(kind: str, dim: int, hidden: int, dropout: float, zero_
         encoder = LSTMEncoder(dim, hidden, dropout)
     else:
         raise ConfigError("method.encoder", kind, f"allowed: {', '.join(ENCODERS)}")
-    if zero_init:
-        zero_last_linear(encoder)
     return encoder
