@@ -198,3 +198,12 @@ def test_non_finite_loss_stops_training_with_a_clear_error(backbone):
     batch = make_batch(backbone, TEXTS, template_for("prompt_tuning", N), labels=[0, 1, 1])
     with pytest.raises(SoftPromptError, match=r"train/loss is nan at step 0 of prompt_tuning"):
         module.training_step(batch, 0)
+
+
+def test_prefix_mlp_starts_from_the_words_activations(backbone):
+    """With reparam=mlp, word-based inits solve the MLP's last layer to output the activations exactly."""
+    mlp = method_module("prefix_tuning", backbone, WORDS, n=N, init="text", init_text="so it goes")
+    direct = method_module("p_tuning_v2", backbone, WORDS, n=N, init="text", init_text="so it goes")
+    with torch.no_grad():
+        assert torch.allclose(mlp.flat_prefix(), direct.prefix, atol=1e-5)
+    assert mlp.num_trainable_params() == expected_counts("prefix_tuning")[0]

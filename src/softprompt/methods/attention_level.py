@@ -26,7 +26,6 @@ from softprompt.methods.init import (
     RANDOM_INITS,
     InitContext,
     check_init_settings,
-    initial_embeddings,
     initial_token_ids,
     random_values,
 )
@@ -57,11 +56,13 @@ class AttentionLevelPrefix(SoftPromptModule):
         if reparam == "mlp":
             # PEFT's layout: the MLP input is kv_dim wide (the hidden size unless attention is grouped).
             kv_dim = kv_heads * head_dim
-            self.prefix_embedding = nn.Parameter(self._initial_mlp_input(init, num_virtual_tokens, kv_dim,
-                                                                         init_context))
+            random_init = init if init in RANDOM_INITS else "random_normal"
+            self.prefix_embedding = nn.Parameter(random_values(random_init, (num_virtual_tokens, kv_dim), init_context))
             self.reparam = nn.Sequential(nn.Linear(kv_dim, reparam_hidden), nn.Tanh(),
                                          nn.Linear(reparam_hidden, flat))
-            if zero_init:
+            if init not in RANDOM_INITS:
+                self._fit_mlp_output(self._initial_prefix(init, num_virtual_tokens, init_context))
+            elif zero_init:
                 zero_last_linear(self.reparam)
         else:
             self.prefix = nn.Parameter(self._initial_prefix(init, num_virtual_tokens, init_context))
@@ -83,15 +84,17 @@ class AttentionLevelPrefix(SoftPromptModule):
                    reparam_hidden=int(method.get("reparam_hidden") or 0),
                    zero_init=bool(method.get("zero_init", False)), **common)
 
-    @staticmethod
-    def _initial_mlp_input(init: str, n: int, kv_dim: int, ctx: InitContext) -> torch.Tensor:
-        if init in RANDOM_INITS:
-            return random_values(init, (n, kv_dim), ctx)
-        if kv_dim != ctx.embeddings.shape[1]:
-            raise ConfigError("method.init", init, f"with reparam=mlp on a grouped-query backbone the MLP input "
-                              f"is kv_dim={kv_dim} wide, not the embedding size {ctx.embeddings.shape[1]}; "
-                              f"use {' or '.join(RANDOM_INITS)}, or reparam=none for word activations")
-        return initial_embeddings(init, n, ctx)
+    def _fit_mlp_output(self, target: torch.Tensor) -> None:
+        """Set the MLP's last layer so its first output is exactly `target` (real words' activations).
+
+        With n <= reparam_hidden the hidden activations H (n x hidden) have full row rank, so the
+        minimum-norm W = (pinv(H) @ target)^T, bias 0, solves H @ W^T = target.
+        """
+        last = self.reparam[-1]
+        with torch.no_grad():
+            hidden = self.reparam[:-1](self.prefix_embedding)
+            last.weight.copy_((torch.linalg.pinv(hidden.double()) @ target.double()).T.float())
+            last.bias.zero_()
 
     def _initial_prefix(self, init: str, n: int, ctx: InitContext) -> torch.Tensor:
         """Random values, or the key/value activations of real words (Li & Liang 2021, section 7.2)."""

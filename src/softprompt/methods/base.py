@@ -20,7 +20,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from softprompt.backbones import Backbone, fingerprint
 from softprompt.backbones.families import FAMILY_ADAPTERS
-from softprompt.errors import BackboneModifiedError, ConfigError, SoftPromptError
+from softprompt.errors import BackboneModifiedError, SoftPromptError
 from softprompt.methods.init import InitContext
 from softprompt.methods.scoring import Batch, LabelScorer
 
@@ -62,10 +62,6 @@ class SoftPromptModule(L.LightningModule):
     @classmethod
     def validate_config(cls, method: Mapping) -> None:
         """Raise ConfigError for settings this method cannot honour; called before anything loads."""
-        for key in ("init", "num_virtual_tokens"):
-            if method.get(key):
-                raise ConfigError(f"method.{key}", method[key],
-                                  f"{method.get('name')} has no trainable tensors; use null (or 0)")
 
     @classmethod
     def from_config(cls, method: Mapping, init_context: Callable[[], InitContext], **common) -> SoftPromptModule:

@@ -19,7 +19,10 @@ class HardPrompt(SoftPromptModule):
 
     @classmethod
     def validate_config(cls, method: Mapping) -> None:
-        super().validate_config(method)
+        for key in ("init", "num_virtual_tokens"):
+            if method.get(key):
+                raise ConfigError(f"method.{key}", method[key],
+                                  f"{method.get('name')} has no trainable tensors; use null (or 0)")
         demos = method.get("num_demonstrations", 0)
         if isinstance(demos, bool) or not isinstance(demos, int) or demos < 0:
             raise ConfigError("method.num_demonstrations", demos, "must be an integer >= 0")
