@@ -35,7 +35,7 @@ def test_default_composition_follows_template_conventions(make_cfg):
 
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g, opts in GROUP_OPTIONS.items() for o in opts])
 def test_every_group_option_composes_and_passes_checks(make_cfg, group, option):
-    cfg = make_cfg([f"{group}={option}"])
+    cfg = make_cfg([f"{group}={option}", *(["cv.num_folds=5"] if option == "sst2" else [])])
     plain = resolved_config(cfg)
     check_config(plain)
     if group in ("backbone", "method", "task", "optimizer"):
@@ -67,6 +67,7 @@ def test_experiment_overrides_defaults(make_cfg):
         (["backbone.dtype=float8"], "backbone.dtype", "float32, bfloat16, float16"),
         (["optimizer.scheduler.name=wavy"], "optimizer.scheduler.name", "linear"),
         (["data.padding_side=middle"], "data.padding_side", "left, right"),
+        (["task=sst2"], "task.splits.validation", "never serves model selection"),
     ],
 )
 def test_bad_config_is_one_clear_line(make_cfg, overrides, key, allowed):

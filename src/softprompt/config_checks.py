@@ -42,9 +42,16 @@ def check_task(task: Mapping, method: Mapping) -> None:
     require_positive_int("task.max_length", task.get("max_length"))
 
 
-def check_cv(cv: Mapping) -> None:
+def check_cv(cv: Mapping, splits: Mapping) -> None:
     num_folds = cv.get("num_folds")
     if num_folds is None:
+        # Without folds, selection uses the task's validation split; the test split must be another one.
+        for role in ("validation", "test"):
+            if not splits.get(role):
+                raise ConfigError(f"task.splits.{role}", splits.get(role),
+                                  "without cv.num_folds the task needs both a validation and a test split "
+                                  "(the test split never serves model selection); set cv.num_folds=K to hold "
+                                  "out a fold of train instead")
         return
     if isinstance(num_folds, bool) or not isinstance(num_folds, int) or num_folds < 2:
         raise ConfigError("cv.num_folds", num_folds, "must be null (use the task's validation split) or >= 2")
@@ -88,7 +95,7 @@ def check_config(cfg: Mapping) -> None:
     check_backbone(cfg["backbone"])
     check_method(cfg["method"])
     check_task(cfg["task"], cfg["method"])
-    check_cv(cfg["cv"])
+    check_cv(cfg["cv"], cfg["task"]["splits"])
     check_data(cfg["data"])
     if method_class(cfg["method"]).trains:
         check_optimizer(cfg["optimizer"])

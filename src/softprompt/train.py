@@ -81,7 +81,7 @@ def build_init_context(method: dict, seed: int, backbone, datamodule: PromptData
     )
 
 
-def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: PromptDataModule, output_dir: Path):
+def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: PromptDataModule):
     """Fit (when there is anything to train), then test the best checkpoint by val/acc."""
     history = ValidationHistory()
     callbacks = [*_instantiate_all(cfg.get("callbacks")), history]
@@ -116,9 +116,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     cache_dir = Path(cfg.paths.cache_dir).expanduser()
     output_dir = Path(cfg.paths.output_dir)
 
-    backbone = load_backbone(plain["backbone"], cache_dir)
-    template = prompt_template(plain["method"], plain["task"]["template"])
     method = plain["method"]
+    backbone = load_backbone(plain["backbone"], cache_dir)
+    template = prompt_template(method, plain["task"]["template"])
     datamodule = PromptDataModule(plain["task"], plain["data"], plain["cv"], template, backbone.tokenizer,
                                   cache_dir, int(cfg.seed),
                                   num_demonstrations=int(method.get("num_demonstrations") or 0),
@@ -138,7 +138,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
              f"{module.num_folded_params():,}", backbone.name, fingerprint_start)
 
     _prepare_wandb_env(cfg.get("logger"))
-    trainer, val, test, best_path = _fit_and_test(cfg, module, datamodule, output_dir)
+    trainer, val, test, best_path = _fit_and_test(cfg, module, datamodule)
     fingerprint_end = module.verify_backbone_unchanged()
 
     summary = {

@@ -65,8 +65,8 @@ class PromptDataModule(L.LightningDataModule):
             train_idx, val_idx = train_val_indices(list(tokenized["train"][LABEL]), int(num_folds),
                                                    int(self.cv["fold"]), int(self.cv["seed"]))
             train, validation = tokenized["train"].select(train_idx), tokenized["train"].select(val_idx)
-        else:
-            train, validation = tokenized["train"], tokenized.get("validation", test)
+        else:  # config checks guarantee a separate validation split here
+            train, validation = tokenized["train"], tokenized["validation"]
         self.splits = {"train": train, "validation": validation, "test": test}
         self.demonstration_ids = self._demonstration_ids()
         limits = self.data_cfg.get("max_samples") or {}
