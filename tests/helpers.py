@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.config_dir import config_dir
 from softprompt.data.collate import PadCollator
-from softprompt.data.templates import Template
+from softprompt.data.templates import Template, special_tokens_around
 from softprompt.data.verbalizer import label_token_ids
 from softprompt.methods.attention_level import AttentionLevelPrefix
 from softprompt.methods.init import InitContext
@@ -82,8 +82,11 @@ def template_for(method: str, n: int, task_template: str = "Review: {text}\nSent
 def make_batch(backbone: Backbone, texts: list[str], template: str, padding_side: str = "right",
                labels: list[int] | None = None, max_length: int = 256) -> dict[str, torch.Tensor]:
     parsed = Template.parse(template, ["text"])
+    answer = backbone.tokenizer.mask_token_id if backbone.family == "masked_lm" else None
+    specials = special_tokens_around(backbone.tokenizer)
     rows = []
     for i, text in enumerate(texts):
-        ids, slots = parsed.render({"text": text}, backbone.tokenizer, max_length)
-        rows.append({"input_ids": ids, "slot_ids": slots, "label": (labels or [0] * len(texts))[i], "row_index": i})
+        r = parsed.render({"text": text}, backbone.tokenizer, max_length, answer, specials)
+        rows.append({"input_ids": r.input_ids, "slot_ids": r.slot_ids, "answer_index": r.answer_index,
+                     "label": (labels or [0] * len(texts))[i], "row_index": i})
     return PadCollator(backbone.tokenizer.pad_token_id, padding_side)(rows)

@@ -32,16 +32,19 @@ NO_CV = {"num_folds": None, "fold": 0, "seed": 0}
 
 def test_template_slots_and_fields(backbone):
     template = Template.parse("[P:2] {text} [P:1] It was{answer}", ["text"])
-    ids, slots = template.render({"text": "fine"}, backbone.tokenizer, 64)
+    rendered = template.render({"text": "fine"}, backbone.tokenizer, 64)
+    ids, slots = rendered.input_ids, rendered.slot_ids
     assert slots[:2] == [0, 1] and slots.count(2) == 1 and template.num_virtual_tokens == 3
+    assert rendered.answer_index == len(ids) - 1
     rendered = backbone.tokenizer.decode([i for i, s in zip(ids, slots, strict=True) if s < 0])
     assert rendered == " fine  It was"
 
 
 def test_truncation_cuts_the_text_and_keeps_the_template_tail(backbone):
     template = Template.parse("[P:3]" + TASK_TEMPLATE, ["text"])
-    ids, slots = template.render({"text": "x" * 500 + "é" * 50}, backbone.tokenizer, 40)
-    assert len(ids) == 40 == len(slots)
+    rendered = template.render({"text": "x" * 500 + "é" * 50}, backbone.tokenizer, 40)
+    ids = rendered.input_ids
+    assert len(ids) == 40 == len(rendered.slot_ids)
     assert backbone.tokenizer.decode(ids[-11:]).endswith("\nSentiment:")
 
 

@@ -31,7 +31,7 @@ class PadCollator:
             input_ids[i, start:start + n] = torch.as_tensor(row["input_ids"])
             slot_ids[i, start:start + n] = torch.as_tensor(row["slot_ids"])
             attention_mask[i, start:start + n] = 1
-            answer_index[i] = start + n - 1
+            answer_index[i] = start + len(self.prefix_ids) + row["answer_index"]
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,

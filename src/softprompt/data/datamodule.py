@@ -17,11 +17,11 @@ from transformers import PreTrainedTokenizerBase
 from softprompt.data.collate import PadCollator
 from softprompt.data.folds import stratified_sample, train_val_indices
 from softprompt.data.sources import LABEL, load_raw_splits, select_and_map
-from softprompt.data.templates import Template
+from softprompt.data.templates import Template, special_tokens_around
 from softprompt.data.verbalizer import label_words
 from softprompt.errors import ConfigError
 
-TOKENIZATION_VERSION = 1  # bump when rendering changes, to invalidate cached tokenizations
+TOKENIZATION_VERSION = 2  # bump when rendering changes, to invalidate cached tokenizations
 
 
 def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -36,13 +36,19 @@ class PromptDataModule(L.LightningDataModule):
 
     def __init__(self, task: Mapping, data: Mapping, cv: Mapping, template: str,
                  tokenizer: PreTrainedTokenizerBase, cache_dir: str | Path, seed: int,
-                 num_demonstrations: int = 0, demonstration_separator: str = "\n\n") -> None:
+                 num_demonstrations: int = 0, demonstration_separator: str = "\n\n",
+                 answer_token_id: int | None = None) -> None:
         super().__init__()
+        self.answer_token_id = answer_token_id  # masked LMs: the mask token stands at the answer
+        self.specials = special_tokens_around(tokenizer)
         self.num_demonstrations = num_demonstrations
         self.demonstration_separator = demonstration_separator
         self.demonstration_ids: list[int] = []
         self.task, self.data_cfg, self.cv = task, data, cv
         self.template = Template.parse(template, list(task["text_fields"]), key="template")
+        if answer_token_id is None and not self.template.answer_at_end:
+            raise ConfigError("task.template", template, "{answer} must end the template for causal LMs "
+                              "(the answer is the next token)")
         self.tokenizer = tokenizer
         self.cache_dir = Path(cache_dir)
         self.seed = seed
@@ -90,13 +96,15 @@ class PromptDataModule(L.LightningDataModule):
     def _tokenize(self, dataset: Dataset, role: str) -> Dataset:
         fields = list(self.task["text_fields"])
         template, tokenizer, max_length = self.template, self.tokenizer, int(self.task["max_length"])
+        answer_token_id, specials = self.answer_token_id, self.specials
         spec = json.dumps([TOKENIZATION_VERSION, dataset._fingerprint, tokenizer_identity(tokenizer),
-                           template.text, fields, max_length])
+                           template.text, fields, max_length, answer_token_id, specials])
         fingerprint = hashlib.sha256(spec.encode()).hexdigest()[:32]
 
         def render(row: dict, index: int) -> dict:
-            ids, slots = template.render(row, tokenizer, max_length)
-            return {"input_ids": ids, "slot_ids": slots, "row_index": index}
+            rendered = template.render(row, tokenizer, max_length, answer_token_id, specials)
+            return {"input_ids": rendered.input_ids, "slot_ids": rendered.slot_ids,
+                    "answer_index": rendered.answer_index, "row_index": index}
 
         return dataset.map(render, with_indices=True, new_fingerprint=fingerprint,
                            desc=f"tokenizing {role}")

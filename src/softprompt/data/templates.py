@@ -1,7 +1,8 @@
-"""Prompt templates: literal text, `{field}` placeholders, `[P:n]` soft-prompt slots, optional `{answer}`.
+"""Prompt templates: literal text, `{field}` placeholders, `[P:n]` soft-prompt slots, and `{answer}`.
 
 A template such as ``"[P:3] {text} [P:2] It was{answer}"`` renders to token ids plus a parallel
-`slot_ids` list that is -1 for ordinary tokens and k for the k-th virtual token.
+`slot_ids` list that is -1 for ordinary tokens and k for the k-th virtual token, and the index of
+the answer position. `{answer}` may be left out (the answer then follows the template).
 """
 
 from __future__ import annotations
@@ -17,13 +18,22 @@ from softprompt.errors import ConfigError
 SLOT_PATTERN = re.compile(r"\[P:(\d+)\]")
 FIELD_PATTERN = re.compile(r"\{(\w*)\}")
 ANSWER = "answer"
+ANSWER_MARK = "{answer}"
+SPLIT_PATTERN = re.compile(r"(\[P:\d+\]|\{answer\})")
 _MAX_TRUNCATION_ROUNDS = 8
+
+
+@dataclass(frozen=True)
+class Rendered:
+    input_ids: list[int]
+    slot_ids: list[int]
+    answer_index: int  # the mask token (masked LMs) or the last token before the answer (causal LMs)
 
 
 @dataclass(frozen=True)
 class Template:
     text: str
-    segments: tuple[str | int, ...]  # literal text pieces (may hold {fields}) or slot lengths
+    segments: tuple[str | int | None, ...]  # literal text (may hold {fields}), slot length, or None = answer
     fields: tuple[str, ...]
 
     @classmethod
@@ -37,36 +47,50 @@ class Template:
         for name in fields:
             if name not in used:
                 raise ConfigError(key, text, f"the template must contain the text field {{{name}}}")
-        if ANSWER in used and not text.rstrip().endswith("{answer}"):
-            raise ConfigError(key, text, "{answer} may only stand at the end of the template")
-        segments: list[str | int] = []
-        position = 0
-        for match in SLOT_PATTERN.finditer(text):
-            if match.start() > position:
-                segments.append(text[position:match.start()])
-            length = int(match.group(1))
-            if length < 1:
-                raise ConfigError(key, text, "a slot [P:n] needs n >= 1")
-            segments.append(length)
-            position = match.end()
-        tail = text[position:].replace("{answer}", "")
-        if tail:
-            segments.append(tail)
+        if used.count(ANSWER) > 1:
+            raise ConfigError(key, text, "{answer} may appear once")
+        segments: list[str | int | None] = []
+        for piece in SPLIT_PATTERN.split(text):
+            if piece == ANSWER_MARK:
+                segments.append(None)
+            elif SLOT_PATTERN.fullmatch(piece):
+                length = int(SLOT_PATTERN.fullmatch(piece).group(1))
+                if length < 1:
+                    raise ConfigError(key, text, "a slot [P:n] needs n >= 1")
+                segments.append(length)
+            elif piece:
+                segments.append(piece)
+        if None not in segments:
+            segments.append(None)
         return cls(text, tuple(segments), tuple(fields))
 
     @property
     def num_virtual_tokens(self) -> int:
         return sum(s for s in self.segments if isinstance(s, int))
 
-    def render(self, example: Mapping[str, str], tokenizer: PreTrainedTokenizerBase,
-               max_length: int) -> tuple[list[int], list[int]]:
-        """Token ids and slot ids; the longest field is cut (from its end) until the result fits."""
+    @property
+    def answer_at_end(self) -> bool:
+        return self.segments[-1] is None
+
+    def fill(self, example: Mapping[str, str]) -> str:
+        """The template as plain text with its fields filled and its slots and answer left out."""
+        return "".join(s.format(**{f: str(example[f]) for f in self.fields}) for s in self.segments
+                       if isinstance(s, str))
+
+    def render(self, example: Mapping[str, str], tokenizer: PreTrainedTokenizerBase, max_length: int,
+               answer_token_id: int | None = None, specials: tuple[Sequence[int], Sequence[int]] = ((), ())
+               ) -> Rendered:
+        """Tokenize; the longest field is cut (from its end) until the whole fits in `max_length`.
+
+        `answer_token_id` (a mask token) is placed at the answer; `specials` are the tokenizer's own
+        leading and trailing special tokens (e.g. [CLS] / [SEP]).
+        """
         values = {name: str(example[name]) for name in self.fields}
         for _ in range(_MAX_TRUNCATION_ROUNDS):
-            ids, slots = self._tokenize(values, tokenizer)
-            excess = len(ids) - max_length
+            rendered = self._tokenize(values, tokenizer, answer_token_id, specials)
+            excess = len(rendered.input_ids) - max_length
             if excess <= 0:
-                return ids, slots
+                return rendered
             longest = max(self.fields, key=lambda f: len(values[f]))
             if not values[longest]:
                 break
@@ -78,19 +102,23 @@ class Template:
                 keep -= 1  # byte-level tokens inside one character: never split the character
             values[longest] = values[longest][: offsets[keep - 1][1]] if keep > 0 else ""
         raise ConfigError("task.max_length", max_length,
-                          f"the template does not fit; it needs {len(ids)} tokens for this example")
+                          f"the template does not fit; it needs {len(rendered.input_ids)} tokens for this example")
 
-    def fill(self, example: Mapping[str, str]) -> str:
-        """The template as plain text with its fields filled and its slots left out."""
-        return "".join(s.format(**{f: str(example[f]) for f in self.fields}) for s in self.segments
-                       if isinstance(s, str))
-
-    def _tokenize(self, values: Mapping[str, str], tokenizer: PreTrainedTokenizerBase):
-        ids: list[int] = []
-        slots: list[int] = []
+    def _tokenize(self, values: Mapping[str, str], tokenizer: PreTrainedTokenizerBase, answer_token_id: int | None,
+                  specials: tuple[Sequence[int], Sequence[int]]) -> Rendered:
+        ids: list[int] = list(specials[0])
+        slots: list[int] = [-1] * len(ids)
+        answer_index = -1
         next_slot = 0
         for segment in self.segments:
-            if isinstance(segment, int):
+            if segment is None:
+                if answer_token_id is None:
+                    answer_index = len(ids) - 1
+                else:
+                    answer_index = len(ids)
+                    ids.append(answer_token_id)
+                    slots.append(-1)
+            elif isinstance(segment, int):
                 ids.extend([tokenizer.pad_token_id] * segment)
                 slots.extend(range(next_slot, next_slot + segment))
                 next_slot += segment
@@ -98,4 +126,16 @@ class Template:
                 piece = tokenizer(segment.format(**values), add_special_tokens=False).input_ids
                 ids.extend(piece)
                 slots.extend([-1] * len(piece))
-        return ids, slots
+        ids.extend(specials[1])
+        slots.extend([-1] * len(specials[1]))
+        return Rendered(ids, slots, answer_index)
+
+
+def special_tokens_around(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after a text (e.g. [CLS] ... [SEP], or BOS)."""
+    plain = tokenizer("x", add_special_tokens=False).input_ids
+    full = tokenizer("x", add_special_tokens=True).input_ids
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return full[:start], full[start + len(plain):]
+    return [], []
