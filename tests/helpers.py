@@ -26,12 +26,17 @@ ARCHITECTURES = {
     "gpt2": {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 512},
     "qwen2": {"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
               "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512},
+    "bert": "tiny_random_bert",  # the masked-LM family, as shipped in conf/backbone/
+    "roberta": {"model_type": "roberta", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "max_position_embeddings": 520},
 }
+MASKED_LM = ("bert", "roberta")
 
 
 def tiny_backbone(architecture: str = "llama", **settings) -> Backbone:
-    cfg = OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "backbone" / "tiny_random.yaml"))
-    if ARCHITECTURES[architecture]:
+    preset = ARCHITECTURES[architecture] if isinstance(ARCHITECTURES[architecture], str) else "tiny_random"
+    cfg = OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "backbone" / f"{preset}.yaml"))
+    if isinstance(ARCHITECTURES[architecture], dict):
         cfg["random_init"]["config"] = ARCHITECTURES[architecture]
     cfg.update(settings)
     return load_backbone(cfg, Path("/nonexistent-cache-not-needed"))

@@ -12,8 +12,9 @@ from softprompt.errors import ConfigError
 from softprompt.train import resolved_config, run
 
 GROUP_OPTIONS = {
-    "backbone": ["smollm2_135m", "tiny_random", "gpt2", "qwen2_5_0_5b", "smollm2_135m_hub", "llama3_2_1b"],
-    "method": ["prompt_tuning", "hard_prompt"],
+    "backbone": ["smollm2_135m", "tiny_random", "tiny_random_bert", "splade_tiny", "gpt2", "qwen2_5_0_5b",
+                 "smollm2_135m_hub", "llama3_2_1b"],
+    "method": ["prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2", "hard_prompt"],
     "task": ["rotten_tomatoes", "rotten_tomatoes_hub", "sst2"],
     "optimizer": ["adamw", "adafactor"],
     "trainer": ["default", "cpu", "gpu"],

@@ -25,6 +25,16 @@ def test_default_backbone_trains_a_few_steps(make_cfg):
     assert summary["steps"] == 2 and summary["test"]["acc"] >= 0.0
 
 
+def test_splade_tiny_runs_through_the_masked_lm_path(make_cfg):
+    """`softprompt-train backbone=splade_tiny task=rotten_tomatoes`, a few steps."""
+    cfg = make_cfg(["backbone=splade_tiny", "trainer.max_steps=3", "trainer.val_check_interval=3",
+                    "data.max_samples={train: 64, validation: 32, test: 32}", "callbacks=none"])
+    summary = run(cfg)
+    assert summary["backbone"] == "splade_tiny" and 4_000_000 < summary["total_params"] < 5_000_000
+    assert summary["trainable_params"] == 20 * 128 and summary["steps"] == 3
+    assert summary["backbone_fingerprint_start"] == summary["backbone_fingerprint_end"]
+
+
 def test_converted_folder_matches_the_gguf_model(make_cfg):
     """The saved HF folder reproduces the GGUF-loaded model's logits, with pad/eos = <|im_end|>, no BOS."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import METHOD_SETTINGS, make_batch, method_module, template_for, tiny_backbone
+from helpers import MASKED_LM, METHOD_SETTINGS, make_batch, method_module, template_for, tiny_backbone
 from softprompt.backbones.attention_prefix import PREFIX_KWARG
 from softprompt.backbones.loading import enable_gradient_checkpointing
 from softprompt.config_checks import check_method
@@ -83,17 +83,25 @@ def test_fold_then_reload_gives_identical_outputs(backbone, method):
         assert torch.allclose(module(batch), trained, atol=1e-6)
 
 
+def first_attention(model):
+    return next(m for m in model.modules() if getattr(m, "layer_idx", None) == 0 and hasattr(m, "is_causal"))
+
+
+def words_for(architecture: str) -> list[list[str]]:
+    return [["n"], ["p"]] if architecture in MASKED_LM else WORDS  # masked LMs score single tokens
+
+
+@pytest.mark.parametrize("architecture", ["llama", "bert"])
 @pytest.mark.parametrize("method", METHODS)
-def test_gradient_checkpointing_gives_the_same_gradients(method):
+def test_gradient_checkpointing_gives_the_same_gradients(method, architecture):
     def gradients(checkpointing: bool):
-        backbone = tiny_backbone()
+        backbone = tiny_backbone(architecture)
         if checkpointing:
             enable_gradient_checkpointing(backbone.model)
-        module = method_module(method, backbone, WORDS, n=N)
+        module = method_module(method, backbone, words_for(architecture), n=N)
         module.train()
         calls = []
-        layer = backbone.model.base_model.layers[0].self_attn
-        layer.register_forward_hook(lambda *args: calls.append(1))
+        first_attention(backbone.model).register_forward_hook(lambda *args: calls.append(1))
         batch = make_batch(backbone, TEXTS, template_for(method, N), labels=[0, 1, 1])
         F.cross_entropy(module(batch), batch["labels"]).backward()
         return {n: p.grad.clone() for n, p in module.named_parameters() if p.requires_grad}, len(calls)
@@ -106,11 +114,11 @@ def test_gradient_checkpointing_gives_the_same_gradients(method):
         assert torch.allclose(plain[name], checkpointed[name], atol=1e-6), name
 
 
-@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+@pytest.mark.parametrize("architecture", ["llama", "gpt2", "bert", "roberta"])
 @pytest.mark.parametrize("method", METHODS)
 def test_padding_invariance(method, architecture):
     backbone = tiny_backbone(architecture)
-    module = method_module(method, backbone, WORDS, n=N, init="random_normal")
+    module = method_module(method, backbone, words_for(architecture), n=N, init="random_normal")
     module.eval()
     template = template_for(method, N)
     with torch.no_grad():

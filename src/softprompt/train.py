@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from softprompt.backbones import load_backbone
+from softprompt.backbones.families import FAMILY_ADAPTERS
 from softprompt.config_checks import check_config
 from softprompt.config_dir import config_dir
 from softprompt.data import PromptDataModule
@@ -118,14 +119,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     method = plain["method"]
     backbone = load_backbone(plain["backbone"], cache_dir)
+    adapter = FAMILY_ADAPTERS[backbone.family]
     template = prompt_template(method, plain["task"]["template"])
     datamodule = PromptDataModule(plain["task"], plain["data"], plain["cv"], template, backbone.tokenizer,
                                   cache_dir, int(cfg.seed),
                                   num_demonstrations=int(method.get("num_demonstrations") or 0),
-                                  demonstration_separator=str(method.get("demonstration_separator", "\n\n")))
-    datamodule.setup()
+                                  demonstration_separator=str(method.get("demonstration_separator", "\n\n")),
+                                  answer_token_id=adapter.answer_token_id(backbone.tokenizer))
     token_ids = label_token_ids(label_words(datamodule.label_names, plain["task"]["verbalizer"]),
                                 backbone.tokenizer)
+    datamodule.setup()
     module = build_method(method, backbone=backbone, label_token_ids=token_ids,
                           optimizer=plain["optimizer"],
                           dropout=bool(cfg.backbone.dropout),

