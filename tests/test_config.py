@@ -15,7 +15,7 @@ GROUP_OPTIONS = {
     "backbone": ["smollm2_135m", "tiny_random", "tiny_random_bert", "splade_tiny", "gpt2", "qwen2_5_0_5b",
                  "smollm2_135m_hub", "llama3_2_1b"],
     "method": ["prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2", "hard_prompt"],
-    "task": ["rotten_tomatoes", "rotten_tomatoes_hub", "sst2"],
+    "task": ["rotten_tomatoes", "rotten_tomatoes_hub", "sst2", "bbc_topic"],
     "optimizer": ["adamw", "adafactor"],
     "trainer": ["default", "cpu", "gpu"],
     "logger": ["csv", "wandb", "tensorboard", "many_loggers", "none"],
