@@ -30,7 +30,9 @@ ARCHITECTURES = {
     "roberta": {"model_type": "roberta", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                 "num_attention_heads": 4, "max_position_embeddings": 520},
 }
+ARCHITECTURES["bert_head"] = ARCHITECTURES["roberta"] | {"model_type": "bert"}  # family encoder_head, below
 MASKED_LM = ("bert", "roberta")
+ENCODER_HEAD = ("bert_head",)
 
 
 def tiny_backbone(architecture: str = "llama", **settings) -> Backbone:
@@ -38,6 +40,8 @@ def tiny_backbone(architecture: str = "llama", **settings) -> Backbone:
     cfg = OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "backbone" / f"{preset}.yaml"))
     if isinstance(ARCHITECTURES[architecture], dict):
         cfg["random_init"]["config"] = ARCHITECTURES[architecture]
+    if architecture in ENCODER_HEAD:
+        cfg["family"] = "encoder_head"
     cfg.update(settings)
     return load_backbone(cfg, Path("/nonexistent-cache-not-needed"))
 

@@ -125,7 +125,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                   cache_dir, int(cfg.seed),
                                   num_demonstrations=int(method.get("num_demonstrations") or 0),
                                   demonstration_separator=str(method.get("demonstration_separator", "\n\n")),
-                                  answer_token_id=adapter.answer_token_id(backbone.tokenizer))
+                                  answer_token_id=adapter.answer_token_id(backbone.tokenizer),
+                                  answer_must_end=adapter.answer_is_next_token)
     token_ids = label_token_ids(label_words(datamodule.label_names, plain["task"]["verbalizer"]),
                                 backbone.tokenizer)
     datamodule.setup()

@@ -17,6 +17,8 @@ from softprompt.errors import ConfigError
 
 class FamilyAdapter:
     family = ""
+    needs_head = False  # True: a trainable linear head scores labels instead of a verbalizer
+    answer_is_next_token = False  # True: the answer follows the template, so {answer} must end it
 
     @staticmethod
     def embed(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Tensor:
@@ -64,6 +66,7 @@ class CausalLMAdapter(FamilyAdapter):
     """Decoder-only LMs (Llama, Qwen, GPT-2, SmolLM2): the answer is the next token after the template."""
 
     family = "causal_lm"
+    answer_is_next_token = True
 
     @staticmethod
     def position_start(model: PreTrainedModel) -> int:
@@ -120,4 +123,15 @@ class MaskedLMAdapter(FamilyAdapter):
         return torch.log_softmax(cls._head(model)(hidden).float(), dim=-1)
 
 
-FAMILY_ADAPTERS: dict[str, type[FamilyAdapter]] = {"causal_lm": CausalLMAdapter, "masked_lm": MaskedLMAdapter}
+class EncoderHeadAdapter(FamilyAdapter):
+    """Encoders with no LM head (all-MiniLM, say): a trainable linear head on the pooled output."""
+
+    family = "encoder_head"
+    needs_head = True
+
+
+FAMILY_ADAPTERS: dict[str, type[FamilyAdapter]] = {
+    "causal_lm": CausalLMAdapter,
+    "masked_lm": MaskedLMAdapter,
+    "encoder_head": EncoderHeadAdapter,
+}

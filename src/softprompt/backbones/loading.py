@@ -12,6 +12,7 @@ import transformers
 from torch import nn
 from transformers import (
     AutoConfig,
+    AutoModel,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoTokenizer,
@@ -27,7 +28,7 @@ from softprompt.backbones.tiny_random import build_tiny_random
 from softprompt.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-FAMILY_MODEL_CLASSES = {"causal_lm": AutoModelForCausalLM, "masked_lm": AutoModelForMaskedLM}
+FAMILY_MODEL_CLASSES = {"causal_lm": AutoModelForCausalLM, "masked_lm": AutoModelForMaskedLM, "encoder_head": AutoModel}
 FAMILIES = ("auto", *FAMILY_MODEL_CLASSES)
 
 
@@ -135,6 +136,8 @@ def detect_family(config: PretrainedConfig, requested: str) -> str:
             return "causal_lm"
         if any(a.endswith("ForMaskedLM") for a in architectures):
             return "masked_lm"
+        if architectures and all(a.endswith("Model") for a in architectures):
+            return "encoder_head"  # a bare body (e.g. sentence encoders): no LM head to score words with
         # Encoders (BERT, RoBERTa, ...) appear in both mappings: their pretrained head is the MLM one.
         if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
             return "masked_lm"

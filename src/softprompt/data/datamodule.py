@@ -37,7 +37,7 @@ class PromptDataModule(L.LightningDataModule):
     def __init__(self, task: Mapping, data: Mapping, cv: Mapping, template: str,
                  tokenizer: PreTrainedTokenizerBase, cache_dir: str | Path, seed: int,
                  num_demonstrations: int = 0, demonstration_separator: str = "\n\n",
-                 answer_token_id: int | None = None) -> None:
+                 answer_token_id: int | None = None, answer_must_end: bool = True) -> None:
         super().__init__()
         self.answer_token_id = answer_token_id  # masked LMs: the mask token stands at the answer
         self.specials = special_tokens_around(tokenizer)
@@ -46,7 +46,7 @@ class PromptDataModule(L.LightningDataModule):
         self.demonstration_ids: list[int] = []
         self.task, self.data_cfg, self.cv = task, data, cv
         self.template = Template.parse(template, list(task["text_fields"]), key="template")
-        if answer_token_id is None and not self.template.answer_at_end:
+        if answer_must_end and not self.template.answer_at_end:
             raise ConfigError("task.template", template, "{answer} must end the template for causal LMs "
                               "(the answer is the next token)")
         self.tokenizer = tokenizer

@@ -120,10 +120,12 @@ class AttentionLevelPrefix(SoftPromptModule):
         return {PREFIX_KWARG: PrefixKV(keys=list(grid[:, 0]), values=list(grid[:, 1]))}
 
     def folded_state(self) -> dict[str, torch.Tensor]:
-        return {"prefix": self.flat_prefix().detach().clone()}
+        return {**super().folded_state(), "prefix": self.flat_prefix().detach().clone()}
 
     def load_folded_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        prefix = state["prefix"]
+        state = dict(state)
+        prefix = state.pop("prefix")
+        super().load_folded_state(state)
         layers, kv_heads, head_dim = self.geometry
         expected = (self.num_virtual_tokens, layers * 2 * kv_heads * head_dim)
         if tuple(prefix.shape) != expected:

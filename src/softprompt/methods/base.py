@@ -22,7 +22,7 @@ from softprompt.backbones import Backbone, fingerprint
 from softprompt.backbones.families import FAMILY_ADAPTERS
 from softprompt.errors import BackboneModifiedError, SoftPromptError
 from softprompt.methods.init import InitContext
-from softprompt.methods.scoring import Batch, LabelScorer
+from softprompt.methods.scoring import Batch, LabelScorer, PooledHeadScorer
 
 BACKBONE_PREFIX = "backbone."
 
@@ -48,12 +48,16 @@ class SoftPromptModule(L.LightningModule):
         self.backbone = backbone.model
         self.adapter = FAMILY_ADAPTERS[backbone.family]
         self.adapter.check_label_words(label_token_ids)
-        self.scorer = LabelScorer(label_token_ids)
+        num_labels = len(label_token_ids)
+        if self.adapter.needs_head:  # trainable, saved with the method's tensors
+            self.classifier = torch.nn.Linear(self.backbone.get_input_embeddings().embedding_dim, num_labels)
+            self.scorer = PooledHeadScorer(self.classifier)
+        else:
+            self.scorer = LabelScorer(label_token_ids)
         self.optimizer_cfg = dict(optimizer)
         self.method_name = name
         self.backbone_dropout = dropout
         self.strict_loading = False  # checkpoints deliberately hold the trainable state only
-        num_labels = len(label_token_ids)
         self.val_metrics = _classification_metrics(num_labels, "val/")
         self.test_metrics = _classification_metrics(num_labels, "test/")
         self.test_predictions: list[dict[str, Any]] = []
@@ -79,11 +83,19 @@ class SoftPromptModule(L.LightningModule):
 
     # -- folding: the trained tensors with any reparameterisation computed away -------------------
     def folded_state(self) -> dict[str, torch.Tensor]:
-        return {}
+        """Subclasses add their tensors to this (the classification head, for encoder families)."""
+        if not hasattr(self, "classifier"):
+            return {}
+        return {f"classifier.{k}": v.detach().clone() for k, v in self.classifier.state_dict().items()}
 
     def load_folded_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        if state:
-            raise SoftPromptError(f"{self.method_name} stores no tensors, got {sorted(state)}")
+        """Subclasses take their keys out first and pass the rest here."""
+        head = {k.removeprefix("classifier."): v for k, v in state.items() if k.startswith("classifier.")}
+        if hasattr(self, "classifier"):
+            self.classifier.load_state_dict(head)
+        unknown = sorted(k for k in state if not k.startswith("classifier.") or not hasattr(self, "classifier"))
+        if unknown:
+            raise SoftPromptError(f"{self.method_name} does not store {unknown}")
 
     def num_folded_params(self) -> int:
         return sum(t.numel() for t in self.folded_state().values())

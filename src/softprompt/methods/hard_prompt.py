@@ -17,6 +17,12 @@ class HardPrompt(SoftPromptModule):
 
     trains = False
 
+    def __init__(self, **common) -> None:
+        super().__init__(**common)
+        if self.adapter.needs_head:
+            raise ConfigError("method", self.method_name, f"a {self.adapter.family} backbone scores labels with a "
+                              "trained head, so it has no zero-shot baseline; use a soft-prompt method")
+
     @classmethod
     def validate_config(cls, method: Mapping) -> None:
         for key in ("init", "num_virtual_tokens"):

@@ -63,11 +63,13 @@ class InputLevelPrompt(SoftPromptModule):
 
     def folded_state(self) -> dict[str, torch.Tensor]:
         """The encoder's output: plain embeddings."""
-        return {"prompt": self.prompt_embeddings().detach().clone()}
+        return {**super().folded_state(), "prompt": self.prompt_embeddings().detach().clone()}
 
     def load_folded_state(self, state: Mapping[str, torch.Tensor]) -> None:
         """Become the folded form: the given embeddings, no encoder."""
-        prompt = state["prompt"]
+        state = dict(state)
+        prompt = state.pop("prompt")
+        super().load_folded_state(state)
         if tuple(prompt.shape) != tuple(self.prompt.shape):
             raise ConfigError("prompt", tuple(prompt.shape), f"expected shape {tuple(self.prompt.shape)}")
         self.encoder = None

@@ -75,3 +75,17 @@ class LabelScorer:
         totals.index_add_(1, word_label, word_scores)
         counts = torch.bincount(word_label, minlength=self.num_labels).to(word_scores.dtype)
         return totals / counts
+
+
+class PooledHeadScorer:
+    """Encoders without an LM head: a trainable linear head on the masked mean of the final hidden
+    states (P-tuning v2's setting for encoders). The head belongs to the method module."""
+
+    def __init__(self, head: torch.nn.Linear) -> None:
+        self.head = head
+
+    def scores(self, batch: Batch, hidden_fn: Callable[[Batch], torch.Tensor], adapter, model) -> torch.Tensor:
+        hidden = hidden_fn(batch)
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1)
+        return self.head(pooled.float())

@@ -1,0 +1,70 @@
+"""Encoders with a head: a trainable linear head on the pooled output, for every soft method."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import local_task_overrides
+from helpers import OPTIMIZER, make_batch, method_module, template_for, tiny_backbone
+from softprompt.data.verbalizer import label_token_ids
+from softprompt.errors import ConfigError
+from softprompt.methods.hard_prompt import HardPrompt
+from softprompt.train import run
+
+METHODS = ["prompt_tuning", "p_tuning_mlp", "prefix_tuning", "p_tuning_v2"]
+TEXTS = ["ok", "a much longer review that goes on", "middling"]
+WORDS = [[" bad"], [" good"]]  # unused by the head, but every task names its labels' words
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    backbone = tiny_backbone("bert_head")
+    assert backbone.family == "encoder_head" and not hasattr(backbone.model, "cls")
+    return backbone
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_head_is_trainable_counted_and_folded(backbone, method):
+    module = method_module(method, backbone, WORDS, n=3)
+    head = 32 * 2 + 2
+    assert {n for n, p in module.named_parameters() if p.requires_grad} >= {"classifier.weight", "classifier.bias"}
+    assert module.num_folded_params() - head == sum(t.numel() for k, t in module.folded_state().items()
+                                                    if not k.startswith("classifier."))
+    assert set(module.folded_state()) >= {"classifier.weight", "classifier.bias"}
+    if method == "prompt_tuning":
+        assert module.num_trainable_params() == 3 * 32 + head
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_pooled_scores_are_padding_invariant_and_fold_losslessly(backbone, method):
+    module = method_module(method, backbone, WORDS, n=3, init="random_normal")
+    module.eval()
+    template = template_for(method, 3)
+    with torch.no_grad():
+        alone = torch.cat([module(make_batch(backbone, [t], template)) for t in TEXTS])
+        batched = module(make_batch(backbone, TEXTS, template, padding_side="left"))
+        assert torch.allclose(alone, batched, atol=1e-5)
+        fresh = method_module(method, backbone, WORDS, n=3, seed=5,
+                              **({"encoder": "none"} if method == "p_tuning_mlp" else {"reparam": "none"}
+                                 if method == "prefix_tuning" else {}))
+        fresh.load_folded_state(module.folded_state())
+        fresh.eval()
+        assert torch.allclose(fresh(make_batch(backbone, TEXTS, template)), alone, atol=1e-5)
+
+
+def test_hard_prompt_is_refused_on_an_encoder_with_a_head(backbone):
+    with pytest.raises(ConfigError, match="no zero-shot baseline"):
+        HardPrompt(backbone=backbone, label_token_ids=label_token_ids(WORDS, backbone.tokenizer),
+                   optimizer=OPTIMIZER, name="hard_prompt")
+
+
+def test_training_run_with_a_head(make_cfg, local_task_files):
+    cfg = make_cfg(["backbone=tiny_random_bert", "backbone.family=encoder_head",
+                    *local_task_overrides(local_task_files), "callbacks=default", "method.num_virtual_tokens=3",
+                    "trainer.max_steps=3", "trainer.val_check_interval=3"])
+    summary = run(cfg)
+    assert summary["trainable_params"] == 3 * 32 + 32 * 2 + 2
+    assert summary["folded_params"] == summary["trainable_params"]
+    checkpoint = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    assert set(checkpoint) == {"prompt", "classifier.weight", "classifier.bias"}
