@@ -15,7 +15,7 @@ GROUP_OPTIONS = {
     "backbone": ["smollm2_135m", "tiny_random", "tiny_random_bert", "splade_tiny", "gpt2", "qwen2_5_0_5b",
                  "smollm2_135m_hub", "llama3_2_1b", "bert_base", "roberta_large"],
     "method": ["prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2", "hard_prompt"],
-    "task": ["rotten_tomatoes", "rotten_tomatoes_hub", "sst2", "bbc_topic"],
+    "task": ["rotten_tomatoes", "rotten_tomatoes_hub", "bbc_topic", "sst2", "rte", "boolq", "cb", "ag_news"],
     "optimizer": ["adamw", "adafactor"],
     "trainer": ["default", "cpu", "gpu"],
     "logger": ["csv", "wandb", "tensorboard", "many_loggers", "none"],
@@ -36,7 +36,8 @@ def test_default_composition_follows_template_conventions(make_cfg):
 
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g, opts in GROUP_OPTIONS.items() for o in opts])
 def test_every_group_option_composes_and_passes_checks(make_cfg, group, option):
-    cfg = make_cfg([f"{group}={option}", *(["cv.num_folds=5"] if option == "sst2" else [])])
+    needs_folds = option in ("sst2", "rte", "boolq", "cb", "ag_news")  # no labelled validation split
+    cfg = make_cfg([f"{group}={option}", *(["cv.num_folds=5"] if needs_folds else [])])
     plain = resolved_config(cfg)
     check_config(plain)
     if group in ("backbone", "method", "task", "optimizer"):
