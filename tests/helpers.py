@@ -27,11 +27,14 @@ ARCHITECTURES = {
     "qwen2": {"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
               "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512},
     "bert": "tiny_random_bert",  # the masked-LM family, as shipped in conf/backbone/
+    "t5": "tiny_random_t5",  # the seq2seq family
+    "bart": "tiny_random_bart",
     "roberta": {"model_type": "roberta", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                 "num_attention_heads": 4, "max_position_embeddings": 520},
 }
 ARCHITECTURES["bert_head"] = ARCHITECTURES["roberta"] | {"model_type": "bert"}  # family encoder_head, below
 MASKED_LM = ("bert", "roberta")
+SEQ2SEQ = ("t5", "bart")
 ENCODER_HEAD = ("bert_head",)
 
 

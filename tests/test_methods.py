@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import MASKED_LM, METHOD_SETTINGS, make_batch, method_module, template_for, tiny_backbone
+from helpers import MASKED_LM, METHOD_SETTINGS, SEQ2SEQ, make_batch, method_module, template_for, tiny_backbone
 from softprompt.backbones.attention_prefix import PREFIX_KWARG
 from softprompt.backbones.loading import enable_gradient_checkpointing
 from softprompt.config_checks import check_method
@@ -88,10 +88,10 @@ def first_attention(model):
 
 
 def words_for(architecture: str) -> list[list[str]]:
-    return [["n"], ["p"]] if architecture in MASKED_LM else WORDS  # masked LMs score single tokens
+    return [["n"], ["p"]] if architecture in (*MASKED_LM, *SEQ2SEQ) else WORDS  # one-token answers there
 
 
-@pytest.mark.parametrize("architecture", ["llama", "bert"])
+@pytest.mark.parametrize("architecture", ["llama", "bert", "t5"])
 @pytest.mark.parametrize("method", METHODS)
 def test_gradient_checkpointing_gives_the_same_gradients(method, architecture):
     def gradients(checkpointing: bool):

@@ -23,7 +23,7 @@ from softprompt.config_checks import check_config
 from softprompt.config_dir import config_dir
 from softprompt.data import PromptDataModule
 from softprompt.data.verbalizer import label_token_ids, label_words
-from softprompt.errors import SoftPromptError
+from softprompt.errors import ConfigError, SoftPromptError
 from softprompt.methods import build_method
 from softprompt.methods.base import SoftPromptModule
 from softprompt.methods.init import InitContext
@@ -120,6 +120,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     method = plain["method"]
     backbone = load_backbone(plain["backbone"], cache_dir)
     adapter = FAMILY_ADAPTERS[backbone.family]
+    if plain["data"]["padding_side"] == "left" and not adapter.supports_left_padding:
+        raise ConfigError("data.padding_side", "left", f"{backbone.family} backbones need right padding")
     template = prompt_template(method, plain["task"]["template"])
     datamodule = PromptDataModule(plain["task"], plain["data"], plain["cv"], template, backbone.tokenizer,
                                   cache_dir, int(cfg.seed),

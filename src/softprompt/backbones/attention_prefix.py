@@ -23,22 +23,48 @@ CAPTURE_KWARG = "softprompt_capture"
 IMPLEMENTATION_PREFIX = "softprompt_"
 
 
+ROLE_ATTRIBUTE = "softprompt_role"
+
+
 @dataclass
 class PrefixKV:
-    """Per-layer key/value prefixes, each (batch or 1, kv_heads, prefix_len, head_dim)."""
+    """Key/value prefixes per attention role and layer, each (batch or 1, kv_heads, prefix_len, head_dim).
 
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
+    Roles: "self" for single-stack models; "encoder", "decoder" and "cross" for encoder-decoders
+    (Li & Liang prefix all three; PEFT only the decoder).
+    """
 
-    @property
-    def length(self) -> int:
-        return self.keys[0].shape[2]
+    keys: dict[str, list[torch.Tensor]]
+    values: dict[str, list[torch.Tensor]]
 
     def for_module(self, module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if getattr(module, "is_cross_attention", False):
-            return None  # decoder-only families prefix self-attention only
-        index = module.layer_idx
-        return self.keys[index], self.values[index]
+        role = getattr(module, ROLE_ATTRIBUTE, None)
+        if role not in self.keys:
+            return None  # e.g. GPT-2's optional cross-attention
+        return self.keys[role][module.layer_idx], self.values[role][module.layer_idx]
+
+
+def attention_role(name: str, encoder_decoder: bool) -> str:
+    """The role of an attention module, from its qualified name."""
+    if any(tag in name for tag in ("encoder_attn", "EncDecAttention", "crossattention", "cross_attn")):
+        return "cross"
+    if not encoder_decoder:
+        return "self"
+    return "decoder" if "decoder" in name else "encoder"
+
+
+def attention_layers(model: PreTrainedModel) -> dict[str, int]:
+    """How many attention layers each role has (tagging the modules with their role on the way)."""
+    encoder_decoder = bool(model.config.is_encoder_decoder)
+    counts: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if isinstance(getattr(module, "layer_idx", None), int) and hasattr(module, "is_causal"):
+            role = attention_role(name, encoder_decoder)
+            setattr(module, ROLE_ATTRIBUTE, role)
+            counts[role] = max(counts.get(role, 0), module.layer_idx + 1)
+    if not encoder_decoder:
+        counts.pop("cross", None)  # decoder-only cross-attention is unused here
+    return counts
 
 
 @dataclass
@@ -71,8 +97,10 @@ def _wrap(base: Callable) -> Callable:
         pair = prefix.for_module(module) if prefix is not None else None
         if pair is not None:
             prefix_keys, prefix_values = pair
-            batch = key.shape[0]
-            attention_mask = _extend_mask(attention_mask, module, query, key.shape[2], prefix_keys.shape[2])
+            batch, length = key.shape[0], prefix_keys.shape[2]
+            attention_mask = _extend_mask(attention_mask, module, query, key.shape[2], length)
+            if kwargs.get("position_bias") is not None:  # T5: relative bias; the prefix has no position
+                kwargs["position_bias"] = torch.nn.functional.pad(kwargs["position_bias"], (length, 0))
             key = torch.cat([prefix_keys.to(key.dtype).expand(batch, -1, -1, -1), key], dim=2)
             value = torch.cat([prefix_values.to(value.dtype).expand(batch, -1, -1, -1), value], dim=2)
         return base(module, query, key, value, attention_mask, **kwargs)

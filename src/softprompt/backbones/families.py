@@ -18,6 +18,7 @@ from softprompt.errors import ConfigError
 class FamilyAdapter:
     family = ""
     needs_head = False  # True: a trainable linear head scores labels instead of a verbalizer
+    supports_left_padding = True
     answer_is_next_token = False  # True: the answer follows the template, so {answer} must end it
 
     @staticmethod
@@ -48,6 +49,11 @@ class FamilyAdapter:
     def answer_token_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
         """The token placed at the template's answer position, if any."""
         return None
+
+    @staticmethod
+    def answer_hidden(hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(batch, d): the hidden state that predicts the answer."""
+        return hidden[torch.arange(len(hidden), device=hidden.device), batch["answer_index"]]
 
     @staticmethod
     def check_label_words(label_token_ids: Sequence[Sequence[Sequence[int]]]) -> None:
@@ -130,7 +136,50 @@ class EncoderHeadAdapter(FamilyAdapter):
     needs_head = True
 
 
+class Seq2SeqAdapter(FamilyAdapter):
+    """T5, BART: input-level prompts go on the encoder input; the answer is the decoder's first step
+    (Lester et al.'s T5 setting). Prefixes go into encoder self-, decoder self- and cross-attention."""
+
+    family = "seq2seq"
+    supports_left_padding = False  # BART's learned positions are not mask-aware
+
+    @staticmethod
+    def hidden_states(model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                      position_offset: int = 0, **attention_kwargs) -> torch.Tensor:
+        """The decoder's first hidden state (batch, 1, d), after the encoder read the prompted input."""
+        encoded = model.get_encoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                      **attention_kwargs).last_hidden_state
+        start = torch.full((len(inputs_embeds), 1), model.config.decoder_start_token_id, dtype=torch.long,
+                           device=inputs_embeds.device)
+        decoder = model.get_decoder()
+        return decoder(input_ids=start, encoder_hidden_states=encoded, encoder_attention_mask=attention_mask,
+                       use_cache=False, **attention_kwargs).last_hidden_state
+
+    @staticmethod
+    def answer_hidden(hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return hidden[:, 0]
+
+    check_label_words = staticmethod(MaskedLMAdapter.check_label_words)  # one decoder step: single tokens
+
+    @staticmethod
+    def _logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+        if model.config.model_type == "t5" and model.config.tie_word_embeddings:
+            hidden = hidden * model.config.d_model**-0.5  # as T5ForConditionalGeneration does
+        logits = model.get_output_embeddings()(hidden)
+        bias = getattr(model, "final_logits_bias", None)  # BART
+        return logits + bias if bias is not None else logits
+
+    @classmethod
+    def row_logits(cls, model: PreTrainedModel, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        return cls._logits(model, hidden)[..., token_ids].float()
+
+    @classmethod
+    def vocab_log_probs(cls, model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(cls._logits(model, hidden).float(), dim=-1)
+
+
 FAMILY_ADAPTERS: dict[str, type[FamilyAdapter]] = {
+    "seq2seq": Seq2SeqAdapter,
     "causal_lm": CausalLMAdapter,
     "masked_lm": MaskedLMAdapter,
     "encoder_head": EncoderHeadAdapter,

@@ -15,6 +15,7 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
+    AutoModelForSeq2SeqLM,
     AutoTokenizer,
     PretrainedConfig,
     PreTrainedModel,
@@ -28,7 +29,8 @@ from softprompt.backbones.tiny_random import build_tiny_random
 from softprompt.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-FAMILY_MODEL_CLASSES = {"causal_lm": AutoModelForCausalLM, "masked_lm": AutoModelForMaskedLM, "encoder_head": AutoModel}
+FAMILY_MODEL_CLASSES = {"causal_lm": AutoModelForCausalLM, "masked_lm": AutoModelForMaskedLM,
+                        "seq2seq": AutoModelForSeq2SeqLM, "encoder_head": AutoModel}
 FAMILIES = ("auto", *FAMILY_MODEL_CLASSES)
 
 
@@ -131,18 +133,19 @@ def detect_family(config: PretrainedConfig, requested: str) -> str:
     if requested != "auto":
         return requested
     architectures = config.architectures or []
-    if not config.is_encoder_decoder:
-        if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
-            return "causal_lm"
-        if any(a.endswith("ForMaskedLM") for a in architectures):
-            return "masked_lm"
-        if architectures and all(a.endswith("Model") for a in architectures):
-            return "encoder_head"  # a bare body (e.g. sentence encoders): no LM head to score words with
-        # Encoders (BERT, RoBERTa, ...) appear in both mappings: their pretrained head is the MLM one.
-        if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
-            return "masked_lm"
-        if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-            return "causal_lm"
+    if config.is_encoder_decoder:
+        return "seq2seq"
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        return "causal_lm"
+    if any(a.endswith("ForMaskedLM") for a in architectures):
+        return "masked_lm"
+    if architectures and all(a.endswith("Model") for a in architectures):
+        return "encoder_head"  # a bare body (e.g. sentence encoders): no LM head to score words with
+    # Encoders (BERT, RoBERTa, ...) appear in both mappings: their pretrained head is the MLM one.
+    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return "masked_lm"
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return "causal_lm"
     raise ConfigError("backbone.family", requested, f"could not detect a supported family for "
                       f"{config.model_type} {architectures}; supported: {', '.join(FAMILIES[1:])}")
 

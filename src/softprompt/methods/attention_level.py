@@ -18,6 +18,7 @@ from softprompt.backbones.attention_prefix import (
     PREFIX_KWARG,
     KVCapture,
     PrefixKV,
+    attention_layers,
     enable_prefix_injection,
 )
 from softprompt.errors import ConfigError, require_positive_int
@@ -34,13 +35,13 @@ from softprompt.methods.prompt_encoders import zero_last_linear
 REPARAMS = ("mlp", "none")
 
 
-def prefix_geometry(model: PreTrainedModel) -> tuple[int, int, int]:
-    """(layers, key/value heads, head dim) of the model's self-attention."""
+def prefix_geometry(model: PreTrainedModel) -> tuple[dict[str, int], int, int]:
+    """(layers per attention role, key/value heads, head dim)."""
     config = model.config.get_text_config()
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return config.num_hidden_layers, kv_heads, head_dim
+    head_dim = getattr(config, "head_dim", None) or getattr(config, "d_kv", None) or config.hidden_size // heads
+    return attention_layers(model), kv_heads, head_dim
 
 
 class AttentionLevelPrefix(SoftPromptModule):
@@ -51,7 +52,8 @@ class AttentionLevelPrefix(SoftPromptModule):
         self.num_virtual_tokens = self.position_offset = num_virtual_tokens
         self.init = init
         self.geometry = prefix_geometry(self.backbone)
-        layers, kv_heads, head_dim = self.geometry
+        roles, kv_heads, head_dim = self.geometry
+        layers = sum(roles.values())
         flat = layers * 2 * kv_heads * head_dim
         if reparam == "mlp":
             # PEFT's layout: the MLP input is kv_dim wide (the hidden size unless attention is grouped).
@@ -98,9 +100,13 @@ class AttentionLevelPrefix(SoftPromptModule):
 
     def _initial_prefix(self, init: str, n: int, ctx: InitContext) -> torch.Tensor:
         """Random values, or the key/value activations of real words (Li & Liang 2021, section 7.2)."""
-        layers, kv_heads, head_dim = self.geometry
+        roles, kv_heads, head_dim = self.geometry
+        layers = sum(roles.values())
         if init in RANDOM_INITS:
             return random_values(init, (n, layers * 2 * kv_heads * head_dim), ctx)
+        if list(roles) != ["self"]:
+            raise ConfigError("method.init", init, "word-activation inits need a single-stack backbone; "
+                              f"use {' or '.join(RANDOM_INITS)} on an encoder-decoder")
         ids = initial_token_ids(init, n, ctx)[None]
         capture = KVCapture()
         with torch.no_grad():
@@ -113,11 +119,15 @@ class AttentionLevelPrefix(SoftPromptModule):
         return self.prefix if self.reparam is None else self.reparam(self.prefix_embedding)
 
     def attention_kwargs(self) -> dict[str, PrefixKV]:
-        layers, kv_heads, head_dim = self.geometry
+        roles, kv_heads, head_dim = self.geometry
         # (P, L, 2, H, hd) -> (L, 2, 1, H, P, hd): computed once per forward, broadcast over the batch.
-        grid = self.flat_prefix().view(self.num_virtual_tokens, layers, 2, kv_heads, head_dim)
+        grid = self.flat_prefix().view(self.num_virtual_tokens, sum(roles.values()), 2, kv_heads, head_dim)
         grid = grid.permute(1, 2, 3, 0, 4).unsqueeze(2)
-        return {PREFIX_KWARG: PrefixKV(keys=list(grid[:, 0]), values=list(grid[:, 1]))}
+        keys, values, start = {}, {}, 0
+        for role, count in roles.items():  # layers are laid out role after role
+            keys[role], values[role] = list(grid[start:start + count, 0]), list(grid[start:start + count, 1])
+            start += count
+        return {PREFIX_KWARG: PrefixKV(keys=keys, values=values)}
 
     def folded_state(self) -> dict[str, torch.Tensor]:
         return {**super().folded_state(), "prefix": self.flat_prefix().detach().clone()}
@@ -126,8 +136,8 @@ class AttentionLevelPrefix(SoftPromptModule):
         state = dict(state)
         prefix = state.pop("prefix")
         super().load_folded_state(state)
-        layers, kv_heads, head_dim = self.geometry
-        expected = (self.num_virtual_tokens, layers * 2 * kv_heads * head_dim)
+        roles, kv_heads, head_dim = self.geometry
+        expected = (self.num_virtual_tokens, sum(roles.values()) * 2 * kv_heads * head_dim)
         if tuple(prefix.shape) != expected:
             raise ConfigError("prefix", tuple(prefix.shape), f"expected shape {expected}")
         self.reparam = None

@@ -31,9 +31,8 @@ class LabelScorer:
         """(batch, num_labels) scores; `hidden_fn` runs the backbone (with the method's prompt)."""
         device = batch["input_ids"].device
         tokens, mask, word_label = (t.to(device) for t in (self.word_tokens, self.word_mask, self.word_label))
-        rows = torch.arange(len(batch["input_ids"]), device=device)
         if self.max_word_length == 1:
-            answer_hidden = hidden_fn(batch)[rows, batch["answer_index"]]
+            answer_hidden = adapter.answer_hidden(hidden_fn(batch), batch)
             if self.one_word_per_label:
                 return adapter.row_logits(model, answer_hidden, tokens[:, 0]).float()
             word_scores = adapter.vocab_log_probs(model, answer_hidden)[:, tokens[:, 0]]
