@@ -1,11 +1,11 @@
 """Attention-level injection without `past_key_values`.
 
 Key/value prefixes are prepended inside attention through transformers' attention-function interface:
-we register wrappers of the stock `sdpa`/`eager` functions (and their mask builders) under our own
-names. The prefix travels as a forward keyword argument, which transformers passes down to every
-attention call, so it works under gradient checkpointing (the kwarg is part of the recomputed call),
-for encoder, decoder and cross-attention modules, and with grouped-query attention (prefixes have the
-key/value head count; the stock functions repeat them with the real keys).
+we register a wrapper of the stock SDPA function (and its mask builder) under our own name. The
+prefix travels as a forward keyword argument, which transformers passes down to every attention
+call, so it works under gradient checkpointing (the kwarg is part of the recomputed call), for
+encoder, decoder and cross-attention modules (each tagged with its role), and with grouped-query
+attention (prefixes have the key/value head count; SDPA repeats them with the real keys).
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 PREFIX_KWARG = "softprompt_prefix"
 CAPTURE_KWARG = "softprompt_capture"
 IMPLEMENTATION_PREFIX = "softprompt_"
-
-
 ROLE_ATTRIBUTE = "softprompt_role"
 
 
@@ -124,5 +122,6 @@ def enable_prefix_injection(model: PreTrainedModel) -> None:
     Without a prefix kwarg the wrapper calls the stock SDPA function unchanged. Eager attention is
     model-specific in transformers, so SDPA is the one wrapped for every model.
     """
+    attention_layers(model)  # tag every attention module with its role
     if model.config._attn_implementation != IMPLEMENTATION:
         model.set_attn_implementation(_register())
