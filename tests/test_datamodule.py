@@ -52,15 +52,18 @@ def test_batches_are_dynamically_padded_and_keep_label_order(backbone, local_tas
     module = PromptDataModule(local_task(local_task_files), DATA, NO_CV, "[P:2]" + TASK_TEMPLATE,
                               backbone.tokenizer, "/unused", seed=0)
     module.setup()
-    labels, widths = [], []
+    labels, rows, widths = [], [], []
     for batch in module.val_dataloader():
         lengths = batch["attention_mask"].sum(-1)
         widths.append(batch["input_ids"].shape[1])
         assert widths[-1] == int(lengths.max())
         assert torch.equal(batch["answer_index"], lengths - 1)
         labels += batch["labels"].tolist()
-    expected = [1 if t in POSITIVE else 0 for t in module.splits["validation"]["text"]]
-    assert labels == expected and set(expected) == {0, 1}
+        rows += batch["row_index"].tolist()
+    assert widths == sorted(widths, reverse=True)  # longest first: little padding per batch
+    texts = module.splits["validation"]["text"]
+    assert sorted(rows) == list(range(len(texts)))  # every example once
+    assert labels == [1 if texts[r] in POSITIVE else 0 for r in rows] and set(labels) == {0, 1}
     assert all(t in POSITIVE + NEGATIVE for t in module.splits["test"]["text"])
 
 

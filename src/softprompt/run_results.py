@@ -26,6 +26,6 @@ def write_run_results(output_dir: Path, summary: Mapping[str, Any], predictions:
     path = output_dir / METRICS_FILE
     path.write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")
     with open(output_dir / PREDICTIONS_FILE, "w") as handle:
-        for row in predictions:
+        for row in sorted(predictions, key=lambda r: r["row_index"]):  # dataset order
             handle.write(json.dumps(row) + "\n")
     return path

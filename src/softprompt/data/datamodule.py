@@ -120,13 +120,19 @@ class PromptDataModule(L.LightningDataModule):
         return table
 
     def _loader(self, role: str, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
         batch_size = self.data_cfg["batch_size"] if role == "train" else self.data_cfg["eval_batch_size"]
+        if shuffle:
+            sampler = torch.utils.data.RandomSampler(self.splits[role],
+                                                     generator=torch.Generator().manual_seed(self.seed))
+        else:
+            # Evaluation visits examples longest first, so each batch pads to similar lengths; scores do
+            # not depend on batch-mates, and predictions carry their row index back to dataset order.
+            lengths = [len(ids) for ids in self.splits[role]["input_ids"]]
+            sampler = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
         return DataLoader(
             self.splits[role].with_format(None),
             batch_size=int(batch_size),
-            shuffle=shuffle,
-            generator=generator if shuffle else None,
+            sampler=sampler,
             num_workers=int(self.data_cfg["num_workers"]),
             collate_fn=PadCollator(self.tokenizer.pad_token_id, self.data_cfg["padding_side"],
                                    self.demonstration_ids),
