@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import ARCHITECTURES, MASKED_LM, make_batch, prompt_module, tiny_backbone
+from helpers import ARCHITECTURES, ENCODER_HEAD, MASKED_LM, SEQ2SEQ, make_batch, prompt_module, tiny_backbone
 
 TEXTS = ["ok", "a much longer review that goes on and on", "mid-length text here", "é ü ñ"]
 TEMPLATE = "[P:4]Review: {text}\nSentiment:"
 
 
-@pytest.fixture(scope="module", params=sorted(set(ARCHITECTURES) - set(MASKED_LM)))  # causal LMs
+@pytest.fixture(scope="module", params=sorted(set(ARCHITECTURES) - {*MASKED_LM, *SEQ2SEQ, *ENCODER_HEAD}))
 def backbone(request):
     return tiny_backbone(request.param)
 
