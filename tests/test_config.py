@@ -13,7 +13,8 @@ from softprompt.train import resolved_config, run
 
 GROUP_OPTIONS = {
     "backbone": ["smollm2_135m", "tiny_random", "tiny_random_bert", "splade_tiny", "gpt2", "qwen2_5_0_5b",
-                 "smollm2_135m_hub", "llama3_2_1b", "bert_base", "roberta_large"],
+                 "smollm2_135m_hub", "llama3_2_1b", "bert_base", "roberta_large", "t5_base_lm_adapt", "flan_t5_base",
+                 "bart_base", "tiny_random_t5", "tiny_random_bart"],
     "method": ["prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2", "hard_prompt"],
     "task": ["rotten_tomatoes", "rotten_tomatoes_hub", "bbc_topic", "sst2", "rte", "boolq", "cb", "ag_news"],
     "optimizer": ["adamw", "adafactor"],
