@@ -13,6 +13,7 @@ from softprompt.data.collate import PadCollator
 from softprompt.data.templates import Template, special_tokens_around
 from softprompt.data.verbalizer import label_token_ids
 from softprompt.methods.attention_level import AttentionLevelPrefix
+from softprompt.methods.hard_prompt import HardPrompt
 from softprompt.methods.init import InitContext
 from softprompt.methods.input_level import InputLevelPrompt
 
@@ -85,6 +86,11 @@ def method_module(method: str, backbone: Backbone, words: list[list[str]], n: in
     return cls(num_virtual_tokens=n, init=init, init_context=init_context(backbone, token_ids, seed=seed, **context),
                backbone=backbone, label_token_ids=token_ids, optimizer=OPTIMIZER, name=method, dropout=dropout,
                **settings)
+
+
+def hard_prompt_module(backbone: Backbone, words: list[list[str]]) -> HardPrompt:
+    return HardPrompt(backbone=backbone, label_token_ids=label_token_ids(words, backbone.tokenizer),
+                      optimizer=OPTIMIZER, name="hard_prompt")
 
 
 def template_for(method: str, n: int, task_template: str = "Review: {text}\nSentiment:") -> str:

@@ -6,10 +6,8 @@ import pytest
 import torch
 
 from conftest import local_task_overrides
-from helpers import OPTIMIZER, make_batch, method_module, template_for, tiny_backbone
-from softprompt.data.verbalizer import label_token_ids
+from helpers import hard_prompt_module, make_batch, method_module, template_for, tiny_backbone
 from softprompt.errors import ConfigError
-from softprompt.methods.hard_prompt import HardPrompt
 from softprompt.train import run
 
 METHODS = ["prompt_tuning", "p_tuning_mlp", "prefix_tuning", "p_tuning_v2"]
@@ -55,8 +53,7 @@ def test_pooled_scores_are_padding_invariant_and_fold_losslessly(backbone, metho
 
 def test_hard_prompt_is_refused_on_an_encoder_with_a_head(backbone):
     with pytest.raises(ConfigError, match="no zero-shot baseline"):
-        HardPrompt(backbone=backbone, label_token_ids=label_token_ids(WORDS, backbone.tokenizer),
-                   optimizer=OPTIMIZER, name="hard_prompt")
+        hard_prompt_module(backbone, WORDS)
 
 
 def test_training_run_with_a_head(make_cfg, local_task_files):

@@ -8,10 +8,8 @@ import pytest
 import torch
 
 from conftest import local_task_overrides
-from helpers import OPTIMIZER, make_batch, method_module, tiny_backbone
-from softprompt.data.verbalizer import label_token_ids
+from helpers import hard_prompt_module, make_batch, method_module, tiny_backbone
 from softprompt.errors import ConfigError
-from softprompt.methods.hard_prompt import HardPrompt
 from softprompt.train import run
 
 TEXTS = ["ok", "a much longer review that goes on", "middling"]
@@ -26,8 +24,7 @@ def label_ids(backbone):
 def test_hard_prompt_scores_are_the_models_own_mask_logits(architecture):
     backbone = tiny_backbone(architecture)
     assert backbone.family == "masked_lm"
-    module = HardPrompt(backbone=backbone, label_token_ids=label_token_ids(WORDS, backbone.tokenizer),
-                        optimizer=OPTIMIZER, name="hard_prompt")
+    module = hard_prompt_module(backbone, WORDS)
     batch = make_batch(backbone, TEXTS, "Review: {text} All in all it was{answer}.")
     mask = backbone.tokenizer.mask_token_id
     assert (batch["input_ids"][torch.arange(3), batch["answer_index"]] == mask).all()

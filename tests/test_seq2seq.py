@@ -7,11 +7,9 @@ import pytest
 import torch
 
 from conftest import local_task_overrides
-from helpers import OPTIMIZER, make_batch, method_module, template_for, tiny_backbone
+from helpers import hard_prompt_module, make_batch, method_module, template_for, tiny_backbone
 from softprompt.backbones.attention_prefix import PREFIX_KWARG, ROLE_ATTRIBUTE, PrefixKV
-from softprompt.data.verbalizer import label_token_ids
 from softprompt.errors import ConfigError
-from softprompt.methods.hard_prompt import HardPrompt
 from softprompt.train import run
 
 TEXTS = ["ok", "a much longer review that goes on", "middling"]
@@ -30,8 +28,7 @@ def first_step_logits(backbone, batch, inputs_embeds=None):
 def test_scores_are_the_models_own_first_decoder_step(architecture):
     backbone = tiny_backbone(architecture)
     assert backbone.family == "seq2seq"
-    hard = HardPrompt(backbone=backbone, label_token_ids=label_token_ids(WORDS, backbone.tokenizer),
-                      optimizer=OPTIMIZER, name="hard_prompt")
+    hard = hard_prompt_module(backbone, WORDS)
     soft = method_module("prompt_tuning", backbone, WORDS, n=3)
     plain, prompted = make_batch(backbone, TEXTS, "Review: {text}"), make_batch(backbone, TEXTS, "[P:3]Review: {text}")
     with torch.no_grad():
