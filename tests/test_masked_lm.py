@@ -47,7 +47,7 @@ def test_prompt_tuning_scores_match_the_model_on_the_same_embeddings():
 
 def test_multi_token_words_are_rejected_for_masked_lms():
     backbone = tiny_backbone("bert")
-    with pytest.raises(ConfigError, match="masked LMs score one mask token"):
+    with pytest.raises(ConfigError, match=r"task\.verbalizer\.0=.*scores one answer token"):
         method_module("prompt_tuning", backbone, [[" bad"], [" good"]], n=3)
 
 

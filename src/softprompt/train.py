@@ -129,8 +129,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                   demonstration_separator=str(method.get("demonstration_separator", "\n\n")),
                                   answer_token_id=adapter.answer_token_id(backbone.tokenizer),
                                   answer_must_end=adapter.answer_is_next_token)
-    token_ids = label_token_ids(label_words(datamodule.label_names, plain["task"]["verbalizer"]),
-                                backbone.tokenizer)
+    words = label_words(datamodule.label_names, plain["task"]["verbalizer"])
+    token_ids = label_token_ids(words, backbone.tokenizer)
+    adapter.check_label_words(token_ids, datamodule.label_names, words)  # before tokenising the data
     datamodule.setup()
     module = build_method(method, backbone=backbone, label_token_ids=token_ids,
                           optimizer=plain["optimizer"],

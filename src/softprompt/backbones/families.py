@@ -56,7 +56,9 @@ class FamilyAdapter:
         return hidden[torch.arange(len(hidden), device=hidden.device), batch["answer_index"]]
 
     @staticmethod
-    def check_label_words(label_token_ids: Sequence[Sequence[Sequence[int]]]) -> None:
+    def check_label_words(label_token_ids: Sequence[Sequence[Sequence[int]]],
+                          label_names: Sequence[str] | None = None,
+                          words: Sequence[Sequence[str]] | None = None) -> None:
         """Raise ConfigError for verbalizer words this family cannot score."""
 
     @staticmethod
@@ -113,12 +115,16 @@ class MaskedLMAdapter(FamilyAdapter):
         return tokenizer.mask_token_id
 
     @staticmethod
-    def check_label_words(label_token_ids: Sequence[Sequence[Sequence[int]]]) -> None:
-        for label, words in enumerate(label_token_ids):
-            for tokens in words:
+    def check_label_words(label_token_ids: Sequence[Sequence[Sequence[int]]],
+                          label_names: Sequence[str] | None = None,
+                          words: Sequence[Sequence[str]] | None = None) -> None:
+        for label, per_label in enumerate(label_token_ids):
+            name = label_names[label] if label_names else str(label)
+            for index, tokens in enumerate(per_label):
                 if len(tokens) != 1:
-                    raise ConfigError("task.verbalizer", label, f"masked LMs score one mask token, but a word of "
-                                      f"label {label} is {len(tokens)} tokens; use single-token words")
+                    word = words[label][index] if words else f"{len(tokens)} tokens"
+                    raise ConfigError(f"task.verbalizer.{name}", word, f"it is {len(tokens)} tokens, and this "
+                                      "family scores one answer token (a mask or one decoder step)")
 
     @classmethod
     def row_logits(cls, model: PreTrainedModel, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
