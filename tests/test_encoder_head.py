@@ -27,9 +27,11 @@ def test_head_is_trainable_counted_and_folded(backbone, method):
     module = method_module(method, backbone, WORDS, n=3)
     head = 32 * 2 + 2
     assert {n for n, p in module.named_parameters() if p.requires_grad} >= {"classifier.weight", "classifier.bias"}
-    assert module.num_folded_params() - head == sum(t.numel() for k, t in module.folded_state().items()
-                                                    if not k.startswith("classifier."))
-    assert set(module.folded_state()) >= {"classifier.weight", "classifier.bias"}
+    folded = module.folded_state()
+    assert folded["classifier.weight"].shape == (2, 32) and folded["classifier.bias"].shape == (2,)
+    assert torch.equal(folded["classifier.weight"], module.classifier.weight)
+    own = {"prompt_tuning": 3 * 32, "p_tuning_mlp": 3 * 32, "prefix_tuning": 3 * 128, "p_tuning_v2": 3 * 128}
+    assert module.num_folded_params() == own[method] + head  # the head is stored with the prompt
     if method == "prompt_tuning":
         assert module.num_trainable_params() == 3 * 32 + head
 

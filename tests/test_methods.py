@@ -78,6 +78,9 @@ def test_fold_then_reload_gives_identical_outputs(backbone, method):
     assert fresh.num_trainable_params() == module.num_folded_params()
     with torch.no_grad():
         assert torch.allclose(fresh(batch), trained, atol=1e-6)
+    wrong = {k: v[:-1] if k in ("prompt", "prefix") else v for k, v in folded.items()}
+    with pytest.raises(SoftPromptError, match="expects"):
+        method_module(method, backbone, WORDS, n=N).load_folded_state(wrong)
     module.load_folded_state(folded)  # folding in place
     with torch.no_grad():
         assert torch.allclose(module(batch), trained, atol=1e-6)

@@ -20,7 +20,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 PREFIX_KWARG = "softprompt_prefix"
 CAPTURE_KWARG = "softprompt_capture"
-IMPLEMENTATION_PREFIX = "softprompt_"
+IMPLEMENTATION = "softprompt_sdpa"  # our registered wrapper of SDPA
 ROLE_ATTRIBUTE = "softprompt_role"
 
 
@@ -104,9 +104,6 @@ def _wrap(base: Callable) -> Callable:
         return base(module, query, key, value, attention_mask, **kwargs)
 
     return attention
-
-
-IMPLEMENTATION = IMPLEMENTATION_PREFIX + "sdpa"
 
 
 def _register() -> str:

@@ -133,14 +133,10 @@ class AttentionLevelPrefix(SoftPromptModule):
         return {**super().folded_state(), "prefix": self.flat_prefix().detach().clone()}
 
     def load_folded_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        state = dict(state)
-        prefix = state.pop("prefix")
-        super().load_folded_state(state)
+        """Become the folded form: the given prefix, no MLP."""
         roles, kv_heads, head_dim = self.geometry
-        expected = (self.num_virtual_tokens, sum(roles.values()) * 2 * kv_heads * head_dim)
-        if tuple(prefix.shape) != expected:
-            raise ConfigError("prefix", tuple(prefix.shape), f"expected shape {expected}")
+        shape = (self.num_virtual_tokens, sum(roles.values()) * 2 * kv_heads * head_dim)
+        self.prefix = self._folded_parameter(state, "prefix", shape)
         self.reparam = None
         if hasattr(self, "prefix_embedding"):
             del self.prefix_embedding
-        self.prefix = nn.Parameter(prefix.detach().clone().float())

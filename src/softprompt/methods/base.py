@@ -89,13 +89,22 @@ class SoftPromptModule(L.LightningModule):
         return {f"classifier.{k}": v.detach().clone() for k, v in self.classifier.state_dict().items()}
 
     def load_folded_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Subclasses take their keys out first and pass the rest here."""
-        head = {k.removeprefix("classifier."): v for k, v in state.items() if k.startswith("classifier.")}
-        if hasattr(self, "classifier"):
-            self.classifier.load_state_dict(head)
-        unknown = sorted(k for k in state if not k.startswith("classifier.") or not hasattr(self, "classifier"))
+        """Load the head (encoder families); subclasses load their own tensor via `_folded_parameter`."""
+        has_head = hasattr(self, "classifier")
+        unknown = sorted(k for k in state if not (has_head and k.startswith("classifier.")))
         if unknown:
             raise SoftPromptError(f"{self.method_name} does not store {unknown}")
+        if has_head:
+            self.classifier.load_state_dict({k.removeprefix("classifier."): v for k, v in state.items()})
+
+    def _folded_parameter(self, state: Mapping[str, torch.Tensor], key: str,
+                          shape: tuple[int, ...]) -> torch.nn.Parameter:
+        """`state[key]` as a fresh fp32 parameter after checking its shape; the rest goes to the base."""
+        tensor = state[key]
+        if tuple(tensor.shape) != tuple(shape):
+            raise SoftPromptError(f"folded {key} has shape {tuple(tensor.shape)}; {self.method_name} expects {shape}")
+        SoftPromptModule.load_folded_state(self, {k: v for k, v in state.items() if k != key})
+        return torch.nn.Parameter(tensor.detach().clone().float())
 
     def num_folded_params(self) -> int:
         return sum(t.numel() for t in self.folded_state().values())

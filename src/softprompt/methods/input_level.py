@@ -67,10 +67,5 @@ class InputLevelPrompt(SoftPromptModule):
 
     def load_folded_state(self, state: Mapping[str, torch.Tensor]) -> None:
         """Become the folded form: the given embeddings, no encoder."""
-        state = dict(state)
-        prompt = state.pop("prompt")
-        super().load_folded_state(state)
-        if tuple(prompt.shape) != tuple(self.prompt.shape):
-            raise ConfigError("prompt", tuple(prompt.shape), f"expected shape {tuple(self.prompt.shape)}")
+        self.prompt = self._folded_parameter(state, "prompt", tuple(self.prompt.shape))
         self.encoder = None
-        self.prompt = nn.Parameter(prompt.detach().clone().float())
