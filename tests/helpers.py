@@ -8,14 +8,17 @@ import torch
 from omegaconf import OmegaConf
 
 from softprompt.backbones import Backbone, load_backbone
+from softprompt.backbones.families import FAMILY_ADAPTERS
 from softprompt.config_dir import config_dir
 from softprompt.data.collate import PadCollator
 from softprompt.data.templates import Template, special_tokens_around
 from softprompt.data.verbalizer import label_token_ids
 from softprompt.methods.attention_level import AttentionLevelPrefix
+from softprompt.methods.decoding import DecodingConfig
 from softprompt.methods.hard_prompt import HardPrompt
 from softprompt.methods.init import InitContext
 from softprompt.methods.input_level import InputLevelPrompt
+from softprompt.methods.objectives import ClassificationObjective, GenerationObjective, Objective
 
 OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 0.01, "weight_decay": 0.0,
              "scheduler": {"name": "constant", "warmup_steps": 0}}
@@ -75,21 +78,34 @@ METHOD_SETTINGS = {  # the method presets' own settings, small sizes for tiny ba
 INPUT_LEVEL = ("prompt_tuning", "p_tuning_lstm", "p_tuning_mlp")
 
 
-def method_module(method: str, backbone: Backbone, words: list[list[str]], n: int = 4,
-                  init: str = "random_uniform", dropout: bool = False, seed: int = 0, **overrides):
+def classification(backbone: Backbone, words: list[list[str]]) -> ClassificationObjective:
+    return ClassificationObjective(label_token_ids(words, backbone.tokenizer), FAMILY_ADAPTERS[backbone.family],
+                                   backbone.hidden_size)
+
+
+def generation(backbone: Backbone, **decoding) -> GenerationObjective:
+    config = DecodingConfig(**({"max_new_tokens": 6} | decoding))
+    return GenerationObjective(backbone.tokenizer, config, FAMILY_ADAPTERS[backbone.family])
+
+
+def method_module(method: str, backbone: Backbone, words: list[list[str]] | None, n: int = 4,
+                  init: str = "random_uniform", dropout: bool = False, seed: int = 0,
+                  objective: Objective | None = None, **overrides):
+    """`words` make a classification module; `words=None` with a generation `objective` a generation one."""
     context_keys = ("init_text", "init_std", "init_range", "init_vocab_size")
     context = {k: overrides.pop(k) for k in context_keys if k in overrides}
     settings = {**METHOD_SETTINGS[method], **overrides}
     cls = settings.pop("cls")
-    token_ids = label_token_ids(words, backbone.tokenizer)
+    token_ids = label_token_ids(words, backbone.tokenizer) if words else []
     torch.manual_seed(seed)  # encoder / MLP weights
     return cls(num_virtual_tokens=n, init=init, init_context=init_context(backbone, token_ids, seed=seed, **context),
-               backbone=backbone, label_token_ids=token_ids, optimizer=OPTIMIZER, name=method, dropout=dropout,
-               **settings)
+               backbone=backbone, objective=objective or classification(backbone, words), optimizer=OPTIMIZER,
+               name=method, dropout=dropout, **settings)
 
 
-def hard_prompt_module(backbone: Backbone, words: list[list[str]]) -> HardPrompt:
-    return HardPrompt(backbone=backbone, label_token_ids=label_token_ids(words, backbone.tokenizer),
+def hard_prompt_module(backbone: Backbone, words: list[list[str]] | None,
+                       objective: Objective | None = None) -> HardPrompt:
+    return HardPrompt(backbone=backbone, objective=objective or classification(backbone, words),
                       optimizer=OPTIMIZER, name="hard_prompt")
 
 

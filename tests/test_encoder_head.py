@@ -26,10 +26,11 @@ def backbone():
 def test_head_is_trainable_counted_and_folded(backbone, method):
     module = method_module(method, backbone, WORDS, n=3)
     head = 32 * 2 + 2
-    assert {n for n, p in module.named_parameters() if p.requires_grad} >= {"classifier.weight", "classifier.bias"}
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert trainable >= {"objective.classifier.weight", "objective.classifier.bias"}
     folded = module.folded_state()
     assert folded["classifier.weight"].shape == (2, 32) and folded["classifier.bias"].shape == (2,)
-    assert torch.equal(folded["classifier.weight"], module.classifier.weight)
+    assert torch.equal(folded["classifier.weight"], module.objective.classifier.weight)
     own = {"prompt_tuning": 3 * 32, "p_tuning_mlp": 3 * 32, "prefix_tuning": 3 * 128, "p_tuning_v2": 3 * 128}
     assert module.num_folded_params() == own[method] + head  # the head is stored with the prompt
     if method == "prompt_tuning":
@@ -66,4 +67,4 @@ def test_training_run_with_a_head(make_cfg, local_task_files):
     assert summary["trainable_params"] == 3 * 32 + 32 * 2 + 2
     assert summary["folded_params"] == summary["trainable_params"]
     checkpoint = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
-    assert set(checkpoint) == {"prompt", "classifier.weight", "classifier.bias"}
+    assert set(checkpoint) == {"prompt", "objective.classifier.weight", "objective.classifier.bias"}

@@ -54,6 +54,28 @@ def test_every_method_is_batch_invariant_and_folds_losslessly(architecture, meth
         assert torch.allclose(fresh(make_batch(backbone, TEXTS, template)), alone, atol=1e-5)
 
 
+def test_word_init_gives_every_role_the_words_own_keys():
+    """Li & Liang's real-word init on T5: encoder self-, decoder self- and cross-attention prefixes all
+    start as the keys those words produce there (layer 0 recomputed by hand)."""
+    backbone = tiny_backbone("t5")
+    text = "so it goes"
+    module = method_module("p_tuning_v2", backbone, WORDS, n=len(text), init="text", init_text=text)
+    prefix = module.attention_kwargs()[PREFIX_KWARG]
+    model = backbone.model
+    ids = torch.tensor([backbone.tokenizer(text, add_special_tokens=False).input_ids])
+    heads = lambda x: x.view(1, len(text), 4, 8).transpose(1, 2)  # noqa: E731
+    with torch.no_grad():
+        embeds = model.shared(ids)
+        encoder_block, decoder_block = model.encoder.block[0].layer, model.decoder.block[0].layer
+        expected = {
+            "encoder": heads(encoder_block[0].SelfAttention.k(encoder_block[0].layer_norm(embeds))),
+            "decoder": heads(decoder_block[0].SelfAttention.k(decoder_block[0].layer_norm(embeds))),
+            "cross": heads(decoder_block[1].EncDecAttention.k(model.encoder(input_ids=ids).last_hidden_state)),
+        }
+    for role, keys in expected.items():
+        torch.testing.assert_close(prefix.keys[role][0], keys, rtol=1e-5, atol=1e-5)
+
+
 def test_prefix_sizes_cover_encoder_decoder_and_cross_attention():
     backbone = tiny_backbone("t5")
     module = method_module("p_tuning_v2", backbone, WORDS, n=3, init="random_normal")

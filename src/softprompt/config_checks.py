@@ -7,12 +7,14 @@ from collections.abc import Mapping
 from transformers.trainer_utils import SchedulerType
 
 from softprompt.backbones.loading import DTYPES, FAMILIES
+from softprompt.data.datamodule import TARGET
 from softprompt.data.sources import LABEL
 from softprompt.data.templates import Template
 from softprompt.data.verbalizer import label_words
 from softprompt.errors import ConfigError, require_positive_int
 from softprompt.methods import method_class
 from softprompt.methods.layout import SLOT_LAYOUTS, prompt_template
+from softprompt.methods.objectives import check_objective_config
 
 
 def check_method(method: Mapping) -> None:
@@ -22,11 +24,13 @@ def check_method(method: Mapping) -> None:
 
 
 def check_task(task: Mapping, method: Mapping) -> None:
+    check_objective_config(task)
     fields = list(task.get("text_fields") or [])
     if not fields:
         raise ConfigError("task.text_fields", task.get("text_fields"), "list at least one text field")
+    generation = task["type"] == "generation"
     columns = task.get("columns") or {}
-    for name in [*fields, LABEL]:
+    for name in [*fields, TARGET if generation else LABEL]:
         if name not in columns:
             raise ConfigError("task.columns", dict(columns), f"map the field {name!r} to a dataset column")
     Template.parse(str(task["template"]), fields)
@@ -35,11 +39,22 @@ def check_task(task: Mapping, method: Mapping) -> None:
     if method.get("slots") != "none" and template.num_virtual_tokens != method.get("num_virtual_tokens"):
         raise ConfigError("method.num_virtual_tokens", method.get("num_virtual_tokens"),
                           f"the template {template.text!r} has {template.num_virtual_tokens} slots")
+    require_positive_int("task.max_length", task.get("max_length"))
+    if generation:
+        require_positive_int("task.max_target_length", task.get("max_target_length"))
+        if not isinstance(task.get("target_prefix"), str):
+            raise ConfigError("task.target_prefix", task.get("target_prefix"), "must be a string (\" \" or \"\")")
+        if not template.answer_at_end:
+            raise ConfigError("task.template", template.text, "a generation task's target follows the template; "
+                              "leave {answer} out")
+        if method.get("init") == "class_labels":
+            raise ConfigError("method.init", "class_labels", "a generation task has no class labels; use vocab, "
+                              "text, random_uniform or random_normal")
+        return
     labels = [str(x) for x in task.get("labels") or []]
     if len(labels) < 2:
         raise ConfigError("task.labels", labels, "list at least two label names")
     label_words(labels, task["verbalizer"])
-    require_positive_int("task.max_length", task.get("max_length"))
 
 
 def check_cv(cv: Mapping, splits: Mapping) -> None:

@@ -28,6 +28,7 @@ from softprompt.methods import build_method
 from softprompt.methods.base import SoftPromptModule
 from softprompt.methods.init import InitContext
 from softprompt.methods.layout import prompt_template
+from softprompt.methods.objectives import build_objective
 from softprompt.run_results import stage_metrics, write_run_results
 
 log = logging.getLogger("softprompt")
@@ -83,7 +84,7 @@ def build_init_context(method: dict, seed: int, backbone, datamodule: PromptData
 
 
 def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: PromptDataModule):
-    """Fit (when there is anything to train), then test the best checkpoint by val/acc."""
+    """Fit (when there is anything to train), then test the best checkpoint by the objective's metric."""
     history = ValidationHistory()
     callbacks = [*_instantiate_all(cfg.get("callbacks")), history]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")))
@@ -93,7 +94,8 @@ def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: PromptD
         trainer.fit(module, datamodule=datamodule)
         best_path = checkpoint.best_model_path if checkpoint is not None and history.records else None
     if best_path:
-        val = max(history.records, key=lambda r: r["acc"])  # the first best, as ModelCheckpoint keeps it
+        # The first best, as ModelCheckpoint keeps it.
+        val = max(history.records, key=lambda r: r[module.objective.metric])
     elif history.records and history.records[-1]["step"] == trainer.global_step:
         val = history.records[-1]
     else:
@@ -129,12 +131,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                   demonstration_separator=str(method.get("demonstration_separator", "\n\n")),
                                   answer_token_id=adapter.answer_token_id(backbone.tokenizer),
                                   answer_must_end=adapter.answer_is_next_token)
-    words = label_words(datamodule.label_names, plain["task"]["verbalizer"])
-    token_ids = label_token_ids(words, backbone.tokenizer)
-    adapter.check_label_words(token_ids, datamodule.label_names, words)  # before tokenising the data
+    token_ids = []
+    if not datamodule.generation:
+        words = label_words(datamodule.label_names, plain["task"]["verbalizer"])
+        token_ids = label_token_ids(words, backbone.tokenizer)
+        adapter.check_label_words(token_ids, datamodule.label_names, words)  # before tokenising the data
+    objective = build_objective(plain["task"], adapter, backbone.tokenizer, backbone.hidden_size, token_ids)
     datamodule.setup()
-    module = build_method(method, backbone=backbone, label_token_ids=token_ids,
-                          optimizer=plain["optimizer"],
+    module = build_method(method, backbone=backbone, objective=objective, optimizer=plain["optimizer"],
                           dropout=bool(cfg.backbone.dropout),
                           init_context=lambda: build_init_context(method, int(cfg.seed), backbone, datamodule,
                                                                   token_ids))
@@ -156,6 +160,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "backbone_fingerprint_start": fingerprint_start,
         "backbone_fingerprint_end": fingerprint_end,
         "task": cfg.task.name,
+        "task_type": plain["task"]["type"],
+        "selection_metric": f"val/{objective.metric}",
         "num_virtual_tokens": int(getattr(module, "num_virtual_tokens", 0)),
         "init": getattr(module, "init", None),
         "lr": float(cfg.optimizer.lr) if module.trains else None,
@@ -182,7 +188,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns the validation accuracy (for sweepers that optimise it)."""
+    """Hydra entry point; returns the selection metric on validation (for sweepers that optimise it)."""
     try:
         summary = run(cfg)
     except SoftPromptError as error:
@@ -190,7 +196,7 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(2)
     finally:
         _finish_wandb()
-    return summary["val"].get("acc")
+    return summary["val"].get(summary["selection_metric"].removeprefix("val/"))
 
 
 if __name__ == "__main__":

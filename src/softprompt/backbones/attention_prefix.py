@@ -67,10 +67,11 @@ def attention_layers(model: PreTrainedModel) -> dict[str, int]:
 
 @dataclass
 class KVCapture:
-    """Collects each layer's key/value states (after position encoding) during one forward."""
+    """Collects each attention layer's key/value states (after position encoding) during one forward,
+    keyed by (role, layer index)."""
 
-    keys: dict[int, torch.Tensor] = field(default_factory=dict)
-    values: dict[int, torch.Tensor] = field(default_factory=dict)
+    keys: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
+    values: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
 
 
 def _extend_mask(mask: torch.Tensor | None, module: torch.nn.Module, query: torch.Tensor, key_len: int,
@@ -91,7 +92,8 @@ def _wrap(base: Callable) -> Callable:
         prefix: PrefixKV | None = kwargs.pop(PREFIX_KWARG, None)
         capture: KVCapture | None = kwargs.pop(CAPTURE_KWARG, None)
         if capture is not None:
-            capture.keys[module.layer_idx], capture.values[module.layer_idx] = key, value
+            where = (getattr(module, ROLE_ATTRIBUTE, "self"), module.layer_idx)
+            capture.keys[where], capture.values[where] = key, value
         pair = prefix.for_module(module) if prefix is not None else None
         if pair is not None:
             prefix_keys, prefix_values = pair

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from softprompt.errors import ConfigError
 
@@ -34,15 +34,17 @@ class FamilyAdapter:
 
     @classmethod
     def hidden_states(cls, model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                      position_offset: int = 0, **attention_kwargs) -> torch.Tensor:
-        """Final hidden states of the body (no head).
+                      position_offset: int = 0, cache: DynamicCache | None = None,
+                      **attention_kwargs) -> torch.Tensor:
+        """Final hidden states of the body (no head); `cache`, if given, is filled for generation.
 
         Position ids count real tokens only (so padding never shifts them), starting at
         `position_offset` (the prefix length for attention-level prompts, as PEFT places them).
         """
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0) + position_offset + cls.position_start(model)
+        caching = {"cache": cache, "use_cache": True} if cache is not None else {"use_cache": False}
         output = model.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                  position_ids=positions, use_cache=False, **attention_kwargs)
+                                  position_ids=positions, **caching, **attention_kwargs)
         return output.last_hidden_state
 
     @staticmethod
@@ -61,13 +63,79 @@ class FamilyAdapter:
                           words: Sequence[Sequence[str]] | None = None) -> None:
         """Raise ConfigError for verbalizer words this family cannot score."""
 
-    @staticmethod
-    def row_logits(model: PreTrainedModel, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    @classmethod
+    def row_logits(cls, model: PreTrainedModel, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        return cls.vocab_logits(model, hidden)[..., token_ids].float()
+
+    @classmethod
+    def vocab_log_probs(cls, model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(cls.vocab_logits(model, hidden).float(), dim=-1)
 
     @staticmethod
-    def vocab_log_probs(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+    def vocab_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    # -- generation (causal and seq2seq families) --------------------------------------------------
+    generates = False
+
+    @classmethod
+    def target_hidden(cls, model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                      answer_index: torch.Tensor, target_ids: torch.Tensor, target_mask: torch.Tensor,
+                      position_offset: int = 0, **attention_kwargs) -> torch.Tensor:
+        """(batch, target_len, d): teacher-forced hidden states, the j-th predicting target token j."""
+        raise NotImplementedError
+
+    @classmethod
+    def start_generation(cls, model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                         answer_index: torch.Tensor, position_offset: int = 0, **attention_kwargs
+                         ) -> tuple[torch.Tensor, GenerationSession]:
+        """Read the prompted source once (filling the KV cache); return the first step's logits and a
+        session that decodes further tokens one step at a time."""
+        raise NotImplementedError
+
+
+class GenerationSession:
+    """Cached decoding state of one batch; the method's attention kwargs reach every step."""
+
+    def __init__(self, model: PreTrainedModel, adapter: type[FamilyAdapter], attention_kwargs: dict) -> None:
+        self.model, self.adapter, self.attention_kwargs = model, adapter, attention_kwargs
+        self.cache: DynamicCache | EncoderDecoderCache | None = None
+        self.rows: dict[str, torch.Tensor] = {}  # per-row tensors that follow beam reordering
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def repeat(self, times: int) -> None:
+        self.cache.batch_repeat_interleave(times)
+        self.rows = {k: v.repeat_interleave(times, dim=0) for k, v in self.rows.items()}
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.cache.reorder_cache(rows)
+        self.rows = {k: v.index_select(0, rows) for k, v in self.rows.items()}
+
+
+class CausalSession(GenerationSession):
+    """Rows keep their own mask (pads may sit between source and generated tokens) and next position."""
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        mask = torch.cat([self.rows["attention_mask"], torch.ones_like(tokens)[:, None]], dim=1)
+        positions = self.rows["next_position"]
+        output = self.model.base_model(inputs_embeds=self.adapter.embed(self.model, tokens[:, None]),
+                                       attention_mask=mask, position_ids=positions[:, None],
+                                       cache=self.cache, use_cache=True, **self.attention_kwargs)
+        self.rows = {"attention_mask": mask, "next_position": positions + 1}
+        return self.adapter.vocab_logits(self.model, output.last_hidden_state[:, -1])
+
+
+class Seq2SeqSession(GenerationSession):
+    """The encoder ran once; each step runs one decoder token against the cached encoder states."""
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        output = self.model.get_decoder()(
+            input_ids=tokens[:, None], encoder_hidden_states=self.rows["encoded"],
+            encoder_attention_mask=self.rows["encoder_mask"], cache=self.cache, use_cache=True,
+            **self.attention_kwargs)
+        return self.adapter.vocab_logits(self.model, output.last_hidden_state[:, -1])
 
 
 class CausalLMAdapter(FamilyAdapter):
@@ -88,8 +156,39 @@ class CausalLMAdapter(FamilyAdapter):
         return F.linear(hidden, head.weight[token_ids].to(hidden.dtype), bias)
 
     @staticmethod
-    def vocab_log_probs(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(model.get_output_embeddings()(hidden).float(), dim=-1)
+    def vocab_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+        return model.get_output_embeddings()(hidden)
+
+    generates = True
+
+    @classmethod
+    def target_hidden(cls, model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                      answer_index: torch.Tensor, target_ids: torch.Tensor, target_mask: torch.Tensor,
+                      position_offset: int = 0, **attention_kwargs) -> torch.Tensor:
+        """The target follows the padded source; masks and position ids skip any pads in between.
+
+        The last target token is never an input (nothing is predicted from it), so it is left out.
+        """
+        source_len, target_len = inputs_embeds.shape[1], target_ids.shape[1]
+        embeds = torch.cat([inputs_embeds, cls.embed(model, target_ids[:, :-1]).to(inputs_embeds.dtype)], dim=1)
+        mask = torch.cat([attention_mask, target_mask[:, :-1].to(attention_mask.dtype)], dim=1)
+        hidden = cls.hidden_states(model, embeds, mask, position_offset, **attention_kwargs)
+        steps = torch.arange(target_len, device=hidden.device)
+        positions = torch.where(steps == 0, answer_index[:, None], source_len - 1 + steps)
+        return hidden[torch.arange(len(hidden), device=hidden.device)[:, None], positions]
+
+    @classmethod
+    def start_generation(cls, model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                         answer_index: torch.Tensor, position_offset: int = 0, **attention_kwargs
+                         ) -> tuple[torch.Tensor, GenerationSession]:
+        session = CausalSession(model, cls, attention_kwargs)
+        session.cache = DynamicCache(config=model.config)
+        hidden = cls.hidden_states(model, inputs_embeds, attention_mask, position_offset, cache=session.cache,
+                                   **attention_kwargs)
+        session.rows = {"attention_mask": attention_mask,
+                        "next_position": attention_mask.sum(-1) + position_offset}
+        last = hidden[torch.arange(len(answer_index), device=answer_index.device), answer_index]
+        return cls.vocab_logits(model, last), session
 
 
 class MaskedLMAdapter(FamilyAdapter):
@@ -127,12 +226,8 @@ class MaskedLMAdapter(FamilyAdapter):
                                       "family scores one answer token (a mask or one decoder step)")
 
     @classmethod
-    def row_logits(cls, model: PreTrainedModel, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-        return cls._head(model)(hidden)[..., token_ids].float()
-
-    @classmethod
-    def vocab_log_probs(cls, model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(cls._head(model)(hidden).float(), dim=-1)
+    def vocab_logits(cls, model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+        return cls._head(model)(hidden)
 
 
 class EncoderHeadAdapter(FamilyAdapter):
@@ -155,8 +250,7 @@ class Seq2SeqAdapter(FamilyAdapter):
         """The decoder's first hidden state (batch, 1, d), after the encoder read the prompted input."""
         encoded = model.get_encoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                       **attention_kwargs).last_hidden_state
-        start = torch.full((len(inputs_embeds), 1), model.config.decoder_start_token_id, dtype=torch.long,
-                           device=inputs_embeds.device)
+        start = Seq2SeqAdapter._start_tokens(model, len(inputs_embeds), inputs_embeds.device)
         decoder = model.get_decoder()
         return decoder(input_ids=start, encoder_hidden_states=encoded, encoder_attention_mask=attention_mask,
                        use_cache=False, **attention_kwargs).last_hidden_state
@@ -168,20 +262,44 @@ class Seq2SeqAdapter(FamilyAdapter):
     check_label_words = staticmethod(MaskedLMAdapter.check_label_words)  # one decoder step: single tokens
 
     @staticmethod
-    def _logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+    def vocab_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
         if model.config.model_type == "t5" and model.config.tie_word_embeddings:
             hidden = hidden * model.config.d_model**-0.5  # as T5ForConditionalGeneration does
         logits = model.get_output_embeddings()(hidden)
         bias = getattr(model, "final_logits_bias", None)  # BART
         return logits + bias if bias is not None else logits
 
-    @classmethod
-    def row_logits(cls, model: PreTrainedModel, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-        return cls._logits(model, hidden)[..., token_ids].float()
+    generates = True
+
+    @staticmethod
+    def _start_tokens(model: PreTrainedModel, rows: int, device: torch.device) -> torch.Tensor:
+        return torch.full((rows, 1), model.config.decoder_start_token_id, dtype=torch.long, device=device)
 
     @classmethod
-    def vocab_log_probs(cls, model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(cls._logits(model, hidden).float(), dim=-1)
+    def target_hidden(cls, model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                      answer_index: torch.Tensor, target_ids: torch.Tensor, target_mask: torch.Tensor,
+                      position_offset: int = 0, **attention_kwargs) -> torch.Tensor:
+        """The decoder reads the start token and the target shifted right (targets are right-padded)."""
+        encoded = model.get_encoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                      **attention_kwargs).last_hidden_state
+        start = cls._start_tokens(model, len(target_ids), target_ids.device)
+        decoder_ids = torch.cat([start, target_ids[:, :-1]], dim=1)
+        decoder_mask = torch.cat([torch.ones_like(start), target_mask[:, :-1].long()], dim=1)
+        return model.get_decoder()(input_ids=decoder_ids, attention_mask=decoder_mask, encoder_hidden_states=encoded,
+                                   encoder_attention_mask=attention_mask, use_cache=False,
+                                   **attention_kwargs).last_hidden_state
+
+    @classmethod
+    def start_generation(cls, model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                         answer_index: torch.Tensor, position_offset: int = 0, **attention_kwargs
+                         ) -> tuple[torch.Tensor, GenerationSession]:
+        session = Seq2SeqSession(model, cls, attention_kwargs)
+        session.cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        encoded = model.get_encoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                      **attention_kwargs).last_hidden_state
+        session.rows = {"encoded": encoded, "encoder_mask": attention_mask}
+        start = cls._start_tokens(model, len(inputs_embeds), inputs_embeds.device)
+        return session.step(start[:, 0]), session
 
 
 FAMILY_ADAPTERS: dict[str, type[FamilyAdapter]] = {

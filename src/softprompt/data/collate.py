@@ -10,21 +10,23 @@ import torch
 class PadCollator:
     """Pads input_ids/slot_ids on the given side and records where each example's answer sits."""
 
-    def __init__(self, pad_token_id: int, padding_side: str, prefix_ids: Sequence[int] = ()) -> None:
+    def __init__(self, pad_token_id: int, padding_side: str, prefix_ids: Sequence[int] = (),
+                 target_field: str | None = None) -> None:
         self.pad_token_id = pad_token_id
         self.padding_side = padding_side
         self.prefix_ids = list(prefix_ids)  # shared by every row (in-context demonstrations)
+        self.target_field = target_field  # generation: the raw target text, kept as the metric reference
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
         if self.prefix_ids:
             rows = [{**r, "input_ids": self.prefix_ids + list(r["input_ids"]),
                      "slot_ids": [-1] * len(self.prefix_ids) + list(r["slot_ids"])} for r in rows]
         width = max(len(r["input_ids"]) for r in rows)
-        batch = len(rows)
-        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
-        slot_ids = torch.full((batch, width), -1, dtype=torch.long)
-        attention_mask = torch.zeros((batch, width), dtype=torch.long)
-        answer_index = torch.empty(batch, dtype=torch.long)
+        size = len(rows)
+        input_ids = torch.full((size, width), self.pad_token_id, dtype=torch.long)
+        slot_ids = torch.full((size, width), -1, dtype=torch.long)
+        attention_mask = torch.zeros((size, width), dtype=torch.long)
+        answer_index = torch.empty(size, dtype=torch.long)
         for i, row in enumerate(rows):
             n = len(row["input_ids"])
             start = width - n if self.padding_side == "left" else 0
@@ -32,11 +34,26 @@ class PadCollator:
             slot_ids[i, start:start + n] = torch.as_tensor(row["slot_ids"])
             attention_mask[i, start:start + n] = 1
             answer_index[i] = start + len(self.prefix_ids) + row["answer_index"]
-        return {
+        batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "slot_ids": slot_ids,
             "answer_index": answer_index,
-            "labels": torch.as_tensor([r["label"] for r in rows], dtype=torch.long),
             "row_index": torch.as_tensor([r["row_index"] for r in rows], dtype=torch.long),
         }
+        if self.target_field is None:
+            batch["labels"] = torch.as_tensor([r["label"] for r in rows], dtype=torch.long)
+        else:
+            batch.update(self._targets(rows))
+        return batch
+
+    def _targets(self, rows: Sequence[dict]) -> dict:
+        """Target ids, right-padded (the decoder side always grows to the right), and their mask."""
+        width = max(len(r["target_ids"]) for r in rows)
+        target_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        target_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            target_ids[i, :len(row["target_ids"])] = torch.as_tensor(row["target_ids"])
+            target_mask[i, :len(row["target_ids"])] = 1
+        return {"target_ids": target_ids, "target_mask": target_mask,
+                "target_text": [str(r[self.target_field]) for r in rows]}

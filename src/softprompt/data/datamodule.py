@@ -18,10 +18,11 @@ from softprompt.data.collate import PadCollator
 from softprompt.data.folds import stratified_sample, train_val_indices
 from softprompt.data.sources import LABEL, load_raw_splits, select_and_map
 from softprompt.data.templates import Template, special_tokens_around
-from softprompt.data.verbalizer import label_words
+from softprompt.data.verbalizer import label_token_ids, label_words
 from softprompt.errors import ConfigError
 
-TOKENIZATION_VERSION = 2  # bump when rendering changes, to invalidate cached tokenizations
+TOKENIZATION_VERSION = 3  # bump when rendering changes, to invalidate cached tokenizations
+TARGET = "target"  # the field holding a generation task's target text
 
 
 def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -40,7 +41,10 @@ class PromptDataModule(L.LightningDataModule):
                  answer_token_id: int | None = None, answer_must_end: bool = True) -> None:
         super().__init__()
         self.answer_token_id = answer_token_id  # masked LMs: the mask token stands at the answer
-        self.specials = special_tokens_around(tokenizer)
+        leading, trailing = special_tokens_around(tokenizer)
+        # Causal LMs: nothing may follow the answer position (the answer or target comes next).
+        self.specials = (leading, [] if answer_must_end else trailing)
+        self.generation = task.get("type", "classification") == "generation"
         self.num_demonstrations = num_demonstrations
         self.demonstration_separator = demonstration_separator
         self.demonstration_ids: list[int] = []
@@ -58,7 +62,11 @@ class PromptDataModule(L.LightningDataModule):
 
     @property
     def label_names(self) -> list[str]:
-        return [str(x) for x in self.task["labels"]]
+        return [] if self.generation else [str(x) for x in self.task["labels"]]
+
+    def _strata(self, dataset: Dataset) -> list[int]:
+        """What folds and demonstrations are stratified by: the label, or nothing for generation."""
+        return [0] * len(dataset) if self.generation else list(dataset[LABEL])
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -68,7 +76,7 @@ class PromptDataModule(L.LightningDataModule):
         test = tokenized.get("test", tokenized.get("validation"))
         num_folds = self.cv.get("num_folds")
         if num_folds:
-            train_idx, val_idx = train_val_indices(list(tokenized["train"][LABEL]), int(num_folds),
+            train_idx, val_idx = train_val_indices(self._strata(tokenized["train"]), int(num_folds),
                                                    int(self.cv["fold"]), int(self.cv["seed"]))
             train, validation = tokenized["train"].select(train_idx), tokenized["train"].select(val_idx)
         else:  # config checks guarantee a separate validation split here
@@ -82,29 +90,47 @@ class PromptDataModule(L.LightningDataModule):
                 self.splits[role] = self.splits[role].select(np.sort(order[: int(limit)]))
 
     def _demonstration_ids(self) -> list[int]:
-        """k solved examples from the training fold (seeded, stratified), shared by every input."""
+        """k solved examples from the training fold (seeded, stratified), shared by every input.
+
+        Each is its rendered (truncated) input followed by its answer: the label word, or the target.
+        """
         if not self.num_demonstrations:
             return []
         train = self.splits["train"]
-        task_template = Template.parse(self.task["template"], list(self.task["text_fields"]))
-        words = label_words(self.label_names, self.task["verbalizer"])
-        picks = stratified_sample(list(train[LABEL]), self.num_demonstrations, self.seed)
-        text = "".join(task_template.fill(train[int(i)]) + words[train[int(i)][LABEL]][0]
-                       + self.demonstration_separator for i in picks)
-        return self.tokenizer(text, add_special_tokens=False).input_ids
+        separator = self.tokenizer(self.demonstration_separator, add_special_tokens=False).input_ids
+        leading, trailing = (len(part) for part in self.specials)
+        words = None if self.generation else label_token_ids(
+            label_words(self.label_names, self.task["verbalizer"]), self.tokenizer)
+        ids: list[int] = []
+        for i in stratified_sample(self._strata(train), self.num_demonstrations, self.seed):
+            row = train[int(i)]
+            body = row["input_ids"][leading:len(row["input_ids"]) - trailing]
+            answer = row["target_ids"][:-1] if self.generation else words[row[LABEL]][0]
+            ids += body + answer + separator
+        return ids
+
+    def _target_ids(self, text: str) -> list[int]:
+        """The target's tokens, cut to `task.max_target_length` including the closing eos."""
+        ids = self.tokenizer(str(self.task["target_prefix"]) + text, add_special_tokens=False).input_ids
+        return [*ids[: int(self.task["max_target_length"]) - 1], self.tokenizer.eos_token_id]
 
     def _tokenize(self, dataset: Dataset, role: str) -> Dataset:
         fields = list(self.task["text_fields"])
         template, tokenizer, max_length = self.template, self.tokenizer, int(self.task["max_length"])
         answer_token_id, specials = self.answer_token_id, self.specials
+        target_spec = [self.task["target_prefix"], self.task["max_target_length"]] if self.generation else None
         spec = json.dumps([TOKENIZATION_VERSION, dataset._fingerprint, tokenizer_identity(tokenizer),
-                           template.text, fields, max_length, answer_token_id, specials])
+                           template.text, fields, max_length, answer_token_id, specials, target_spec])
         fingerprint = hashlib.sha256(spec.encode()).hexdigest()[:32]
+        target_ids = self._target_ids if self.generation else None
 
         def render(row: dict, index: int) -> dict:
             rendered = template.render(row, tokenizer, max_length, answer_token_id, specials)
-            return {"input_ids": rendered.input_ids, "slot_ids": rendered.slot_ids,
-                    "answer_index": rendered.answer_index, "row_index": index}
+            out = {"input_ids": rendered.input_ids, "slot_ids": rendered.slot_ids,
+                   "answer_index": rendered.answer_index, "row_index": index}
+            if target_ids is not None:
+                out["target_ids"] = target_ids(str(row[TARGET]))
+            return out
 
         return dataset.map(render, with_indices=True, new_fingerprint=fingerprint,
                            desc=f"tokenizing {role}")
@@ -135,7 +161,7 @@ class PromptDataModule(L.LightningDataModule):
             sampler=sampler,
             num_workers=int(self.data_cfg["num_workers"]),
             collate_fn=PadCollator(self.tokenizer.pad_token_id, self.data_cfg["padding_side"],
-                                   self.demonstration_ids),
+                                   self.demonstration_ids, target_field=TARGET if self.generation else None),
         )
 
     def train_dataloader(self) -> DataLoader:

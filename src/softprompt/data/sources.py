@@ -53,7 +53,7 @@ def load_raw_splits(source: Mapping, cache_dir: Path) -> DatasetDict:
 
 def select_and_map(raw: DatasetDict, task: Mapping) -> dict[str, Dataset]:
     """Pick the task's splits, rename mapped columns to field names, turn labels into indices."""
-    label_names = [str(x) for x in task["labels"]]
+    label_names = [str(x) for x in task.get("labels") or []]
     columns: Mapping[str, str] = task["columns"]
     splits: dict[str, Dataset] = {}
     for role in SPLIT_NAMES:
@@ -63,6 +63,8 @@ def select_and_map(raw: DatasetDict, task: Mapping) -> dict[str, Dataset]:
         if split_name not in raw:
             raise ConfigError(f"task.splits.{role}", split_name, f"dataset splits are {sorted(raw)}")
         dataset = raw[split_name]
+        if any("." in c and c not in dataset.column_names for c in columns.values()):
+            dataset = dataset.flatten()  # nested columns, e.g. translation.en, become top-level ones
         for field, column in columns.items():
             if column not in dataset.column_names:
                 raise ConfigError(f"task.columns.{field}", column,
@@ -70,7 +72,9 @@ def select_and_map(raw: DatasetDict, task: Mapping) -> dict[str, Dataset]:
         keep = {column: field for field, column in columns.items()}
         dataset = dataset.select_columns(list(keep)).rename_columns(
             {c: f for c, f in keep.items() if c != f})
-        splits[role] = _labels_to_indices(dataset, label_names, f"task.splits.{role}")
+        if LABEL in columns:  # generation tasks have a target instead
+            dataset = _labels_to_indices(dataset, label_names, f"task.splits.{role}")
+        splits[role] = dataset
     if "train" not in splits or not ({"validation", "test"} & set(splits)):
         raise ConfigError("task.splits", dict(task["splits"]), "need train and validation or test")
     return splits

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 from hydra.utils import get_class
 
@@ -10,6 +10,7 @@ from softprompt.backbones import Backbone
 from softprompt.errors import ConfigError
 from softprompt.methods.base import SoftPromptModule
 from softprompt.methods.init import InitContext
+from softprompt.methods.objectives import Objective
 
 __all__ = ["SoftPromptModule", "build_method", "method_class"]
 
@@ -24,9 +25,9 @@ def method_class(method: Mapping) -> type[SoftPromptModule]:
     return cls
 
 
-def build_method(method: Mapping, *, backbone: Backbone, label_token_ids: Sequence[Sequence[Sequence[int]]],
-                 optimizer: Mapping, dropout: bool, init_context: Callable[[], InitContext]) -> SoftPromptModule:
+def build_method(method: Mapping, *, backbone: Backbone, objective: Objective, optimizer: Mapping, dropout: bool,
+                 init_context: Callable[[], InitContext]) -> SoftPromptModule:
     """Instantiate the method class with the shared arguments; the class reads its own keys."""
-    common = {"backbone": backbone, "label_token_ids": label_token_ids, "optimizer": optimizer,
+    common = {"backbone": backbone, "objective": objective, "optimizer": optimizer,
               "name": str(method["name"]), "dropout": dropout}
     return method_class(method).from_config(method, init_context, **common)

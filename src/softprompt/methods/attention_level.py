@@ -104,14 +104,14 @@ class AttentionLevelPrefix(SoftPromptModule):
         layers = sum(roles.values())
         if init in RANDOM_INITS:
             return random_values(init, (n, layers * 2 * kv_heads * head_dim), ctx)
-        if list(roles) != ["self"]:
-            raise ConfigError("method.init", init, "word-activation inits need a single-stack backbone; "
-                              f"use {' or '.join(RANDOM_INITS)} on an encoder-decoder")
         ids = initial_token_ids(init, n, ctx)[None]
         capture = KVCapture()
+        # Encoder-decoders read the words on both sides, so every role (encoder, decoder, cross) gets them.
+        inputs = {"decoder_input_ids": ids} if self.backbone.config.is_encoder_decoder else {}
         with torch.no_grad():
-            self.backbone.base_model(input_ids=ids, use_cache=False, **{CAPTURE_KWARG: capture})
-        per_layer = [torch.stack([capture.keys[i][0], capture.values[i][0]]) for i in range(layers)]
+            self.backbone.base_model(input_ids=ids, use_cache=False, **inputs, **{CAPTURE_KWARG: capture})
+        per_layer = [torch.stack([capture.keys[role, i][0], capture.values[role, i][0]])
+                     for role, count in roles.items() for i in range(count)]
         return torch.stack(per_layer).permute(3, 0, 1, 2, 4).reshape(n, -1).float()  # (n, L*2*H*hd)
 
     def flat_prefix(self) -> torch.Tensor:

@@ -1,65 +1,49 @@
-"""The shared LightningModule: loop, verbalizer scoring, metrics, optimizer, checkpoint hygiene.
+"""The shared LightningModule: loop, forward passes with the prompt in, generation, optimizer,
+checkpoint hygiene. The task side (loss, metrics, predictions) is an Objective.
 
 A method subclass adds only its trainable tensors and how they enter the frozen backbone
-(`embed_inputs` for input-level methods).
+(`embed_inputs` for input-level methods, `attention_kwargs` for attention-level ones).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from transformers import get_scheduler
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from softprompt.backbones import Backbone, fingerprint
 from softprompt.backbones.families import FAMILY_ADAPTERS
 from softprompt.errors import BackboneModifiedError, SoftPromptError
+from softprompt.methods.decoding import DecodingConfig, decode
 from softprompt.methods.init import InitContext
-from softprompt.methods.scoring import Batch, LabelScorer, PooledHeadScorer
+from softprompt.methods.objectives import Objective
+from softprompt.methods.scoring import Batch
 
 BACKBONE_PREFIX = "backbone."
 
 
-def _classification_metrics(num_labels: int, prefix: str) -> MetricCollection:
-    return MetricCollection(
-        {"acc": MulticlassAccuracy(num_labels, average="micro"),
-         "f1": MulticlassF1Score(num_labels, average="macro")},
-        prefix=prefix,
-    )
-
-
 class SoftPromptModule(L.LightningModule):
-    """Frozen backbone + a method's trainable part, trained by verbalizer cross-entropy."""
+    """Frozen backbone + a method's trainable part, trained by its objective's loss."""
 
     num_virtual_tokens = 0
     trains = True  # False for methods without trainable tensors: fitting is skipped
     position_offset = 0  # where real tokens' position ids start (the prefix length for prefix methods)
 
-    def __init__(self, *, backbone: Backbone, label_token_ids: Sequence[Sequence[Sequence[int]]],
-                 optimizer: Mapping, name: str, dropout: bool = False) -> None:
+    def __init__(self, *, backbone: Backbone, objective: Objective, optimizer: Mapping, name: str,
+                 dropout: bool = False) -> None:
         super().__init__()
         self.backbone = backbone.model
         self.adapter = FAMILY_ADAPTERS[backbone.family]
-        self.adapter.check_label_words(label_token_ids)
-        num_labels = len(label_token_ids)
-        if self.adapter.needs_head:  # trainable, saved with the method's tensors
-            self.classifier = torch.nn.Linear(self.backbone.get_input_embeddings().embedding_dim, num_labels)
-            self.scorer = PooledHeadScorer(self.classifier)
-        else:
-            self.scorer = LabelScorer(label_token_ids)
+        self.objective = objective
         self.optimizer_cfg = dict(optimizer)
         self.method_name = name
         self.backbone_dropout = dropout
         self.strict_loading = False  # checkpoints deliberately hold the trainable state only
-        self.val_metrics = _classification_metrics(num_labels, "val/")
-        self.test_metrics = _classification_metrics(num_labels, "test/")
         self.test_predictions: list[dict[str, Any]] = []
         self.backbone_fingerprint: str | None = None
 
@@ -83,19 +67,16 @@ class SoftPromptModule(L.LightningModule):
 
     # -- folding: the trained tensors with any reparameterisation computed away -------------------
     def folded_state(self) -> dict[str, torch.Tensor]:
-        """Subclasses add their tensors to this (the classification head, for encoder families)."""
-        if not hasattr(self, "classifier"):
-            return {}
-        return {f"classifier.{k}": v.detach().clone() for k, v in self.classifier.state_dict().items()}
+        """Subclasses add their tensors to the objective's (the classification head, for encoder families)."""
+        return self.objective.folded_state()
 
     def load_folded_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Load the head (encoder families); subclasses load their own tensor via `_folded_parameter`."""
-        has_head = hasattr(self, "classifier")
-        unknown = sorted(k for k in state if not (has_head and k.startswith("classifier.")))
+        """Load the objective's part; subclasses load their own tensor via `_folded_parameter`."""
+        own = set(self.objective.folded_state())
+        unknown = sorted(k for k in state if k not in own)
         if unknown:
             raise SoftPromptError(f"{self.method_name} does not store {unknown}")
-        if has_head:
-            self.classifier.load_state_dict({k.removeprefix("classifier."): v for k, v in state.items()})
+        self.objective.load_folded_state(state)
 
     def _folded_parameter(self, state: Mapping[str, torch.Tensor], key: str,
                           shape: tuple[int, ...]) -> torch.nn.Parameter:
@@ -109,46 +90,52 @@ class SoftPromptModule(L.LightningModule):
     def num_folded_params(self) -> int:
         return sum(t.numel() for t in self.folded_state().values())
 
-    # -- forward and scoring -----------------------------------------------------------------
+    # -- forward passes with the prompt in ---------------------------------------------------------
     def hidden_states(self, batch: Batch) -> torch.Tensor:
         return self.adapter.hidden_states(self.backbone, self.embed_inputs(batch), batch["attention_mask"],
                                           self.position_offset, **self.attention_kwargs())
 
+    def target_hidden(self, batch: Batch) -> torch.Tensor:
+        """Teacher-forced hidden states predicting each target token (generation tasks)."""
+        return self.adapter.target_hidden(self.backbone, self.embed_inputs(batch), batch["attention_mask"],
+                                          batch["answer_index"], batch["target_ids"], batch["target_mask"],
+                                          self.position_offset, **self.attention_kwargs())
+
+    @torch.no_grad()
+    def generate(self, batch: Batch, config: DecodingConfig) -> list[list[int]]:
+        """Token ids per row (end-of-sequence cut), decoded with the prompt in place and the KV cache on."""
+        first, session = self.adapter.start_generation(self.backbone, self.embed_inputs(batch),
+                                                       batch["attention_mask"], batch["answer_index"],
+                                                       self.position_offset, **self.attention_kwargs())
+        return decode(first.float(), session, self.objective.eos_token_id, config)
+
     def forward(self, batch: Batch) -> torch.Tensor:
-        """(batch, num_labels) label scores."""
-        return self.scorer.scores(batch, self.hidden_states, self.adapter, self.backbone)
+        """The objective's outputs: (batch, num_labels) label scores, or target-token logits."""
+        return self.objective.outputs(self, batch)
 
     # -- loop ----------------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        loss = F.cross_entropy(self(batch), batch["labels"])
+        loss = self.objective.loss(self, batch)
         if not torch.isfinite(loss):
             raise SoftPromptError(f"train/loss is {loss.item()} at step {self.global_step} of {self.method_name}; "
                                   "nothing was saved from this step on: lower optimizer.lr or check the inputs")
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         return loss
 
-    def _evaluate(self, batch: Batch, metrics: MetricCollection, stage: str) -> torch.Tensor:
-        scores = self(batch)
-        loss = F.cross_entropy(scores, batch["labels"])
-        metrics.update(scores, batch["labels"])
-        size = len(batch["labels"])
-        self.log(f"{stage}/loss", loss, batch_size=size, sync_dist=True)
-        self.log_dict(metrics, batch_size=size, prog_bar=stage == "val")
-        return scores
-
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics, "val")
+        self.objective.evaluate(self, batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self.objective.end_epoch(self, "val")
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        scores = self._evaluate(batch, self.test_metrics, "test")
-        probs = scores.softmax(-1)
-        for row, label, p in zip(batch["row_index"].tolist(), batch["labels"].tolist(), probs.tolist(), strict=True):
-            self.test_predictions.append(
-                {"row_index": row, "label": label, "prediction": max(range(len(p)), key=p.__getitem__),
-                 "probabilities": p})
+        self.test_predictions.extend(self.objective.evaluate(self, batch, "test"))
 
     def on_test_epoch_start(self) -> None:
         self.test_predictions = []
+
+    def on_test_epoch_end(self) -> None:
+        self.objective.end_epoch(self, "test")
 
     # -- frozen backbone -----------------------------------------------------------------------
     def train(self, mode: bool = True) -> SoftPromptModule:
