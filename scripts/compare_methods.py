@@ -3,6 +3,7 @@
     python scripts/compare_methods.py                 # all rows below
     python scripts/compare_methods.py prompt_tuning hard_prompt_0shot   # a subset, by row name
     python scripts/compare_methods.py -- trainer.max_steps=10           # extra overrides for every row
+    python scripts/compare_methods.py hard_prompt_0shot prefix_tuning -- task=bbc_headline   # generation
 
 Each row is a whole `softprompt-train` process with the method's preset, timed from start to exit
 (start-up, training, validation and test included). Prints a markdown table and writes
@@ -37,6 +38,20 @@ def timed_run(name: str, overrides: list[str], out_dir: Path) -> dict:
             **json.loads((run_dir / "metrics.json").read_text())}
 
 
+def markdown_table(results: list[dict]) -> str:
+    """One row per run: the selection metric on validation, then every test metric but the loss."""
+    selection = results[0]["selection_metric"].removeprefix("val/")
+    metrics = [k for k in results[0]["test"] if k != "loss"]
+    lines = ["| row | trainable params | after folding | val " + selection + " | "
+             + " | ".join(f"test {m}" for m in metrics) + " | steps | wall time |",
+             "|---" * (6 + len(metrics)) + "|"]
+    for r in results:
+        lines.append(f"| {r['row']} | {r['trainable_params']:,} | {r['folded_params']:,} | {r['val'][selection]:.4f} | "
+                     + " | ".join(f"{r['test'][m]:.4f}" for m in metrics)
+                     + f" | {r['steps']} | {r['process_wall_seconds']:.0f} s |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     args = sys.argv[1:]
     split = args.index("--") if "--" in args else len(args)
@@ -46,11 +61,7 @@ def main() -> None:
     for name in names:
         results.append(timed_run(name, [*ROWS[name], *extra], out_dir))
         print(f"done: {name}", file=sys.stderr, flush=True)
-    print("| row | trainable params | after folding | val acc | test acc | test macro-F1 | steps | wall time |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in results:
-        print(f"| {r['row']} | {r['trainable_params']:,} | {r['folded_params']:,} | {r['val']['acc']:.4f} "
-              f"| {r['test']['acc']:.4f} | {r['test']['f1']:.4f} | {r['steps']} | {r['process_wall_seconds']:.0f} s |")
+    print(markdown_table(results))
     (Path("logs") / "compare_methods.json").write_text(json.dumps(results, indent=2) + "\n")
 
 

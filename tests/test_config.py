@@ -16,7 +16,8 @@ GROUP_OPTIONS = {
                  "smollm2_135m_hub", "llama3_2_1b", "bert_base", "roberta_large", "t5_base_lm_adapt", "flan_t5_base",
                  "bart_base", "tiny_random_t5", "tiny_random_bart"],
     "method": ["prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2", "hard_prompt"],
-    "task": ["rotten_tomatoes", "rotten_tomatoes_hub", "bbc_topic", "sst2", "rte", "boolq", "cb", "ag_news"],
+    "task": ["rotten_tomatoes", "rotten_tomatoes_hub", "bbc_topic", "sst2", "rte", "boolq", "cb", "ag_news",
+             "bbc_headline", "xsum", "e2e_nlg", "wmt16_ro_en"],
     "optimizer": ["adamw", "adafactor"],
     "trainer": ["default", "cpu", "gpu"],
     "logger": ["csv", "wandb", "tensorboard", "many_loggers", "none"],
@@ -43,6 +44,16 @@ def test_every_group_option_composes_and_passes_checks(make_cfg, group, option):
     check_config(plain)
     if group in ("backbone", "method", "task", "optimizer"):
         assert cfg[group]  # the group really was selected
+
+
+@pytest.mark.parametrize("task", ["bbc_headline", "xsum", "e2e_nlg", "wmt16_ro_en"])
+@pytest.mark.parametrize("method", GROUP_OPTIONS["method"])
+def test_every_method_composes_with_every_generation_task(make_cfg, task, method):
+    cfg = make_cfg([f"task={task}", f"method={method}"])
+    check_config(resolved_config(cfg))
+    assert cfg.task.type == "generation" and cfg.callbacks.model_checkpoint.monitor == f"val/{cfg.task.metric}"
+    if method == "prompt_tuning":
+        assert cfg.method.init == "vocab"  # the task's prompt_init: it has no class labels
 
 
 def test_overrides_later_issues_rely_on(make_cfg):

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from conftest import write_jsonl
+from helpers import tiny_backbone
+from softprompt.data.datamodule import PromptDataModule
 from softprompt.errors import ConfigError
 from softprompt.train import run
 
@@ -28,6 +30,16 @@ def headline_files(tmp_path_factory) -> dict[str, str]:
     return {"train": write_jsonl(root / "train.jsonl", rows * 4),
             "validation": write_jsonl(root / "validation.jsonl", rows[:2]),
             "test": write_jsonl(root / "test.jsonl", rows)}
+
+
+def headline_task(files: dict[str, str], max_target_length: int = 32) -> dict:
+    return {"name": "local_headlines", "type": "generation", "metric": "rougeL",
+            "source": {"path": "json", "data_files": files, "asset": None},
+            "splits": {"train": "train", "validation": "validation", "test": "test"},
+            "columns": {"text": "pair.body", "target": "pair.title"}, "text_fields": ["text"],
+            "template": "Article: {text}\nHeadline:", "target_prefix": " ", "max_length": 64,
+            "max_target_length": max_target_length,
+            "generation": {"max_new_tokens": 8, "num_beams": 1}}
 
 
 def generation_overrides(files: dict[str, str], backbone: str = "tiny_random") -> list[str]:
@@ -80,3 +92,22 @@ def test_bad_generation_settings_fail_with_one_clear_line(make_cfg, headline_fil
     cfg = make_cfg([*generation_overrides(headline_files), "method=prefix_tuning", *overrides])
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         run(cfg)
+
+
+def test_targets_end_with_eos_are_cut_and_demonstrations_carry_them(headline_files, tmp_path):
+    backbone = tiny_backbone()
+    tokenizer = backbone.tokenizer
+    data = {"batch_size": 4, "eval_batch_size": 4, "num_workers": 0, "padding_side": "left", "max_samples": {}}
+    cv = {"num_folds": None, "fold": 0, "seed": 0}
+    module = PromptDataModule(headline_task(headline_files, max_target_length=6), data, cv,
+                              "Article: {text}\nHeadline:", tokenizer, tmp_path, seed=0, num_demonstrations=1)
+    module.setup()
+    eos = tokenizer.eos_token_id
+    row = module.splits["test"][1]
+    assert row["target_ids"] == [*tokenizer(" Team wins cup", add_special_tokens=False).input_ids[:5], eos]
+    batch = next(iter(module.test_dataloader()))
+    assert set(batch) >= {"target_ids", "target_mask", "target_text"} and "labels" not in batch
+    assert batch["target_mask"].sum(1).tolist() == [6] * len(batch["target_ids"])
+    demo = tokenizer.decode(module.demonstration_ids)
+    assert demo.startswith("Article: ") and "\nHeadline: " in demo and demo.endswith("\n\n")
+    assert any(f"Headline: {title[:4]}\n\n" in demo for title, _ in ARTICLES)  # the cut target, no eos

@@ -55,3 +55,16 @@ def test_converted_folder_matches_the_gguf_model(make_cfg):
     assert ours.tokenizer.pad_token == ours.tokenizer.eos_token == "<|im_end|>"
     with torch.no_grad():
         assert torch.allclose(ours.model(ids).logits, reference(ids).logits, atol=1e-4)
+
+
+def test_headline_generation_trains_and_decodes_on_the_default_backbone(make_cfg):
+    """`softprompt-train task=bbc_headline method=prefix_tuning`, a few steps on small subsets."""
+    cfg = make_cfg(["task=bbc_headline", "method=prefix_tuning", "trainer.max_steps=2", "trainer.val_check_interval=2",
+                    "data.batch_size=4", "data.max_samples={train: 16, validation: 8, test: 8}", "callbacks=none",
+                    "task.generation.max_new_tokens=6"])
+    summary = run(cfg)
+    assert summary["task_type"] == "generation" and summary["steps"] == 2
+    assert set(summary["test"]) >= {"rouge1", "rouge2", "rougeL", "bleu"}
+    predictions = (Path(cfg.paths.output_dir) / "test_predictions.jsonl").read_text().splitlines()
+    assert len(predictions) == 8 and any('"prediction": ""' not in line for line in predictions)
+    assert summary["backbone_fingerprint_start"] == summary["backbone_fingerprint_end"]
