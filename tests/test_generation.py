@@ -92,7 +92,7 @@ def no_cache_greedy_loop(module, batch: dict, eos: int, steps: int) -> list[list
 def frequent_token(module, batch) -> int:
     """A token greedy decoding emits after the first step: used as end-of-sequence so that
     hypotheses really finish, at different lengths."""
-    first = module.generate(batch, DecodingConfig(max_new_tokens=4))
+    first = module.generate(batch, DecodingConfig(max_new_tokens=4), module.objective.eos_token_id)
     starts = {row[0] for row in first}
     later = [t for row in first for t in row[1:] if t not in starts] or [t for row in first for t in row[1:]]
     return max(set(later), key=later.count)
@@ -106,8 +106,8 @@ def test_cached_greedy_equals_a_no_cache_greedy_loop(method, architecture):
     sides = ["right"] if architecture in SEQ2SEQ else ["right", "left"]
     for side in sides:
         batch = make_batch(backbone, TEXTS, template_for(method, 3, TEMPLATE), padding_side=side)
-        module.objective.eos_token_id = eos = frequent_token(module, batch)
-        cached = module.generate(batch, module.objective.decoding)
+        eos = frequent_token(module, batch)
+        cached = module.generate(batch, module.objective.decoding, eos)
         assert cached == no_cache_greedy_loop(module, batch, eos, NEW_TOKENS)
         assert any(len(row) < NEW_TOKENS for row in cached)  # some rows stopped at end-of-sequence
         assert len({tuple(row) for row in cached}) > 1  # rows differ: the source matters
@@ -145,9 +145,9 @@ def test_beam_search_finds_hypotheses_at_least_as_good_as_greedy():
     backbone = lively("llama")
     module = build("prefix_tuning", backbone)
     batch = make_batch(backbone, TEXTS, TEMPLATE)
-    module.objective.eos_token_id = eos = frequent_token(module, batch)
-    greedy = module.generate(batch, DecodingConfig(max_new_tokens=NEW_TOKENS))
-    beams = module.generate(batch, DecodingConfig(max_new_tokens=NEW_TOKENS, num_beams=4))
+    eos = frequent_token(module, batch)
+    greedy = module.generate(batch, DecodingConfig(max_new_tokens=NEW_TOKENS), eos)
+    beams = module.generate(batch, DecodingConfig(max_new_tokens=NEW_TOKENS, num_beams=4), eos)
     assert beams != greedy
     assert bool((sequence_score(module, batch, beams, eos) >= sequence_score(module, batch, greedy, eos) - 1e-6).all())
 
@@ -159,8 +159,8 @@ def test_hard_prompt_decodes_exactly_as_transformers_generate(architecture, num_
     module = build("hard_prompt", backbone, num_beams=num_beams)
     side = "right" if architecture in SEQ2SEQ else "left"  # transformers' generate wants left padding
     batch = make_batch(backbone, TEXTS, TEMPLATE, padding_side=side)
-    module.objective.eos_token_id = eos = frequent_token(module, batch)
-    ours = module.generate(batch, module.objective.decoding)
+    eos = frequent_token(module, batch)
+    ours = module.generate(batch, module.objective.decoding, eos)
     output = backbone.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                      max_new_tokens=NEW_TOKENS, num_beams=num_beams, do_sample=False,
                                      length_penalty=1.0, early_stopping=False, eos_token_id=eos,

@@ -102,12 +102,12 @@ class SoftPromptModule(L.LightningModule):
                                           self.position_offset, **self.attention_kwargs())
 
     @torch.no_grad()
-    def generate(self, batch: Batch, config: DecodingConfig) -> list[list[int]]:
-        """Token ids per row (end-of-sequence cut), decoded with the prompt in place and the KV cache on."""
+    def generate(self, batch: Batch, config: DecodingConfig, eos_token_id: int) -> list[list[int]]:
+        """Token ids per row (cut before `eos_token_id`), decoded with the prompt in place and the KV cache on."""
         first, session = self.adapter.start_generation(self.backbone, self.embed_inputs(batch),
                                                        batch["attention_mask"], batch["answer_index"],
                                                        self.position_offset, **self.attention_kwargs())
-        return decode(first.float(), session, self.objective.eos_token_id, config)
+        return decode(first.float(), session, eos_token_id, config)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """The objective's outputs: (batch, num_labels) label scores, or target-token logits."""

@@ -166,7 +166,7 @@ class GenerationObjective(Objective):
     def evaluate(self, module: SoftPromptModule, batch: Batch, stage: str) -> list[dict[str, Any]]:
         size = len(batch["target_ids"])
         module.log(f"{stage}/loss", self.loss(module, batch), batch_size=size, sync_dist=True)
-        tokens = module.generate(batch, self.decoding)
+        tokens = module.generate(batch, self.decoding, self.eos_token_id)
         texts = [self.decoding.finish(text) for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
         references = list(batch["target_text"])
         self.metrics[stage].update(texts, references)
