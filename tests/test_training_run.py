@@ -105,3 +105,20 @@ def test_adafactor_preset_with_warmup_is_what_trains(make_cfg, local_task_files)
     assert {"exp_avg_sq_row", "exp_avg_sq_col"} <= set(state["state"][0])  # Adafactor's factored moments
     assert last["global_step"] == 4 and last["lr_schedulers"][0]["_last_lr"][0] == 0.0  # linear decay to 0
     assert list(last["state_dict"]) == ["prompt"]
+
+
+def test_reused_backbone_gives_the_same_results_as_a_fresh_load(make_cfg, local_task_files, tmp_path):
+    """A sweep's later jobs reuse the loaded backbone; their metrics equal a fresh process's."""
+    from softprompt.backbones.cache import BACKBONES
+
+    overrides = [*RUN, *local_task_overrides(local_task_files), "callbacks=none", "method=prefix_tuning",
+                 "method.reparam_hidden=8"]
+    BACKBONES.clear()
+    fresh = run(make_cfg([*overrides, "backbone_cache.max_entries=0"], output_dir=tmp_path / "fresh"))
+    hits = BACKBONES.hits
+    first = run(make_cfg(overrides, output_dir=tmp_path / "first"))
+    second = run(make_cfg(overrides, output_dir=tmp_path / "second"))
+    assert BACKBONES.hits == hits + 1  # the second job reused the first job's backbone
+    for key in ("val", "test", "trainable_params", "backbone_fingerprint_start", "backbone_fingerprint_end"):
+        assert fresh[key] == first[key] == second[key]
+    BACKBONES.clear()

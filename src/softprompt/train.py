@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from softprompt.backbones import load_backbone
+from softprompt.backbones.cache import BACKBONES
 from softprompt.backbones.families import FAMILY_ADAPTERS
 from softprompt.config_checks import check_config
 from softprompt.config_dir import config_dir
@@ -115,12 +115,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     plain = resolved_config(cfg)
     check_config(plain)
-    L.seed_everything(int(cfg.seed), workers=True)
     cache_dir = Path(cfg.paths.cache_dir).expanduser()
     output_dir = Path(cfg.paths.output_dir)
 
     method = plain["method"]
-    backbone = load_backbone(plain["backbone"], cache_dir)
+    backbone = BACKBONES.get(plain["backbone"], cache_dir, plain["backbone_cache"]["max_entries"])
+    # Seeded after loading, so a job draws the same numbers whether its backbone was loaded or reused.
+    L.seed_everything(int(cfg.seed), workers=True)
     adapter = FAMILY_ADAPTERS[backbone.family]
     if plain["data"]["padding_side"] == "left" and not adapter.supports_left_padding:
         raise ConfigError("data.padding_side", "left", f"{backbone.family} backbones need right padding")

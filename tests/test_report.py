@@ -1,0 +1,242 @@
+"""softprompt-report on fake sweep dirs: grouping, statistics, paired tests, files, plots and CLI errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from softprompt.report import collect_runs, default_group_by, main, summarize
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PLOTS = ("metric_vs_prompt_length.png", "method_comparison.png", "metric_vs_lr.png")
+# (method, length, init, lr) -> test/acc for folds 0, 1, 2
+SWEEP = {
+    ("prompt_tuning", 5, "class_labels", 0.3): [0.70, 0.72, 0.74],
+    ("prompt_tuning", 50, "class_labels", 0.3): [0.80, 0.83, 0.85],
+    ("prefix_tuning", 5, "random", 0.01): [0.60, 0.66, 0.61],
+    ("prefix_tuning", 50, "random", 0.01): [0.75, 0.71, 0.78],
+    ("hard_prompt", None, None, None): [0.55, 0.57, 0.56],
+}
+BEST = ("prompt_tuning", 50, "class_labels", 0.3)
+
+
+def write_run(run_dir: Path, method: str, length: int | None, init: str | None, lr: float | None,
+              fold: int | None, seed: int, acc: float, hydra: bool = True) -> Path:
+    """A finished job as softprompt-train leaves it: `.hydra/` plus metrics.json."""
+    if hydra:
+        (run_dir / ".hydra").mkdir(parents=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics = {
+        "method": method, "backbone": "smollm2_135m", "task": "rotten_tomatoes", "task_type": "classification",
+        "selection_metric": "val/acc", "num_virtual_tokens": length, "init": init, "lr": lr, "fold": fold,
+        "num_folds": 3, "seed": seed, "trainable_params": 576 * (length or 0), "total_params": 134515008,
+        "val": {"loss": 1.0 - acc, "acc": acc - 0.01}, "test": {"loss": 1.1 - acc, "acc": acc},
+        "wall_seconds": 100.0 + (length or 0), "tags": ["dev"],
+        "method_config": {"name": method, "lr": lr, "num_virtual_tokens": length, "init": init, "dropout": 0.0,
+                          "reparam": {"hidden": 64}, "layers": [1, 2]},
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    return run_dir
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """5 configs x 3 folds as a Hydra multirun dir, one job that never finished and one with corrupt output."""
+    root = tmp_path / "multirun"
+    job = 0
+    for (method, length, init, lr), accs in SWEEP.items():
+        for fold, acc in enumerate(accs):
+            write_run(root / str(job), method, length, init, lr, fold, 42, acc)
+            job += 1
+    (root / "15" / ".hydra").mkdir(parents=True)
+    (root / "16" / ".hydra").mkdir(parents=True)
+    (root / "16" / "metrics.json").write_text("{not json")
+    return root
+
+
+def row_for(summary: pd.DataFrame, method: str, length: int | None) -> pd.Series:
+    mask = summary["method"] == method
+    mask &= summary["num_virtual_tokens"].isna() if length is None else summary["num_virtual_tokens"] == length
+    (index,) = np.flatnonzero(mask.to_numpy())
+    return summary.iloc[index]
+
+
+def test_collect_reports_incomplete_and_corrupt_jobs(sweep: Path) -> None:
+    collection = collect_runs([sweep])
+    assert len(collection.runs) == 15
+    reasons = {job.path.name: job.reason for job in collection.incomplete}
+    assert set(reasons) == {"15", "16"}
+    assert "no metrics.json" in reasons["15"]
+    assert "unreadable" in reasons["16"]
+
+
+def test_default_grouping_uses_varying_keys_and_pools_folds(sweep: Path) -> None:
+    runs = collect_runs([sweep]).runs
+    group_by = default_group_by(runs)
+    # method_config.* mirror the settings (no new split) and dropout is constant: none of them are keys
+    assert group_by == ["method", "num_virtual_tokens", "init", "lr"]
+    summary = summarize(runs, group_by, "test/acc")
+    assert len(summary) == len(SWEEP)
+    assert summary["n"].tolist() == [3] * len(SWEEP)
+    assert "fold" not in summary.columns and "seed" not in summary.columns
+    assert summary["test/acc_mean"].is_monotonic_decreasing
+    assert tuple(summary.iloc[0][["method", "num_virtual_tokens"]]) == ("prompt_tuning", 50)
+
+
+def test_default_grouping_is_method_when_nothing_varies(tmp_path: Path) -> None:
+    for fold, acc in enumerate([0.7, 0.8]):
+        write_run(tmp_path / str(fold), "prompt_tuning", 20, "random", 0.3, fold, 1, acc)
+    assert default_group_by(collect_runs([tmp_path]).runs) == ["method"]
+
+
+@pytest.mark.parametrize("key", list(SWEEP))
+def test_mean_std_ci_match_hand_computation(sweep: Path, key: tuple) -> None:
+    runs = collect_runs([sweep]).runs
+    row = row_for(summarize(runs, default_group_by(runs), "test/acc"), key[0], key[1])
+    values = np.array(SWEEP[key])
+    std = values.std(ddof=1)
+    assert row["test/acc_mean"] == pytest.approx(values.mean())
+    assert row["test/acc_std"] == pytest.approx(std)
+    assert row["test/acc_ci95"] == pytest.approx(stats.t.ppf(0.975, 2) * std / math.sqrt(3))
+    assert row["val/acc_mean"] == pytest.approx(values.mean() - 0.01)
+    assert row["trainable_params_mean"] == 576 * (key[1] or 0)
+
+
+def test_single_run_has_zero_std_and_no_ci(tmp_path: Path) -> None:
+    write_run(tmp_path / "run", "prompt_tuning", 20, "random", 0.3, None, 1, 0.8, hydra=False)
+    (row,) = summarize(collect_runs([tmp_path]).runs, ["method"], "test/acc").to_dict("records")
+    assert (row["n"], row["test/acc_std"]) == (1, 0.0)
+    assert math.isnan(row["test/acc_ci95"])
+
+
+def test_paired_t_test_against_best(sweep: Path) -> None:
+    runs = collect_runs([sweep]).runs
+    summary = summarize(runs, default_group_by(runs), "test/acc")
+    for key in SWEEP:
+        row = row_for(summary, key[0], key[1])
+        if key == BEST:
+            assert row["is_best"] and math.isnan(row["p_vs_best"])
+            continue
+        assert row["pairs_vs_best"] == 3
+        assert row["p_vs_best"] == pytest.approx(stats.ttest_rel(SWEEP[BEST], SWEEP[key]).pvalue)
+
+
+def test_paired_t_test_needs_two_shared_pairs(tmp_path: Path) -> None:
+    write_run(tmp_path / "a0", "prompt_tuning", 20, "random", 0.3, 0, 1, 0.8)
+    write_run(tmp_path / "a1", "prompt_tuning", 20, "random", 0.3, 1, 1, 0.9)
+    write_run(tmp_path / "b0", "prefix_tuning", 20, "random", 0.3, 0, 1, 0.5)
+    write_run(tmp_path / "b2", "prefix_tuning", 20, "random", 0.3, 2, 1, 0.6)  # fold 2: no partner
+    summary = summarize(collect_runs([tmp_path]).runs, ["method"], "test/acc")
+    other = summary.iloc[1]
+    assert other["pairs_vs_best"] == 1 and math.isnan(other["p_vs_best"])
+    main([str(tmp_path)])
+    assert "| prefix_tuning | 2 |" in (tmp_path / "results.md").read_text()
+    assert "| n/a |" in (tmp_path / "results.md").read_text()
+
+
+def test_main_writes_csv_markdown_and_plots(sweep: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "report"
+    assert main([str(sweep), "--out", str(out)]) == 0
+    runs = collect_runs([sweep]).runs
+    expected = summarize(runs, default_group_by(runs), "test/acc")
+
+    table = pd.read_csv(out / "results.csv")
+    assert list(table.columns) == list(expected.columns)
+    for column in ("n", "test/acc_mean", "test/acc_std", "test/acc_ci95", "p_vs_best", "wall_seconds_mean"):
+        np.testing.assert_allclose(table[column].to_numpy(float), expected[column].to_numpy(float), equal_nan=True)
+    assert table["method"].tolist() == expected["method"].tolist()
+
+    markdown = (out / "results.md").read_text()
+    best = np.array(SWEEP[BEST])
+    best_ci = stats.t.ppf(0.975, 2) * best.std(ddof=1) / math.sqrt(3)
+    assert f"| prompt_tuning | 50 | class_labels | 0.3 | 3 | {best.mean():.4f} ± {best_ci:.4f} | 28,800 |" in markdown
+    p_hard = stats.ttest_rel(SWEEP[BEST], SWEEP["hard_prompt", None, None, None]).pvalue
+    assert p_hard < 0.05 and f"| {p_hard:.3g}* |" in markdown
+    incomplete = markdown.split("## Incomplete", 1)[1]
+    assert "2 missing/failed job(s)" in incomplete
+    assert str(sweep / "15") in incomplete and str(sweep / "16") in incomplete
+
+    for name in PLOTS:
+        assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
+    stdout = capsys.readouterr().out
+    assert f"incomplete: {sweep / '15'}" in stdout and "skipped" not in stdout
+
+
+def test_group_by_override_and_default_out_dir(sweep: Path) -> None:
+    main([str(sweep), "--group-by", "method"])
+    table = pd.read_csv(sweep / "results.csv")
+    assert dict(zip(table["method"], table["n"], strict=True)) == {
+        "prompt_tuning": 6, "prefix_tuning": 6, "hard_prompt": 3}
+
+
+def test_one_prompt_length_skips_that_plot(tmp_path: Path, capsys) -> None:
+    for fold in range(2):
+        write_run(tmp_path / f"a{fold}", "prompt_tuning", 20, "random", 0.3, fold, 1, 0.8 + fold / 10)
+        write_run(tmp_path / f"b{fold}", "prefix_tuning", 20, "random", 0.01, fold, 1, 0.6 + fold / 10)
+    main([str(tmp_path)])
+    assert not (tmp_path / "metric_vs_prompt_length.png").exists()
+    assert (tmp_path / "method_comparison.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert (tmp_path / "metric_vs_lr.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert "skipped metric_vs_prompt_length.png: num_virtual_tokens has 1 distinct value(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("args", "named", "allowed"), [
+    (["--metric", "test/bogus"], "'test/bogus'", "test/acc"),
+    (["--metric", "acc"], "'acc'", "val/acc"),
+    (["--group-by", "method,fold"], "'fold'", "num_virtual_tokens"),
+])
+def test_bad_argument_exits_2_with_one_line(sweep: Path, capsys, args: list[str], named: str, allowed: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(sweep), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("softprompt-report: error: ")
+    assert named in err and allowed in err
+    assert not (sweep / "results.csv").exists()
+
+
+def test_no_runs_found_exits_2(tmp_path: Path, capsys) -> None:
+    (tmp_path / "0" / ".hydra").mkdir(parents=True)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "no runs found" in err and str(tmp_path) in err
+
+
+def test_wandb_logs_table_and_plots_offline(sweep: Path, tmp_path: Path, monkeypatch) -> None:
+    calls: dict = {}
+
+    class FakeRun:
+        def log(self, data: dict) -> None:
+            calls["log"] = data
+
+        def finish(self) -> None:
+            calls["finished"] = True
+
+    fake = types.SimpleNamespace(
+        init=lambda **kwargs: calls.update(init=kwargs) or FakeRun(),
+        Table=lambda dataframe: ("table", len(dataframe)),
+        Image=lambda path: ("image", Path(path).name),
+    )
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    main([str(sweep), "--out", str(tmp_path / "out"), "--wandb"])
+    assert calls["init"]["mode"] == "offline" and calls["finished"]
+    assert calls["log"]["results"] == ("table", len(SWEEP))
+    assert {calls["log"][Path(name).stem] for name in PLOTS} == {("image", name) for name in PLOTS}
+
+
+def test_a_loss_metric_ranks_the_lowest_first():
+    from softprompt.report import summarize
+
+    runs = [{"method": m, "fold": f, "seed": 0, "test/loss": loss, "test/acc": 0.5}
+            for f in range(2) for m, loss in (("high", 2.0 + f), ("low", 1.0 + f))]
+    assert summarize(runs, ["method"], "test/loss")["method"].tolist() == ["low", "high"]
