@@ -60,4 +60,8 @@ def test_multirun_over_every_method_writes_one_metrics_file_each(tmp_path):
         assert (metrics["trainable_params"], metrics["folded_params"]) == expected[method]
         assert metrics["steps"] == (0 if method == "hard_prompt" else 5)
         assert metrics["backbone_fingerprint_start"] == metrics["backbone_fingerprint_end"]
-        assert len(list((tmp_path / "sweep" / str(job) / "wandb").glob("offline-run-*"))) == 1
+        runs = list((tmp_path / "sweep" / str(job) / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1
+        record = next(runs[0].glob("*.wandb")).read_bytes()  # offline runs keep their records in one file
+        assert b"trainable_params" in record and method.encode() in record  # the config and the counts
+        assert b"train/sweep" in record and b"no_cv" in record  # the sweep's group, the job type

@@ -64,6 +64,21 @@ def test_overrides_later_issues_rely_on(make_cfg):
     assert (cfg.backbone.name, cfg.task.name) == ("tiny_random", "sst2")
 
 
+def test_wandb_groups_a_sweep_and_names_the_fold():
+    from softprompt.resolvers import fold_name, sweep_group
+
+    assert sweep_group("RunMode.MULTIRUN", "train", "/logs/train/multiruns/2026-11-26_14-00") == \
+        "train/2026-11-26_14-00"
+    assert sweep_group("RunMode.RUN", "train", "/logs/x") is None
+    assert (fold_name(5, 2), fold_name(None, 0)) == ("fold2", "no_cv")
+
+
+def test_wandb_logger_config_resolves(make_cfg):
+    cfg = make_cfg(["logger=wandb", "cv.num_folds=5", "cv.fold=3", "experiment=lester_prompt_tuning"])
+    wandb = resolved_config(cfg)["logger"]["wandb"]
+    assert (wandb["job_type"], wandb["group"], wandb["tags"]) == ("fold3", None, ["lester"])
+
+
 def test_experiment_overrides_defaults(make_cfg):
     cfg = make_cfg(["experiment=lester_prompt_tuning"])
     assert cfg.optimizer.lr == 0.3 and "Adafactor" in cfg.optimizer._target_

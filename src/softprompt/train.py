@@ -83,11 +83,14 @@ def build_init_context(method: dict, seed: int, backbone, datamodule: PromptData
     )
 
 
-def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: PromptDataModule):
+def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: PromptDataModule,
+                  hyperparameters: dict[str, Any]):
     """Fit (when there is anything to train), then test the best checkpoint by the objective's metric."""
     history = ValidationHistory()
     callbacks = [*_instantiate_all(cfg.get("callbacks")), history]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")))
+    for logger in trainer.loggers:  # the resolved config and parameter counts, in every logger
+        logger.log_hyperparams(hyperparameters)
     checkpoint = trainer.checkpoint_callback
     best_path = None
     if module.trains:
@@ -150,7 +153,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
              f"{module.num_folded_params():,}", backbone.name, fingerprint_start)
 
     _prepare_wandb_env(cfg.get("logger"))
-    trainer, val, test, best_path = _fit_and_test(cfg, module, datamodule)
+    counts = {"trainable_params": trainable, "folded_params": module.num_folded_params(), "total_params": total}
+    trainer, val, test, best_path = _fit_and_test(cfg, module, datamodule, {**plain, **counts})
     fingerprint_end = module.verify_backbone_unchanged()
 
     summary = {
