@@ -21,6 +21,7 @@ from scipy import stats
 
 from softprompt.errors import SoftPromptError
 from softprompt.run_results import METRICS_FILE
+from softprompt.wandb_mode import wandb_mode
 
 PROG = "softprompt-report"
 SETTING_KEYS = ("method", "backbone", "task", "num_virtual_tokens", "init", "lr")
@@ -448,8 +449,7 @@ def log_to_wandb(summary: pd.DataFrame, images: Sequence[Path], out_dir: Path) -
     """Table and plots to a wandb run; offline when no API key is set, so it never blocks on a login."""
     import wandb
 
-    mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "softprompt"), job_type="report", mode=mode,
+    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "softprompt"), job_type="report", mode=wandb_mode(),
                      dir=str(out_dir))
     run.log({"results": wandb.Table(dataframe=summary), **{p.stem: wandb.Image(str(p)) for p in images}})
     run.finish()

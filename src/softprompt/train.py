@@ -22,7 +22,6 @@ from softprompt.backbones.families import FAMILY_ADAPTERS
 from softprompt.config_checks import check_config
 from softprompt.config_dir import config_dir
 from softprompt.data import PromptDataModule
-from softprompt.data.verbalizer import label_token_ids, label_words
 from softprompt.errors import ConfigError, SoftPromptError
 from softprompt.methods import build_method
 from softprompt.methods.base import SoftPromptModule
@@ -30,6 +29,7 @@ from softprompt.methods.init import InitContext
 from softprompt.methods.layout import prompt_template
 from softprompt.methods.objectives import build_objective
 from softprompt.run_results import stage_metrics, write_run_results
+from softprompt.wandb_mode import wandb_mode
 
 log = logging.getLogger("softprompt")
 # The frozen backbone is in eval mode on purpose (dropout off); Lightning warns about it on every fit.
@@ -45,9 +45,8 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
 def _prepare_wandb_env(logger_cfg: DictConfig | None) -> None:
     """wandb falls back to offline mode when no key is available."""
     uses_wandb = any("Wandb" in str(item.get("_target_", "")) for item in (logger_cfg or {}).values() if item)
-    has_key = os.environ.get("WANDB_API_KEY") or (Path.home() / ".netrc").exists()
-    if uses_wandb and not has_key and "WANDB_MODE" not in os.environ:
-        os.environ["WANDB_MODE"] = "offline"
+    if uses_wandb:
+        os.environ["WANDB_MODE"] = wandb_mode()
 
 
 def _finish_wandb() -> None:
@@ -135,12 +134,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                   demonstration_separator=str(method.get("demonstration_separator", "\n\n")),
                                   answer_token_id=adapter.answer_token_id(backbone.tokenizer),
                                   answer_must_end=adapter.answer_is_next_token)
-    token_ids = []
-    if not datamodule.generation:
-        words = label_words(datamodule.label_names, plain["task"]["verbalizer"])
-        token_ids = label_token_ids(words, backbone.tokenizer)
-        adapter.check_label_words(token_ids, datamodule.label_names, words)  # before tokenising the data
-    objective = build_objective(plain["task"], adapter, backbone.tokenizer, backbone.hidden_size, token_ids)
+    objective = build_objective(plain["task"], adapter, backbone.tokenizer, backbone.hidden_size)  # before tokenising
+    token_ids = getattr(objective, "label_token_ids", [])  # generation tasks have no label words
     datamodule.setup()
     module = build_method(method, backbone=backbone, objective=objective, optimizer=plain["optimizer"],
                           dropout=bool(cfg.backbone.dropout),

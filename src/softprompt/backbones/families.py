@@ -248,8 +248,7 @@ class Seq2SeqAdapter(FamilyAdapter):
     def hidden_states(model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                       position_offset: int = 0, **attention_kwargs) -> torch.Tensor:
         """The decoder's first hidden state (batch, 1, d), after the encoder read the prompted input."""
-        encoded = model.get_encoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                      **attention_kwargs).last_hidden_state
+        encoded = Seq2SeqAdapter._encode(model, inputs_embeds, attention_mask, attention_kwargs)
         start = Seq2SeqAdapter._start_tokens(model, len(inputs_embeds), inputs_embeds.device)
         decoder = model.get_decoder()
         return decoder(input_ids=start, encoder_hidden_states=encoded, encoder_attention_mask=attention_mask,
@@ -272,6 +271,13 @@ class Seq2SeqAdapter(FamilyAdapter):
     generates = True
 
     @staticmethod
+    def _encode(model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                attention_kwargs: dict) -> torch.Tensor:
+        """The encoder's output for the prompted input (prefixes reach its self-attention)."""
+        return model.get_encoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                   **attention_kwargs).last_hidden_state
+
+    @staticmethod
     def _start_tokens(model: PreTrainedModel, rows: int, device: torch.device) -> torch.Tensor:
         return torch.full((rows, 1), model.config.decoder_start_token_id, dtype=torch.long, device=device)
 
@@ -280,8 +286,7 @@ class Seq2SeqAdapter(FamilyAdapter):
                       answer_index: torch.Tensor, target_ids: torch.Tensor, target_mask: torch.Tensor,
                       position_offset: int = 0, **attention_kwargs) -> torch.Tensor:
         """The decoder reads the start token and the target shifted right (targets are right-padded)."""
-        encoded = model.get_encoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                      **attention_kwargs).last_hidden_state
+        encoded = cls._encode(model, inputs_embeds, attention_mask, attention_kwargs)
         start = cls._start_tokens(model, len(target_ids), target_ids.device)
         decoder_ids = torch.cat([start, target_ids[:, :-1]], dim=1)
         decoder_mask = torch.cat([torch.ones_like(start), target_mask[:, :-1].long()], dim=1)
@@ -295,8 +300,7 @@ class Seq2SeqAdapter(FamilyAdapter):
                          ) -> tuple[torch.Tensor, GenerationSession]:
         session = Seq2SeqSession(model, cls, attention_kwargs)
         session.cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        encoded = model.get_encoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                      **attention_kwargs).last_hidden_state
+        encoded = cls._encode(model, inputs_embeds, attention_mask, attention_kwargs)
         session.rows = {"encoded": encoded, "encoder_mask": attention_mask}
         start = cls._start_tokens(model, len(inputs_embeds), inputs_embeds.device)
         return session.step(start[:, 0]), session

@@ -138,7 +138,7 @@ def beam_search(first_logits: torch.Tensor, session: Session, eos_token_id: int,
         finished_scores = merged_scores.gather(1, best)
 
         # Stop when no running beam can beat the worst finished one (transformers' heuristic).
-        best_running = running_scores[:, :1] / max(length + 1, 1) ** penalty
+        best_running = running_scores[:, :1] / (length + 1) ** penalty
         worst_finished = torch.where(is_finished.all(-1, keepdim=True),
                                      finished_scores.min(-1, keepdim=True).values, torch.tensor(NEG_INF))
         can_improve &= (best_running > worst_finished).any(-1, keepdim=True)

@@ -19,6 +19,7 @@ from torchmetrics.text.rouge import ROUGEScore
 from transformers import PreTrainedTokenizerBase
 
 from softprompt.backbones.families import FamilyAdapter
+from softprompt.data.verbalizer import label_token_ids, label_words
 from softprompt.errors import ConfigError, SoftPromptError
 from softprompt.methods.decoding import DecodingConfig
 from softprompt.methods.scoring import Batch, LabelScorer, PooledHeadScorer
@@ -76,9 +77,11 @@ class ClassificationObjective(Objective):
     METRICS = ("acc", "f1")
 
     def __init__(self, label_token_ids: Sequence[Sequence[Sequence[int]]], adapter: type[FamilyAdapter],
-                 hidden_size: int, metric: str = "acc") -> None:
+                 hidden_size: int, metric: str = "acc", label_names: Sequence[str] | None = None,
+                 words: Sequence[Sequence[str]] | None = None) -> None:
         super().__init__(metric)
-        adapter.check_label_words(label_token_ids)
+        adapter.check_label_words(label_token_ids, label_names, words)  # names and words make the error readable
+        self.label_token_ids = label_token_ids
         num_labels = len(label_token_ids)
         if adapter.needs_head:  # trainable, saved with the method's tensors
             self.classifier = nn.Linear(hidden_size, num_labels)
@@ -196,9 +199,13 @@ def check_objective_config(task: Mapping) -> None:
 
 
 def build_objective(task: Mapping, adapter: type[FamilyAdapter], tokenizer: PreTrainedTokenizerBase,
-                    hidden_size: int, label_token_ids: Sequence[Sequence[Sequence[int]]] = ()) -> Objective:
+                    hidden_size: int) -> Objective:
+    """The task's objective; a classification task's verbalizer is tokenised and checked here."""
     check_objective_config(task)
     if task["type"] == "generation":
         return GenerationObjective(tokenizer, DecodingConfig.from_config(task["generation"]), adapter,
                                    task["metric"])
-    return ClassificationObjective(label_token_ids, adapter, hidden_size, task["metric"])
+    names = [str(x) for x in task["labels"]]
+    words = label_words(names, task["verbalizer"])
+    return ClassificationObjective(label_token_ids(words, tokenizer), adapter, hidden_size, task["metric"],
+                                   names, words)
