@@ -23,6 +23,7 @@ GROUP_OPTIONS = {
     "logger": ["csv", "wandb", "tensorboard", "many_loggers", "none"],
     "callbacks": ["default", "none"],
     "cv": ["none", "kfold"],
+    "hparams_search": ["optuna"],
     "experiment": ["lester_prompt_tuning", "zero_shot"],
     "debug": ["default", "fast"],
 }
@@ -91,6 +92,8 @@ def test_experiment_overrides_defaults(make_cfg):
         (["method.num_virtual_tokens=0"], "method.num_virtual_tokens", ">= 1"),
         (["task.template='Sentiment of the review:'"], "task.template", "{text}"),
         (["cv.num_folds=5", "cv.fold=5"], "cv.fold", "[0, 5)"),
+        (["cv.mode=each"], "cv.mode", "allowed: single (one fold per job), all"),
+        (["cv.mode=all"], "cv.mode", "set cv.num_folds=K"),
         (["+task.verbalizer.neutral=' meh'"], "task.verbalizer.neutral", "labels are ['negative', 'positive']"),
         (["task.labels=[negative,positive,neutral]"], "task.verbalizer.neutral", "every label needs a word"),
         (["backbone.dtype=float8"], "backbone.dtype", "float32, bfloat16, float16"),

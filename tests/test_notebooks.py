@@ -27,6 +27,6 @@ def test_quickstart_notebook_runs():
 def test_ablation_notebook_runs_a_sweep_and_reads_it():
     namespace = run_notebook("ablation_analysis.ipynb")
     summary = namespace["summary"]
-    assert len(summary) == 4 and summary["n"].tolist() == [2, 2, 2, 2]  # 2 lengths x 2 inits, 2 folds each
+    assert len(summary) == 4 and summary["n"].tolist() == [5, 5, 5, 5]  # 2 lengths x 2 inits, 5 folds each
     assert namespace["group_by"] == ["num_virtual_tokens", "init"]
     assert (namespace["SWEEP"] / "results.md").exists()

@@ -78,6 +78,20 @@ def test_collect_reports_incomplete_and_corrupt_jobs(sweep: Path) -> None:
     assert "unreadable" in reasons["16"]
 
 
+def test_cv_all_jobs_are_read_through_their_folds(tmp_path: Path) -> None:
+    """cv.mode=all: one Hydra job, folds under fold_<k>/; a job that stopped early is listed with its folds."""
+    for job, folds_done in (("0", 3), ("1", 2)):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        for fold in range(folds_done):
+            write_run(tmp_path / job / f"fold_{fold}", "prompt_tuning", 5 * (int(job) + 1), "vocab", 0.3, fold, 42,
+                      0.7, hydra=False)
+    (tmp_path / "0" / "cv_metrics.json").write_text("{}")
+    collection = collect_runs([tmp_path])
+    assert len(collection.runs) == 5
+    (stopped,) = collection.incomplete
+    assert stopped.path.name == "1" and "finished folds: fold_0, fold_1" in stopped.reason
+
+
 def test_default_grouping_uses_varying_keys_and_pools_folds(sweep: Path) -> None:
     runs = collect_runs([sweep]).runs
     group_by = default_group_by(runs)
@@ -161,13 +175,26 @@ def test_main_writes_csv_markdown_and_plots(sweep: Path, tmp_path: Path, capsys)
     p_hard = stats.ttest_rel(SWEEP[BEST], SWEEP["hard_prompt", None, None, None]).pvalue
     assert p_hard < 0.05 and f"| {p_hard:.3g}* |" in markdown
     incomplete = markdown.split("## Incomplete", 1)[1]
-    assert "2 missing/failed job(s)" in incomplete
+    assert "2 missing/failed job(s), 0 configuration(s) short of a fold" in incomplete
     assert str(sweep / "15") in incomplete and str(sweep / "16") in incomplete
 
     for name in PLOTS:
         assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
     stdout = capsys.readouterr().out
     assert f"incomplete: {sweep / '15'}" in stdout and "skipped" not in stdout
+
+
+def test_a_killed_job_names_the_configuration_missing_its_fold(sweep: Path, capsys) -> None:
+    """Fold 1 of prefix tuning at length 50 was killed: the report says so, in the table and on stdout."""
+    (sweep / "10" / "metrics.json").unlink()  # job 10 = 4th config, fold 1
+    assert main([str(sweep)]) == 0
+    line = "configuration method=prefix_tuning, num_virtual_tokens=50, init=random, lr=0.01 is missing fold 1"
+    assert line in capsys.readouterr().out
+    markdown = (sweep / "results.md").read_text()
+    assert "| prefix_tuning | 50 | random | 0.01 | 2 | fold 1 |" in markdown and line in markdown
+    assert markdown.count("| 3 |  |") == 4  # the other configurations have all three folds
+    table = pd.read_csv(sweep / "results.csv", keep_default_na=False)
+    assert sorted(table["missing"]) == ["", "", "", "", "fold 1"]
 
 
 def test_group_by_override_and_default_out_dir(sweep: Path) -> None:

@@ -57,8 +57,16 @@ def check_task(task: Mapping, method: Mapping) -> None:
     label_words(labels, task["verbalizer"])
 
 
+CV_MODES = ("single", "all")
+
+
 def check_cv(cv: Mapping, splits: Mapping) -> None:
     num_folds = cv.get("num_folds")
+    mode = cv.get("mode", "single")
+    if mode not in CV_MODES:
+        raise ConfigError("cv.mode", mode, "allowed: single (one fold per job), all (every fold in one job)")
+    if mode == "all" and num_folds is None:
+        raise ConfigError("cv.mode", mode, "needs folds: set cv.num_folds=K (or cv=kfold)")
     if num_folds is None:
         # Without folds, selection uses the task's validation split; the test split must be another one.
         for role in ("validation", "test"):

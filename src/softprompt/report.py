@@ -20,7 +20,7 @@ import pandas as pd
 from scipy import stats
 
 from softprompt.errors import SoftPromptError
-from softprompt.run_results import METRICS_FILE
+from softprompt.run_results import CV_METRICS_FILE, FOLD_DIR_PREFIX, METRICS_FILE
 from softprompt.wandb_mode import wandb_mode
 
 PROG = "softprompt-report"
@@ -81,7 +81,7 @@ def _flatten(mapping: Mapping[str, Any], prefix: str) -> dict[str, Any]:
 def run_record(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
     """One metrics.json as a flat record (`val/acc`, `method_config.lr`, ...), so runs group like table rows."""
     record: dict[str, Any] = {key: data.get(key) for key in (*SETTING_KEYS, *PAIR_KEYS)}
-    record |= {key: data.get(key) for key in ("trainable_params", "wall_seconds", "selection_metric")}
+    record |= {key: data.get(key) for key in ("trainable_params", "wall_seconds", "selection_metric", "num_folds")}
     record |= _flatten(data.get(METHOD_CONFIG) or {}, METHOD_CONFIG)
     for stage in STAGES:
         for name, value in (data.get(stage) or {}).items():
@@ -105,13 +105,30 @@ def _load_run(metrics_path: Path) -> dict[str, Any] | Incomplete:
     return run_record(data, run_dir)
 
 
-def _scan(root: Path) -> Iterable[tuple[Path, bool]]:
-    """(dir, has metrics.json) for every run dir under root: dirs with metrics.json or a Hydra job folder."""
+def _unfinished_cv_job(job_dir: Path, dirnames: Sequence[str], filenames: Sequence[str]) -> Incomplete | None:
+    """A cv.mode=all job (folds under fold_<k>/) that stopped before writing its fold mean."""
+    folds = sorted(d for d in dirnames if d.startswith(FOLD_DIR_PREFIX))
+    if CV_METRICS_FILE in filenames:
+        return None
+    done = [d for d in folds if (job_dir / d / METRICS_FILE).is_file()]
+    return Incomplete(job_dir, f"cv.mode=all job stopped before {CV_METRICS_FILE}; finished folds: "
+                               f"{', '.join(done) or 'none'}")
+
+
+def _scan(root: Path) -> Iterable[tuple[Path, dict[str, Any] | Incomplete]]:
+    """(run dir, run or Incomplete) for every dir under root with metrics.json and every Hydra job folder.
+    A cv.mode=all job is read through its fold dirs, and listed itself only when it did not finish."""
     for dirpath, dirnames, filenames in os.walk(root):
-        is_job = HYDRA_DIR in dirnames
+        run_dir, is_job = Path(dirpath), HYDRA_DIR in dirnames
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        if METRICS_FILE in filenames or is_job:
-            yield Path(dirpath), METRICS_FILE in filenames
+        if METRICS_FILE in filenames:
+            yield run_dir, _load_run(run_dir / METRICS_FILE)
+        elif is_job and (CV_METRICS_FILE in filenames or any(d.startswith(FOLD_DIR_PREFIX) for d in dirnames)):
+            unfinished = _unfinished_cv_job(run_dir, dirnames, filenames)
+            if unfinished:
+                yield run_dir, unfinished
+        elif is_job:
+            yield run_dir, Incomplete(run_dir, f"no {METRICS_FILE} (job missing or failed)")
 
 
 def collect_runs(paths: Sequence[str | Path]) -> Collection:
@@ -122,9 +139,7 @@ def collect_runs(paths: Sequence[str | Path]) -> Collection:
         if path.is_file():
             found[path.parent.resolve()] = _load_run(path)
         elif path.is_dir():
-            for run_dir, has_metrics in _scan(path):
-                entry = _load_run(run_dir / METRICS_FILE) if has_metrics else Incomplete(
-                    run_dir, f"no {METRICS_FILE} (job missing or failed)")
+            for run_dir, entry in _scan(path):
                 found[run_dir.resolve()] = entry
         else:
             raise ReportError(f"path {str(raw)!r} does not exist; pass run dirs, sweep dirs or metrics.json files")
@@ -230,10 +245,27 @@ def paired_test(best: Sequence[Mapping[str, Any]], other: Sequence[Mapping[str, 
     return float(p_value), len(pairs)
 
 
+def expected_pairs(runs: Sequence[Mapping[str, Any]]) -> set[tuple[Any, Any]]:
+    """The (fold, seed) pairs every configuration should have: all folds of the split x every seed seen."""
+    seeds = {run.get("seed") for run in runs}
+    folds: set[Any] = {run.get("fold") for run in runs}
+    for num_folds in {run.get("num_folds") for run in runs if isinstance(run.get("num_folds"), int)}:
+        folds |= set(range(num_folds))
+    return {(fold, seed) for fold in folds for seed in seeds}
+
+
+def missing_pairs(members: Sequence[Mapping[str, Any]], expected: set[tuple[Any, Any]]) -> str:
+    """`fold 3` / `fold 3 seed 1` for each expected pair a configuration lacks (a killed or failed job)."""
+    have = {(run.get("fold"), run.get("seed")) for run in members}
+    seeds = {seed for _, seed in expected}
+    return ", ".join(f"fold {fold}" + (f" seed {seed}" if len(seeds) > 1 else "")
+                     for fold, seed in sorted(expected - have, key=repr))
+
+
 def _summary_row(settings: dict[str, Any], members: Sequence[Mapping[str, Any]],
-                 metrics: Sequence[str]) -> dict[str, Any]:
-    """One configuration: n, mean/std/CI of every metric, mean cost."""
-    row: dict[str, Any] = {**settings, "n": len(members)}
+                 metrics: Sequence[str], expected: set[tuple[Any, Any]]) -> dict[str, Any]:
+    """One configuration: n, the folds it lacks, mean/std/CI of every metric, mean cost."""
+    row: dict[str, Any] = {**settings, "n": len(members), "missing": missing_pairs(members, expected)}
     for metric in metrics:
         row[f"{metric}_mean"], row[f"{metric}_std"], row[f"{metric}_ci95"] = mean_std_ci(_values(members, metric))
     for key in ("trainable_params", "wall_seconds"):
@@ -255,8 +287,8 @@ def summarize(runs: Sequence[Mapping[str, Any]], group_by: Sequence[str], metric
     groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
     for run in runs:
         groups.setdefault(tuple(run.get(key) for key in group_by), []).append(run)
-    metrics = available_metrics(runs)
-    rows = [(members, _summary_row(dict(zip(group_by, key, strict=True)), members, metrics))
+    metrics, expected = available_metrics(runs), expected_pairs(runs)
+    rows = [(members, _summary_row(dict(zip(group_by, key, strict=True)), members, metrics, expected))
             for key, members in groups.items()]
     rows.sort(key=lambda item: _sort_key(item[1][f"{metric}_mean"], metric))
     best = rows[0][0]
@@ -308,11 +340,13 @@ def _p_cell(row: Mapping[str, Any]) -> str:
 
 def markdown_table(summary: pd.DataFrame, group_by: Sequence[str], metric: str) -> str:
     """The results table: settings, n, metric mean ± 95% CI, cost, p vs best."""
-    header = [*group_by, "n", f"{metric} (mean ± 95% CI)", "trainable params", "wall s", "p vs best"]
+    show_missing = bool(summary["missing"].astype(bool).any())  # the column only when a sweep is incomplete
+    header = [*group_by, "n", *(["missing"] if show_missing else []), f"{metric} (mean ± 95% CI)",
+              "trainable params", "wall s", "p vs best"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in summary.to_dict("records"):
         params, wall = row["trainable_params_mean"], row["wall_seconds_mean"]
-        cells = [*(_cell(row[key]) for key in group_by), str(row["n"]),
+        cells = [*(_cell(row[key]) for key in group_by), str(row["n"]), *([row["missing"]] if show_missing else []),
                  _mean_ci(row[f"{metric}_mean"], row[f"{metric}_ci95"]),
                  "-" if _is_missing(params) else f"{round(params):,}", "-" if _is_missing(wall) else f"{wall:.1f}",
                  _p_cell(row)]
@@ -320,12 +354,13 @@ def markdown_table(summary: pd.DataFrame, group_by: Sequence[str], metric: str) 
     return "\n".join(lines)
 
 
-def incomplete_section(incomplete: Sequence[Incomplete]) -> str:
-    """Missing/failed jobs, listed by path so they can be rerun."""
-    if not incomplete:
-        return "## Incomplete\n\nNone: every job wrote a readable metrics.json."
-    items = "\n".join(f"- `{job.path}`: {job.reason}" for job in incomplete)
-    return f"## Incomplete\n\n{len(incomplete)} missing/failed job(s):\n\n{items}"
+def incomplete_section(incomplete: Sequence[Incomplete], missing: Sequence[str]) -> str:
+    """Missing/failed jobs, listed by path so they can be rerun, and the configurations short of a fold."""
+    if not incomplete and not missing:
+        return "## Incomplete\n\nNone: every job wrote a readable metrics.json and every configuration has every fold."
+    items = "\n".join([*(f"- `{job.path}`: {job.reason}" for job in incomplete), *(f"- {line}" for line in missing)])
+    return f"## Incomplete\n\n{len(incomplete)} missing/failed job(s), {len(missing)} configuration(s) short " \
+           f"of a fold:\n\n{items}"
 
 
 def markdown_report(collection: Collection, summary: pd.DataFrame, group_by: Sequence[str], metric: str) -> str:
@@ -333,7 +368,7 @@ def markdown_report(collection: Collection, summary: pd.DataFrame, group_by: Seq
     intro = (f"# Sweep results\n\n{len(collection.runs)} runs in {len(summary)} configurations, sorted by {metric}. "
              f"`p vs best`: paired t-test over shared (fold, seed) pairs; `*` marks p < {SIGNIFICANCE}.")
     table = markdown_table(summary, group_by, metric)
-    return f"{intro}\n\n{table}\n\n{incomplete_section(collection.incomplete)}\n"
+    return f"{intro}\n\n{table}\n\n{incomplete_section(collection.incomplete, missing_lines(summary, group_by))}\n"
 
 
 # --------------------------------------------------------------------------------------------------------- plots
@@ -473,12 +508,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_summary(collection: Collection, table: str, report: Report) -> None:
-    """What the user needs on stdout: the table, incomplete jobs (never silent), files, skipped plots."""
-    print(table)
+def missing_lines(summary: pd.DataFrame, group_by: Sequence[str]) -> list[str]:
+    """`configuration method=..., init=... is missing fold 3` for each configuration short of a fold."""
+    return [f"configuration {', '.join(f'{key}={_cell(row[key])}' for key in group_by)} is missing {row['missing']}"
+            for row in summary.to_dict("records") if row["missing"]]
+
+
+def _print_summary(collection: Collection, summary: pd.DataFrame, group_by: Sequence[str], metric: str,
+                   report: Report) -> None:
+    """What the user needs on stdout: the table, incomplete jobs and folds (never silent), files, skipped plots."""
+    print(markdown_table(summary, group_by, metric))
     print(f"\n{len(collection.runs)} runs collected; {len(collection.incomplete)} incomplete job(s)")
     for job in collection.incomplete:
         print(f"  incomplete: {job.path}: {job.reason}")
+    for line in missing_lines(summary, group_by):
+        print(f"  {line}")
     for path in [*report.written, *report.plots]:
         print(f"wrote {path}")
     for line in report.skipped:
@@ -497,7 +541,7 @@ def run_report(args: argparse.Namespace) -> Report:
     out_dir = args.out or (Path.cwd() if first.is_file() else first)
     summary = summarize(collection.runs, group_by, metric)
     report = write_report(collection, summary, out_dir, group_by, metric)
-    _print_summary(collection, markdown_table(summary, group_by, metric), report)
+    _print_summary(collection, summary, group_by, metric, report)
     if args.wandb:
         log_to_wandb(summary, report.plots, out_dir)
     return report

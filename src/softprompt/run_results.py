@@ -9,6 +9,8 @@ from typing import Any
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "test_predictions.jsonl"
+CV_METRICS_FILE = "cv_metrics.json"   # a cv.mode=all job: the mean over its folds (each fold has metrics.json)
+FOLD_DIR_PREFIX = "fold_"             # cv.mode=all: fold k of the job writes under fold_<k>/
 
 
 def _plain(value: Any) -> Any:

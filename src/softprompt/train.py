@@ -21,6 +21,7 @@ from softprompt.backbones.cache import BACKBONES
 from softprompt.backbones.families import FAMILY_ADAPTERS
 from softprompt.config_checks import check_config
 from softprompt.config_dir import config_dir
+from softprompt.cv_jobs import run_job
 from softprompt.data import PromptDataModule
 from softprompt.errors import ConfigError, SoftPromptError
 from softprompt.methods import build_method
@@ -188,15 +189,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns the selection metric on validation (for sweepers that optimise it)."""
+    """Hydra entry point; returns the validation selection metric (the fold mean under cv.mode=all), which
+    sweepers such as Optuna optimise."""
     try:
-        summary = run(cfg)
+        return run_job(cfg, run_and_finish)
     except SoftPromptError as error:
         print(f"softprompt: error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def run_and_finish(cfg: DictConfig) -> dict[str, Any]:
+    """One run; its wandb run is closed even on failure, so the next run of the process starts its own."""
+    try:
+        return run(cfg)
     finally:
         _finish_wandb()
-    return summary["val"].get(summary["selection_metric"].removeprefix("val/"))
 
 
 if __name__ == "__main__":
