@@ -15,6 +15,7 @@ from softprompt.errors import ConfigError, require_positive_int
 from softprompt.methods import method_class
 from softprompt.methods.layout import SLOT_LAYOUTS, prompt_template
 from softprompt.methods.objectives import check_objective_config
+from softprompt.precision import check_precision
 
 
 def check_method(method: Mapping) -> None:
@@ -116,6 +117,7 @@ def check_optimizer(optimizer: Mapping) -> None:
 def check_config(cfg: Mapping) -> None:
     """All cheap checks, in the order a user reads the config."""
     check_backbone(cfg["backbone"])
+    check_precision(cfg["trainer"], cfg["backbone"])
     check_method(cfg["method"])
     check_task(cfg["task"], cfg["method"])
     check_cv(cfg["cv"], cfg["task"]["splits"])

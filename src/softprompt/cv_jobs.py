@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from softprompt.run_results import CV_METRICS_FILE, FOLD_DIR_PREFIX
@@ -59,8 +60,9 @@ def run_job(cfg: DictConfig, run_one: Callable[[DictConfig], dict[str, Any]]) ->
         summary = summaries[0]
         return summary["val"].get(summary["selection_metric"].removeprefix("val/"))
     result = summarize_folds(summaries)
-    path = Path(cfg.paths.output_dir) / CV_METRICS_FILE
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    log.info("cv.mode=all: mean %s over %d folds = %.4f (test %s); wrote %s", result["selection_metric"],
-             len(summaries), result["score"], result["test"], path)
+    if rank_zero_only.rank == 0:  # DDP workers run the same folds; one of them writes
+        path = Path(cfg.paths.output_dir) / CV_METRICS_FILE
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        log.info("cv.mode=all: mean %s over %d folds = %.4f (test %s); wrote %s", result["selection_metric"],
+                 len(summaries), result["score"], result["test"], path)
     return result["score"]

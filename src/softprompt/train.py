@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -19,17 +20,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from softprompt.backbones.cache import BACKBONES
 from softprompt.backbones.families import FAMILY_ADAPTERS
+from softprompt.checkpointing import ValidationHistory, resume_checkpoint
 from softprompt.config_checks import check_config
 from softprompt.config_dir import config_dir
 from softprompt.cv_jobs import run_job
 from softprompt.data import PromptDataModule
+from softprompt.distributed import distributed_job, gather_objects, keep_frozen_out_of_ddp, use_job_worker_command
 from softprompt.errors import ConfigError, SoftPromptError
 from softprompt.methods import build_method
 from softprompt.methods.base import SoftPromptModule
 from softprompt.methods.init import InitContext
 from softprompt.methods.layout import prompt_template
 from softprompt.methods.objectives import build_objective
-from softprompt.run_results import stage_metrics, write_run_results
+from softprompt.run_results import METRICS_FILE, stage_metrics, write_run_results
 from softprompt.wandb_mode import wandb_mode
 
 log = logging.getLogger("softprompt")
@@ -57,18 +60,6 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
-class ValidationHistory(L.Callback):
-    """Val metrics at every validation, so the best checkpoint's metrics can be reported."""
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, float]] = []
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            record = stage_metrics(trainer.callback_metrics, "val")
-            self.records.append({"step": trainer.global_step, **record})
-
-
 def build_init_context(method: dict, seed: int, backbone, datamodule: PromptDataModule, token_ids) -> InitContext:
     return InitContext(
         embeddings=backbone.model.get_input_embeddings().weight.detach(),
@@ -84,8 +75,9 @@ def build_init_context(method: dict, seed: int, backbone, datamodule: PromptData
 
 
 def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: PromptDataModule,
-                  hyperparameters: dict[str, Any]):
-    """Fit (when there is anything to train), then test the best checkpoint by the objective's metric."""
+                  hyperparameters: dict[str, Any], resume_from: str | None):
+    """Fit (when there is anything to train), resuming from `resume_from` when given, then test the best
+    checkpoint by the objective's metric."""
     history = ValidationHistory()
     callbacks = [*_instantiate_all(cfg.get("callbacks")), history]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")))
@@ -94,7 +86,9 @@ def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: PromptD
     checkpoint = trainer.checkpoint_callback
     best_path = None
     if module.trains:
-        trainer.fit(module, datamodule=datamodule)
+        if resume_from:
+            log.info("resuming from %s", resume_from)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         best_path = checkpoint.best_model_path if checkpoint is not None and history.records else None
     if best_path:
         # The first best, as ModelCheckpoint keeps it.
@@ -120,9 +114,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_config(plain)
     cache_dir = Path(cfg.paths.cache_dir).expanduser()
     output_dir = Path(cfg.paths.output_dir)
+    finished = output_dir / METRICS_FILE
+    if plain["resume_sweep"] and finished.is_file():
+        log.info("resume_sweep: %s is finished (%s); skipping it", output_dir, METRICS_FILE)
+        return json.loads(finished.read_text())
+    resume_from = resume_checkpoint(plain["ckpt_path"], output_dir)
 
     method = plain["method"]
-    backbone = BACKBONES.get(plain["backbone"], cache_dir, plain["backbone_cache"]["max_entries"])
+    backbone = BACKBONES.get_for_job(plain, cache_dir)  # the dtype trainer.precision implies
     # Seeded after loading, so a job draws the same numbers whether its backbone was loaded or reused.
     L.seed_everything(int(cfg.seed), workers=True)
     adapter = FAMILY_ADAPTERS[backbone.family]
@@ -143,6 +142,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                           init_context=lambda: build_init_context(method, int(cfg.seed), backbone, datamodule,
                                                                   token_ids))
     fingerprint_start = module.record_backbone_fingerprint()
+    keep_frozen_out_of_ddp(module)
     trainable, total = module.num_trainable_params(), backbone.total_params()
     log.info("%s: trainable params %s of %s (%.4f%%), %s after folding; backbone %s, fingerprint %s",
              module.method_name, f"{trainable:,}", f"{total:,}", 100 * trainable / total,
@@ -150,7 +150,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     _prepare_wandb_env(cfg.get("logger"))
     counts = {"trainable_params": trainable, "folded_params": module.num_folded_params(), "total_params": total}
-    trainer, val, test, best_path = _fit_and_test(cfg, module, datamodule, {**plain, **counts})
+    trainer, val, test, best_path = _fit_and_test(cfg, module, datamodule, {**plain, **counts}, resume_from)
     fingerprint_end = module.verify_backbone_unchanged()
 
     summary = {
@@ -182,8 +182,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "tags": list(cfg.get("tags") or []),
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
     }
-    path = write_run_results(output_dir, summary, module.test_predictions)
-    log.info("val %s | test %s | wrote %s", val, test, path)
+    predictions = gather_objects(trainer, module.test_predictions)  # every process's share of the test set
+    if trainer.is_global_zero:
+        path = write_run_results(output_dir, summary, predictions)
+        log.info("val %s | test %s | wrote %s", val, test, path)
     return summary
 
 
@@ -191,8 +193,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the validation selection metric (the fold mean under cv.mode=all), which
     sweepers such as Optuna optimise."""
+    use_job_worker_command()
     try:
-        return run_job(cfg, run_and_finish)
+        with distributed_job():
+            return run_job(cfg, run_and_finish)
     except SoftPromptError as error:
         print(f"softprompt: error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from softprompt.data.collate import PadCollator
 from softprompt.data.folds import stratified_sample, train_val_indices
+from softprompt.data.sampling import ResumableLoader, ShuffledShardSampler, longest_first_shard
 from softprompt.data.sources import LABEL, load_raw_splits, select_and_map
 from softprompt.data.templates import Template, special_tokens_around
 from softprompt.data.verbalizer import label_token_ids, label_words
@@ -145,24 +146,27 @@ class PromptDataModule(L.LightningDataModule):
             table += torch.bincount(flat, minlength=len(table))
         return table
 
+    def _shard(self) -> tuple[int, int]:
+        """(processes, this process's rank): each process loads its own share of every split."""
+        trainer = self.trainer
+        return (int(trainer.world_size), int(trainer.global_rank)) if trainer is not None else (1, 0)
+
     def _loader(self, role: str, shuffle: bool) -> DataLoader:
         batch_size = self.data_cfg["batch_size"] if role == "train" else self.data_cfg["eval_batch_size"]
+        num_replicas, rank = self._shard()
+        options = {
+            "batch_size": int(batch_size),
+            "num_workers": int(self.data_cfg["num_workers"]),
+            "collate_fn": PadCollator(self.tokenizer.pad_token_id, self.data_cfg["padding_side"],
+                                      self.demonstration_ids, target_field=TARGET if self.generation else None),
+        }
+        dataset = self.splits[role].with_format(None)
         if shuffle:
-            sampler = torch.utils.data.RandomSampler(self.splits[role],
-                                                     generator=torch.Generator().manual_seed(self.seed))
-        else:
-            # Evaluation visits examples longest first, so each batch pads to similar lengths; scores do
-            # not depend on batch-mates, and predictions carry their row index back to dataset order.
-            lengths = [len(ids) for ids in self.splits[role]["input_ids"]]
-            sampler = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-        return DataLoader(
-            self.splits[role].with_format(None),
-            batch_size=int(batch_size),
-            sampler=sampler,
-            num_workers=int(self.data_cfg["num_workers"]),
-            collate_fn=PadCollator(self.tokenizer.pad_token_id, self.data_cfg["padding_side"],
-                                   self.demonstration_ids, target_field=TARGET if self.generation else None),
-        )
+            sampler = ShuffledShardSampler(len(dataset), self.seed, num_replicas, rank)
+            return ResumableLoader(dataset, sampler=sampler, **options)
+        # Scores do not depend on batch-mates, and predictions carry their row index back to dataset order.
+        lengths = [len(ids) for ids in self.splits[role]["input_ids"]]
+        return DataLoader(dataset, sampler=longest_first_shard(lengths, num_replicas, rank), **options)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -31,6 +31,7 @@ from softprompt.methods.init import (
     random_values,
 )
 from softprompt.methods.prompt_encoders import zero_last_linear
+from softprompt.precision import full_precision
 
 REPARAMS = ("mlp", "none")
 
@@ -115,8 +116,11 @@ class AttentionLevelPrefix(SoftPromptModule):
         return torch.stack(per_layer).permute(3, 0, 1, 2, 4).reshape(n, -1).float()  # (n, L*2*H*hd)
 
     def flat_prefix(self) -> torch.Tensor:
-        """(num_virtual_tokens, layers x 2 x kv_heads x head_dim), PEFT's layout."""
-        return self.prefix if self.reparam is None else self.reparam(self.prefix_embedding)
+        """(num_virtual_tokens, layers x 2 x kv_heads x head_dim), PEFT's layout, fp32."""
+        if self.reparam is None:
+            return self.prefix
+        with full_precision(self.prefix_embedding):
+            return self.reparam(self.prefix_embedding)
 
     def attention_kwargs(self) -> dict[str, PrefixKV]:
         roles, kv_heads, head_dim = self.geometry

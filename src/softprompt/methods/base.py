@@ -117,8 +117,11 @@ class SoftPromptModule(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss = self.objective.loss(self, batch)
         if not torch.isfinite(loss):
+            hint = "lower optimizer.lr or check the inputs"
+            if self.backbone.dtype == torch.float16:
+                hint += " (a float16 backbone overflows past 65504; bfloat16 has float32's range)"
             raise SoftPromptError(f"train/loss is {loss.item()} at step {self.global_step} of {self.method_name}; "
-                                  "nothing was saved from this step on: lower optimizer.lr or check the inputs")
+                                  f"nothing was saved from this step on: {hint}")
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         return loss
 

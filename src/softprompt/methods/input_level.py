@@ -17,6 +17,7 @@ from softprompt.methods.base import SoftPromptModule
 from softprompt.methods.init import InitContext, check_init_settings, initial_embeddings
 from softprompt.methods.prompt_encoders import ENCODERS, build_prompt_encoder, match_output_std
 from softprompt.methods.scoring import Batch
+from softprompt.precision import full_precision
 
 
 class InputLevelPrompt(SoftPromptModule):
@@ -52,8 +53,11 @@ class InputLevelPrompt(SoftPromptModule):
                    match_embedding_std=bool(method.get("match_embedding_std", False)), **common)
 
     def prompt_embeddings(self) -> torch.Tensor:
-        """(num_virtual_tokens, hidden); the encoder runs once per forward, shared by the whole batch."""
-        return self.prompt if self.encoder is None else self.encoder(self.prompt)
+        """(num_virtual_tokens, hidden), fp32; the encoder runs once per forward, shared by the whole batch."""
+        if self.encoder is None:
+            return self.prompt
+        with full_precision(self.prompt):
+            return self.encoder(self.prompt)
 
     def embed_inputs(self, batch: Batch) -> torch.Tensor:
         embeds = super().embed_inputs(batch)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from torchmetrics.text import SacreBLEUScore
 from torchmetrics.text.rouge import ROUGEScore
@@ -39,6 +39,12 @@ class Objective(nn.Module):
     def __init__(self, metric: str) -> None:
         super().__init__()
         self.metric = metric
+        # Example-weighted mean loss per stage; torchmetrics sums its states across processes exactly.
+        self.losses = nn.ModuleDict({stage: MeanMetric() for stage in STAGES})
+
+    def log_loss(self, module: SoftPromptModule, stage: str, loss: torch.Tensor, size: int) -> None:
+        self.losses[stage].update(loss.detach(), weight=size)
+        module.log(f"{stage}/loss", self.losses[stage], batch_size=size)
 
     def loss(self, module: SoftPromptModule, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
@@ -101,7 +107,7 @@ class ClassificationObjective(Objective):
         metrics = self.metrics[stage]
         metrics.update(scores, batch["labels"])
         size = len(batch["labels"])
-        module.log(f"{stage}/loss", F.cross_entropy(scores, batch["labels"]), batch_size=size, sync_dist=True)
+        self.log_loss(module, stage, F.cross_entropy(scores, batch["labels"]), size)
         module.log_dict(metrics, batch_size=size, prog_bar=stage == "val")
         probs = scores.softmax(-1)
         return [{"row_index": row, "label": label, "prediction": max(range(len(p)), key=p.__getitem__),
@@ -168,7 +174,7 @@ class GenerationObjective(Objective):
 
     def evaluate(self, module: SoftPromptModule, batch: Batch, stage: str) -> list[dict[str, Any]]:
         size = len(batch["target_ids"])
-        module.log(f"{stage}/loss", self.loss(module, batch), batch_size=size, sync_dist=True)
+        self.log_loss(module, stage, self.loss(module, batch), size)
         tokens = module.generate(batch, self.decoding, self.eos_token_id)
         texts = [self.decoding.finish(text) for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
         references = list(batch["target_text"])

@@ -6,6 +6,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from softprompt.precision import full_precision
+
 Batch = dict[str, torch.Tensor]
 
 
@@ -84,7 +86,8 @@ class PooledHeadScorer:
         self.head = head
 
     def scores(self, batch: Batch, hidden_fn: Callable[[Batch], torch.Tensor], adapter, model) -> torch.Tensor:
-        hidden = hidden_fn(batch)
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        hidden = hidden_fn(batch).float()  # pooled and scored in fp32 whatever the backbone's dtype
+        mask = batch["attention_mask"].unsqueeze(-1).float()
         pooled = (hidden * mask).sum(1) / mask.sum(1)
-        return self.head(pooled.float())
+        with full_precision(pooled):
+            return self.head(pooled)

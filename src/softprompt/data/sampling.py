@@ -1,0 +1,80 @@
+"""Samplers that shard across processes and resume mid-epoch exactly.
+
+Training visits a seeded permutation per epoch (seed + epoch). Process r of W takes every W-th index
+of it, so W processes at batch B see, step by step, the same examples as one process at batch W*B:
+a multi-process run reproduces a one-process run with the same global batch. Evaluation visits
+examples longest first (each batch pads to similar lengths); each process takes its share without
+padding, and torchmetrics sums the shares exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+
+class ShuffledShardSampler(Sampler[int]):
+    """This process's share of a seeded per-epoch permutation; can start part-way into an epoch."""
+
+    def __init__(self, size: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        self.size, self.seed, self.num_replicas, self.rank = size, seed, num_replicas, rank
+        self.epoch = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, indices to skip) after a restore
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch."""
+        self.epoch = epoch
+
+    def resume(self, epoch: int, skip: int) -> None:
+        """The next pass over `epoch` starts after its first `skip` indices (already trained on)."""
+        self._resume = (epoch, skip)
+
+    def epoch_indices(self) -> list[int]:
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        usable = self.size - self.size % self.num_replicas  # equal shares: every process steps together
+        return order[:usable][self.rank::self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        indices = self.epoch_indices()
+        if self._resume is not None and self._resume[0] == self.epoch:
+            indices = indices[self._resume[1]:]
+        self._resume = None
+        return iter(indices)
+
+    def __len__(self) -> int:
+        return self.size // self.num_replicas
+
+
+def longest_first_shard(lengths: Sequence[int], num_replicas: int = 1, rank: int = 0) -> list[int]:
+    """Evaluation order: longest first, ties by index; process r takes every W-th (shares differ by <= 1)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return order[rank::num_replicas]
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader whose position Lightning saves in checkpoints and restores before iterating
+    (its `state_dict` / `load_state_dict` protocol), so a resumed run continues with the next batch."""
+
+    sampler: ShuffledShardSampler
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches_served = 0  # batches of the current epoch handed to the training loop
+        self._resumed_batches = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        # A generator: this runs at the first batch, after Lightning set the epoch and restored state.
+        self.batches_served, self._resumed_batches = self._resumed_batches, 0
+        for batch in super().__iter__():
+            self.batches_served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches": self.batches_served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resumed_batches = int(state["batches"])
+        self.sampler.resume(int(state["epoch"]), self._resumed_batches * int(self.batch_size))
