@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import TINY, local_task_overrides
 from softprompt.config_checks import check_config
@@ -19,7 +20,7 @@ GROUP_OPTIONS = {
     "task": ["rotten_tomatoes", "rotten_tomatoes_hub", "bbc_topic", "sst2", "rte", "boolq", "cb", "ag_news",
              "bbc_headline", "xsum", "e2e_nlg", "wmt16_ro_en"],
     "optimizer": ["adamw", "adafactor"],
-    "trainer": ["default", "cpu", "gpu"],
+    "trainer": ["default", "cpu", "gpu", "ddp", "ddp_cpu", "fsdp"],
     "logger": ["csv", "wandb", "tensorboard", "many_loggers", "none"],
     "callbacks": ["default", "none"],
     "cv": ["none", "kfold"],
@@ -42,6 +43,11 @@ def test_every_group_option_composes_and_passes_checks(make_cfg, group, option):
     needs_folds = option in ("sst2", "rte", "boolq", "cb", "ag_news")  # no labelled validation split
     cfg = make_cfg([f"{group}={option}", *(["cv.num_folds=5"] if needs_folds else [])])
     plain = resolved_config(cfg)
+    if group == "trainer" and option in ("gpu", "ddp", "fsdp") and not torch.cuda.is_available():
+        with pytest.raises(ConfigError) as raised:  # refused in one line before anything loads
+            check_config(plain)
+        assert str(raised.value).startswith("trainer.accelerator='gpu'") and "use trainer=" in str(raised.value)
+        return
     check_config(plain)
     if group in ("backbone", "method", "task", "optimizer"):
         assert cfg[group]  # the group really was selected
@@ -93,6 +99,7 @@ def test_experiment_overrides_defaults(make_cfg):
         (["task.template='Sentiment of the review:'"], "task.template", "{text}"),
         (["cv.num_folds=5", "cv.fold=5"], "cv.fold", "[0, 5)"),
         (["cv.mode=each"], "cv.mode", "allowed: single (one fold per job), all"),
+        (["trainer=fsdp", "trainer.accelerator=cpu"], "trainer.accelerator", "FSDP is GPU-only"),
         (["cv.mode=all"], "cv.mode", "set cv.num_folds=K"),
         (["+task.verbalizer.neutral=' meh'"], "task.verbalizer.neutral", "labels are ['negative', 'positive']"),
         (["task.labels=[negative,positive,neutral]"], "task.verbalizer.neutral", "every label needs a word"),

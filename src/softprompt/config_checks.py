@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import torch
 from transformers.trainer_utils import SchedulerType
 
 from softprompt.backbones.loading import DTYPES, FAMILIES
@@ -15,7 +16,7 @@ from softprompt.errors import ConfigError, require_positive_int
 from softprompt.methods import method_class
 from softprompt.methods.layout import SLOT_LAYOUTS, prompt_template
 from softprompt.methods.objectives import check_objective_config
-from softprompt.precision import check_precision
+from softprompt.precision import check_precision, runs_on_cpu, uses_fsdp
 
 
 def check_method(method: Mapping) -> None:
@@ -114,9 +115,21 @@ def check_optimizer(optimizer: Mapping) -> None:
         raise ConfigError("optimizer.scheduler.name", name, f"allowed: {', '.join(allowed)}")
 
 
+def check_hardware(trainer: Mapping) -> None:
+    """GPU presets on a machine without CUDA fail here in one line, not inside Lightning."""
+    accelerator = str(trainer.get("accelerator") or "auto")
+    if uses_fsdp(trainer) and runs_on_cpu(trainer):
+        raise ConfigError("trainer.accelerator", accelerator, "trainer=fsdp needs CUDA GPUs (Lightning's FSDP is "
+                          "GPU-only); on CPU use trainer=ddp_cpu")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError("trainer.accelerator", accelerator, "no CUDA device is visible on this machine; use "
+                          "trainer=cpu, or trainer=ddp_cpu for several processes")
+
+
 def check_config(cfg: Mapping) -> None:
     """All cheap checks, in the order a user reads the config."""
     check_backbone(cfg["backbone"])
+    check_hardware(cfg["trainer"])
     check_precision(cfg["trainer"], cfg["backbone"])
     check_method(cfg["method"])
     check_task(cfg["task"], cfg["method"])
