@@ -61,3 +61,15 @@ def test_fast_lester_ablation_runs_and_reports(tmp_path):
     table = (sweep / "results.md").read_text()
     assert "configuration num_virtual_tokens=5, init=class_labels is missing fold 3" in table
     assert f"`{killed}`: no metrics.json" in table
+
+
+def test_a_quoted_grid_override_edits_the_grid_instead_of_sweeping_it(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = subprocess.run([sys.executable, "-m", "softprompt.train", "-m", "experiment=lester_ablation",
+                             "debug=fast", "backbone=tiny_random", 'sweep.lengths="1,3"', 'sweep.inits="vocab"',
+                             'sweep.folds="0"', f"hydra.sweep.dir={sweep}"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted((r["num_virtual_tokens"], r["init"], r["fold"])
+                  for r in (json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")))
+    assert runs == [(1, "vocab", 0), (3, "vocab", 0)]

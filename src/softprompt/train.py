@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from softprompt.artifacts import ARTIFACT_DIR, save_artifact
 from softprompt.backbones.cache import BACKBONES
 from softprompt.backbones.families import FAMILY_ADAPTERS
 from softprompt.checkpointing import ValidationHistory, resume_checkpoint
@@ -184,8 +185,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     predictions = gather_objects(trainer, module.test_predictions)  # every process's share of the test set
     if trainer.is_global_zero:
+        # The module holds the tested (best) checkpoint's tensors: trainer.test(ckpt_path=best) loaded them.
+        # Written before metrics.json, which marks the run finished (resume_sweep).
+        save_artifact(output_dir / ARTIFACT_DIR, module, plain, summary, backbone, datamodule.demonstration_ids)
         path = write_run_results(output_dir, summary, predictions)
-        log.info("val %s | test %s | wrote %s", val, test, path)
+        log.info("val %s | test %s | wrote %s and %s/", val, test, path, output_dir / ARTIFACT_DIR)
     return summary
 
 

@@ -41,9 +41,10 @@ class PadCollator:
             "answer_index": answer_index,
             "row_index": torch.as_tensor([r["row_index"] for r in rows], dtype=torch.long),
         }
-        if self.target_field is None:
+        # New inputs at prediction time carry neither a label nor a target.
+        if self.target_field is None and "label" in rows[0]:
             batch["labels"] = torch.as_tensor([r["label"] for r in rows], dtype=torch.long)
-        else:
+        elif self.target_field is not None and "target_ids" in rows[0]:
             batch.update(self._targets(rows))
         return batch
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -115,17 +115,14 @@ class PromptDataModule(L.LightningDataModule):
         ids = self.tokenizer(str(self.task["target_prefix"]) + text, add_special_tokens=False).input_ids
         return [*ids[: int(self.task["max_target_length"]) - 1], self.tokenizer.eos_token_id]
 
-    def _tokenize(self, dataset: Dataset, role: str) -> Dataset:
-        fields = list(self.task["text_fields"])
+    def renderer(self, with_targets: bool = True) -> Callable[[Mapping, int], dict]:
+        """Renders one example (its text fields, and the target when `with_targets` on a generation task)
+        into model inputs: the splits are tokenised with it, and so are new inputs at prediction time."""
         template, tokenizer, max_length = self.template, self.tokenizer, int(self.task["max_length"])
         answer_token_id, specials = self.answer_token_id, self.specials
-        target_spec = [self.task["target_prefix"], self.task["max_target_length"]] if self.generation else None
-        spec = json.dumps([TOKENIZATION_VERSION, dataset._fingerprint, tokenizer_identity(tokenizer),
-                           template.text, fields, max_length, answer_token_id, specials, target_spec])
-        fingerprint = hashlib.sha256(spec.encode()).hexdigest()[:32]
-        target_ids = self._target_ids if self.generation else None
+        target_ids = self._target_ids if self.generation and with_targets else None
 
-        def render(row: dict, index: int) -> dict:
+        def render(row: Mapping, index: int) -> dict:
             rendered = template.render(row, tokenizer, max_length, answer_token_id, specials)
             out = {"input_ids": rendered.input_ids, "slot_ids": rendered.slot_ids,
                    "answer_index": rendered.answer_index, "row_index": index}
@@ -133,7 +130,26 @@ class PromptDataModule(L.LightningDataModule):
                 out["target_ids"] = target_ids(str(row[TARGET]))
             return out
 
-        return dataset.map(render, with_indices=True, new_fingerprint=fingerprint,
+        return render
+
+    def encode(self, examples: Sequence[Mapping[str, str]]) -> list[dict]:
+        """Model inputs for new examples (dicts with the text fields), rendered as the splits are; no labels or
+        targets. Batch them with `collator()`, which prepends the demonstrations."""
+        render = self.renderer(with_targets=False)
+        return [render(example, index) for index, example in enumerate(examples)]
+
+    def collator(self) -> PadCollator:
+        return PadCollator(self.tokenizer.pad_token_id, self.data_cfg["padding_side"], self.demonstration_ids,
+                           target_field=TARGET if self.generation else None)
+
+    def _tokenize(self, dataset: Dataset, role: str) -> Dataset:
+        fields = list(self.task["text_fields"])
+        target_spec = [self.task["target_prefix"], self.task["max_target_length"]] if self.generation else None
+        spec = json.dumps([TOKENIZATION_VERSION, dataset._fingerprint, tokenizer_identity(self.tokenizer),
+                           self.template.text, fields, int(self.task["max_length"]), self.answer_token_id,
+                           self.specials, target_spec])
+        fingerprint = hashlib.sha256(spec.encode()).hexdigest()[:32]
+        return dataset.map(self.renderer(), with_indices=True, new_fingerprint=fingerprint,
                            desc=f"tokenizing {role}")
 
     def token_counts(self) -> torch.Tensor:
@@ -157,8 +173,7 @@ class PromptDataModule(L.LightningDataModule):
         options = {
             "batch_size": int(batch_size),
             "num_workers": int(self.data_cfg["num_workers"]),
-            "collate_fn": PadCollator(self.tokenizer.pad_token_id, self.data_cfg["padding_side"],
-                                      self.demonstration_ids, target_field=TARGET if self.generation else None),
+            "collate_fn": self.collator(),
         }
         dataset = self.splits[role].with_format(None)
         if shuffle:

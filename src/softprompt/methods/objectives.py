@@ -175,12 +175,16 @@ class GenerationObjective(Objective):
     def evaluate(self, module: SoftPromptModule, batch: Batch, stage: str) -> list[dict[str, Any]]:
         size = len(batch["target_ids"])
         self.log_loss(module, stage, self.loss(module, batch), size)
-        tokens = module.generate(batch, self.decoding, self.eos_token_id)
-        texts = [self.decoding.finish(text) for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+        texts = self.generate_texts(module, batch)
         references = list(batch["target_text"])
         self.metrics[stage].update(texts, references)
         return [{"row_index": row, "prediction": text, "reference": reference}
                 for row, text, reference in zip(batch["row_index"].tolist(), texts, references, strict=True)]
+
+    def generate_texts(self, module: SoftPromptModule, batch: Batch) -> list[str]:
+        """The predictions as scored: decoded with the prompt in place, then cut by `DecodingConfig.finish`."""
+        tokens = module.generate(batch, self.decoding, self.eos_token_id)
+        return [self.decoding.finish(text) for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
 
     def end_epoch(self, module: SoftPromptModule, stage: str) -> None:
         values = self.metrics[stage].compute_and_reset()
