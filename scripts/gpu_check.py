@@ -42,6 +42,8 @@ CHECKS: dict[str, tuple[list[str], str]] = {
     "checkpointing_prefix_tuning": (["trainer=gpu", "backbone.gradient_checkpointing=true", "method=prefix_tuning"],
                                     "float32"),
     "backbone_bf16": (["trainer=gpu", "backbone.dtype=bfloat16"], "bfloat16"),
+    # FSDP keeps the fp32 backbone at load (it shards it; one dtype per unit) and computes in bf16.
+    "fsdp_bf16_mixed": (["trainer=fsdp", "trainer.devices=1", "trainer.precision=bf16-mixed"], "float32"),
 }
 
 
