@@ -55,7 +55,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, ma
     assert [(r["row_index"], r["prediction"]) for r in rows[0]] == [(r["row_index"], r["prediction"]) for r in rows[1]]
     assert ddp["backbone_fingerprint_start"] == ddp["backbone_fingerprint_end"]
     # one output dir: the worker ran this job in it (its own log), no second .hydra, nothing in cwd
-    assert sorted(p.name for p in ddp_dir.iterdir()) == [".hydra", "checkpoints", "csv", "metrics.json",
+    assert sorted(p.name for p in ddp_dir.iterdir()) == [".hydra", "checkpoints", "csv", "metrics.json", "prompt",
                                                         "rank1.log", "test_predictions.jsonl", "train.log"]
     assert list(work.iterdir()) == []
 
