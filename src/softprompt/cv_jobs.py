@@ -56,7 +56,7 @@ def run_job(cfg: DictConfig, run_one: Callable[[DictConfig], dict[str, Any]]) ->
     """Run the job's fold(s); returns the validation selection metric (the fold mean under cv.mode=all)."""
     configs = fold_configs(cfg)
     summaries = [run_one(fold_cfg) for fold_cfg in configs]
-    if len(configs) == 1 and cfg.cv.get("mode", "single") != "all":
+    if cfg.cv.get("mode", "single") != "all":  # one run: its own validation metric
         summary = summaries[0]
         return summary["val"].get(summary["selection_metric"].removeprefix("val/"))
     result = summarize_folds(summaries)

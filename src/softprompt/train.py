@@ -144,13 +144,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                                                   token_ids))
     fingerprint_start = module.record_backbone_fingerprint()
     keep_frozen_out_of_ddp(module)
-    trainable, total = module.num_trainable_params(), backbone.total_params()
+    trainable, total, folded = module.num_trainable_params(), backbone.total_params(), module.num_folded_params()
     log.info("%s: trainable params %s of %s (%.4f%%), %s after folding; backbone %s, fingerprint %s",
              module.method_name, f"{trainable:,}", f"{total:,}", 100 * trainable / total,
-             f"{module.num_folded_params():,}", backbone.name, fingerprint_start)
+             f"{folded:,}", backbone.name, fingerprint_start)
 
     _prepare_wandb_env(cfg.get("logger"))
-    counts = {"trainable_params": trainable, "folded_params": module.num_folded_params(), "total_params": total}
+    counts = {"trainable_params": trainable, "folded_params": folded, "total_params": total}
     trainer, val, test, best_path = _fit_and_test(cfg, module, datamodule, {**plain, **counts}, resume_from)
     fingerprint_end = module.verify_backbone_unchanged()
 
@@ -171,7 +171,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "num_folds": cfg.cv.num_folds,
         "seed": int(cfg.seed),
         "trainable_params": trainable,
-        "folded_params": module.num_folded_params(),
+        "folded_params": folded,
         "total_params": total,
         "val": {k: v for k, v in val.items() if k != "step"},
         "test": test,
