@@ -10,8 +10,8 @@ the train-step time (CUDA-synchronised), peak CUDA memory (`torch.cuda.max_memor
 the dtypes of the frozen backbone and of the trainable tensors. A check passes when the process exits
 0, metrics.json has finite losses, and the dtypes are the ones `softprompt.precision` promises.
 
-Prints one line per check (name, ok/FAILED, process wall seconds, train steps/s, peak CUDA MiB, val and
-test metrics). Exit status: 0 when every check passed, 1 when one failed, 2 when no CUDA GPU is there.
+Prints one line per check (name, ok/FAILED, process wall seconds, train steps/s from the median step
+after the first, peak CUDA MiB, val and test metrics). Exit status: 0 when every check passed, 1 when one failed, 2 when no CUDA GPU is there.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,7 +51,7 @@ CHECKS: dict[str, tuple[list[str], str]] = {
 def stats_callback(path: str) -> Any:
     """The Lightning callback the check adds to softprompt-train (Hydra instantiates it by this name).
 
-    It writes `path` (rank 0) at the end of fit and of test: train steps, their synchronised seconds,
+    It writes `path` (rank 0) at the end of fit and of test: each train step's synchronised seconds,
     peak CUDA memory so far, and the dtypes of the frozen backbone and of the trainable tensors.
     """
     import lightning as L
@@ -60,7 +61,8 @@ def stats_callback(path: str) -> Any:
 
     class RunStats(L.Callback):
         def __init__(self) -> None:
-            self.steps, self.seconds, self.started = 0, 0.0, 0.0
+            self.step_seconds: list[float] = []
+            self.started = 0.0
 
         def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                                  batch_idx: int) -> None:
@@ -72,14 +74,13 @@ def stats_callback(path: str) -> Any:
                                batch_idx: int) -> None:
             if cuda:
                 torch.cuda.synchronize()
-            self.seconds += time.perf_counter() - self.started
-            self.steps += 1
+            self.step_seconds.append(time.perf_counter() - self.started)
 
         def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
             if not trainer.is_global_zero:
                 return
             trainable = [p for p in pl_module.parameters() if p.requires_grad]
-            stats = {"train_steps": self.steps, "train_seconds": round(self.seconds, 4),
+            stats = {"step_seconds": [round(s, 5) for s in self.step_seconds],
                      "peak_cuda_bytes": torch.cuda.max_memory_allocated() if cuda else None,
                      "peak_cuda_reserved_bytes": torch.cuda.max_memory_reserved() if cuda else None,
                      "device": torch.cuda.get_device_name() if cuda else "cpu",
@@ -136,8 +137,9 @@ def run_check(name: str, overrides: list[str], expected_backbone: str, run_dir: 
         result.problems.append("no metrics.json")
     if stats_path.is_file():
         result.stats = json.loads(stats_path.read_text())
-        if result.stats["train_seconds"] > 0:
-            result.steps_per_second = round(result.stats["train_steps"] / result.stats["train_seconds"], 2)
+        warm = result.stats["step_seconds"][1:]  # the first step pays for CUDA and kernel warm-up
+        if warm:
+            result.steps_per_second = round(1 / statistics.median(warm), 2)
         if result.stats["peak_cuda_bytes"] is not None:
             result.peak_cuda_mib = round(result.stats["peak_cuda_bytes"] / 2**20, 1)
         if result.stats["backbone_dtypes"] != [expected_backbone]:

@@ -13,6 +13,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from transformers import get_scheduler
 from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -203,3 +204,13 @@ class SoftPromptModule(L.LightningModule):
                                   num_warmup_steps=int(schedule["warmup_steps"]),
                                   num_training_steps=int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        # Lightning's FSDP precision refuses norm clipping; FSDP's own clip_grad_norm_ takes the norm
+        # over every shard, so trainer.gradient_clip_val means the same under FSDP as elsewhere.
+        sharded = self.trainer.strategy.model
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and isinstance(sharded, FSDP):
+            sharded.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
