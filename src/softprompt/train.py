@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from softprompt.artifacts import ARTIFACT_DIR, save_artifact
 from softprompt.backbones.cache import BACKBONES
 from softprompt.backbones.families import FAMILY_ADAPTERS
+from softprompt.backbones.loading import Backbone
 from softprompt.checkpointing import ValidationHistory, resume_checkpoint
 from softprompt.config_checks import check_config
 from softprompt.config_dir import config_dir
@@ -108,6 +110,42 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
 
 
+@dataclass
+class Job:
+    """What a run trains: the frozen backbone, the data and the method module."""
+
+    backbone: Backbone
+    datamodule: PromptDataModule
+    module: SoftPromptModule
+
+
+def build_job(plain: dict[str, Any], cache_dir: Path) -> Job:
+    """Backbone, DataModule (set up) and method module from a resolved, checked job config."""
+    seed = int(plain["seed"])
+    method = plain["method"]
+    backbone = BACKBONES.get_for_job(plain, cache_dir)  # the dtype trainer.precision implies
+    # Seeded after loading, so a job draws the same numbers whether its backbone was loaded or reused.
+    L.seed_everything(seed, workers=True)
+    adapter = FAMILY_ADAPTERS[backbone.family]
+    if plain["data"]["padding_side"] == "left" and not adapter.supports_left_padding:
+        raise ConfigError("data.padding_side", "left", f"{backbone.family} backbones need right padding")
+    template = prompt_template(method, plain["task"]["template"])
+    datamodule = PromptDataModule(plain["task"], plain["data"], plain["cv"], template, backbone.tokenizer,
+                                  cache_dir, seed,
+                                  num_demonstrations=int(method.get("num_demonstrations") or 0),
+                                  demonstration_separator=str(method.get("demonstration_separator", "\n\n")),
+                                  answer_token_id=adapter.answer_token_id(backbone.tokenizer),
+                                  answer_must_end=adapter.answer_is_next_token)
+    objective = build_objective(plain["task"], adapter, backbone.tokenizer, backbone.hidden_size)  # before tokenising
+    token_ids = getattr(objective, "label_token_ids", [])  # generation tasks have no label words
+    datamodule.setup()
+    module = build_method(method, backbone=backbone, objective=objective, optimizer=plain["optimizer"],
+                          dropout=bool(plain["backbone"]["dropout"]),
+                          init_context=lambda: build_init_context(method, seed, backbone, datamodule,
+                                                                  token_ids))
+    return Job(backbone, datamodule, module)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The whole job; returns the metrics.json content."""
     started = time.perf_counter()
@@ -121,27 +159,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return json.loads(finished.read_text())
     resume_from = resume_checkpoint(plain["ckpt_path"], output_dir)
 
-    method = plain["method"]
-    backbone = BACKBONES.get_for_job(plain, cache_dir)  # the dtype trainer.precision implies
-    # Seeded after loading, so a job draws the same numbers whether its backbone was loaded or reused.
-    L.seed_everything(int(cfg.seed), workers=True)
-    adapter = FAMILY_ADAPTERS[backbone.family]
-    if plain["data"]["padding_side"] == "left" and not adapter.supports_left_padding:
-        raise ConfigError("data.padding_side", "left", f"{backbone.family} backbones need right padding")
-    template = prompt_template(method, plain["task"]["template"])
-    datamodule = PromptDataModule(plain["task"], plain["data"], plain["cv"], template, backbone.tokenizer,
-                                  cache_dir, int(cfg.seed),
-                                  num_demonstrations=int(method.get("num_demonstrations") or 0),
-                                  demonstration_separator=str(method.get("demonstration_separator", "\n\n")),
-                                  answer_token_id=adapter.answer_token_id(backbone.tokenizer),
-                                  answer_must_end=adapter.answer_is_next_token)
-    objective = build_objective(plain["task"], adapter, backbone.tokenizer, backbone.hidden_size)  # before tokenising
-    token_ids = getattr(objective, "label_token_ids", [])  # generation tasks have no label words
-    datamodule.setup()
-    module = build_method(method, backbone=backbone, objective=objective, optimizer=plain["optimizer"],
-                          dropout=bool(cfg.backbone.dropout),
-                          init_context=lambda: build_init_context(method, int(cfg.seed), backbone, datamodule,
-                                                                  token_ids))
+    job = build_job(plain, cache_dir)
+    backbone, datamodule, module = job.backbone, job.datamodule, job.module
+    objective = module.objective
     fingerprint_start = module.record_backbone_fingerprint()
     keep_frozen_out_of_ddp(module)
     trainable, total, folded = module.num_trainable_params(), backbone.total_params(), module.num_folded_params()
@@ -179,7 +199,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "best_step": int(val["step"]),
         "best_checkpoint": best_path,
         "wall_seconds": round(time.perf_counter() - started, 3),
-        "method_config": method,
+        "method_config": plain["method"],
         "tags": list(cfg.get("tags") or []),
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
     }
