@@ -11,7 +11,8 @@ the dtypes of the frozen backbone and of the trainable tensors. A check passes w
 0, metrics.json has finite losses, and the dtypes are the ones `softprompt.precision` promises.
 
 Prints one line per check (name, ok/FAILED, process wall seconds, train steps/s from the median step
-after the first, peak CUDA MiB, val and test metrics). Exit status: 0 when every check passed, 1 when one failed, 2 when no CUDA GPU is there.
+after the first, peak CUDA MiB, val and test metrics). Exit status: 0 when every check passed, 1 when
+one failed, 2 when no CUDA GPU is there.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from conftest import local_task_overrides
 from softprompt.benchmark import main
 
 RUNNERS = ["ours (Trainer)", "ours (loop)", "PEFT", "frozen forward"]
+GROUPED = "ours (loop, length-grouped)"
 
 
 def test_smoke_every_runner_on_both_kinds_of_data(tmp_path, local_task_files, capsys):
@@ -24,6 +25,7 @@ def test_smoke_every_runner_on_both_kinds_of_data(tmp_path, local_task_files, ca
     expected = {(data, method, runner) for data in ("synthetic", "real") for method in ("prompt_tuning", "p_tuning_v2")
                 for runner in RUNNERS}
     expected |= {(data, "prompt_tuning", "full fine-tuning") for data in ("synthetic", "real")}  # first group only
+    expected |= {("real", method, GROUPED) for method in ("prompt_tuning", "p_tuning_v2")}
     assert set(rows) == expected
     for (data, method, runner), row in rows.items():
         assert len(row["seconds"]) == 2 and all(s > 0 for s in row["seconds"])

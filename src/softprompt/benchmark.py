@@ -19,7 +19,9 @@ B, C, ...), so machine drift hits every runner alike; the first `--warmup` round
 
 Data: `synthetic` is fixed-length random tokens (`--seq-len` plus the virtual tokens); `real` is the
 task's training split as the DataModule serves it (shuffled, padded per batch). PEFT gets the very
-same batches, minus our placeholder columns for virtual tokens (PEFT adds its own).
+same batches, minus our placeholder columns for virtual tokens (PEFT adds its own). On real data one
+more runner, ours (loop, length-grouped), trains on the same epoch with `data.group_by_length=true`
+(other examples per batch, less padding); tokens/s counts real tokens, so it shows the gain.
 
 Memory: the peak a step adds on top of what was resident before it (CPU: resident set size sampled
 every 2 ms after returning freed memory to the OS; CUDA: `max_memory_allocated`), so runners that
@@ -56,6 +58,7 @@ class Runner:
 
     name: str
     step: Callable[[dict], None]
+    batches: list[dict] | None = None  # its own batches (else the group's)
     seconds: list[float] = field(default_factory=list)
     peak_mib: list[float] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
@@ -293,8 +296,10 @@ def synthetic_batches(job: Any, plain: dict, count: int, batch_size: int, seq_le
     return batches
 
 
-def real_batches(job: Any, count: int) -> list[dict]:
-    """The first `count` training batches as a run sees them (the seeded shuffle, padding per batch)."""
+def real_batches(job: Any, count: int, group_by_length: bool = False) -> list[dict]:
+    """The first `count` training batches as a run sees them (the seeded shuffle, padding per batch),
+    with or without `data.group_by_length`."""
+    job.datamodule.data_cfg["group_by_length"] = group_by_length
     loader = iter(job.datamodule.train_dataloader())
     batches = []
     for _ in range(count):
@@ -348,7 +353,8 @@ def trainer_runner(job: Any, plain: dict, batches: list[dict], others: list[Runn
         def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                                  batch_idx: int) -> None:
             for other in others:
-                timed(other, batches[batch_idx], probe, tokens(batches[batch_idx]), batch_idx >= warmup)
+                own = (other.batches or batches)[batch_idx]
+                timed(other, own, probe, tokens(own), batch_idx >= warmup)
             state["memory"] = probe.measure()
             state["peak"] = state["memory"].__enter__()
             if probe.cuda:
@@ -414,13 +420,18 @@ def bench_method(method: str, data: str, args: argparse.Namespace, out: Path, wi
     job.module.to(device)
     clip = plain["trainer"].get("gradient_clip_val")
     count = args.warmup + args.steps
+    others = [our_loop_runner(job, plain, clip)]
     if data == "synthetic":
         batches = synthetic_batches(job, plain, count, args.batch_size, args.seq_len, int(plain["seed"]))
     else:
+        grouped = our_loop_runner(job, plain, clip)
+        grouped.name = "ours (loop, length-grouped)"
+        grouped.batches = [to_device(b, device) for b in real_batches(job, count, group_by_length=True)]
+        others.append(grouped)
         batches = real_batches(job, count)
     batches = [to_device(b, device) for b in batches]
     probe = MemoryProbe(device)
-    others = [our_loop_runner(job, plain, clip), peft_runner(job, plain, clip, device), frozen_forward_runner(job)]
+    others += [peft_runner(job, plain, clip, device), frozen_forward_runner(job)]
     if with_full_ft:
         others.append(full_finetuning_runner(job, plain, clip, device))
 

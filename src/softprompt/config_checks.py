@@ -90,6 +90,9 @@ def check_data(data: Mapping) -> None:
     require_positive_int("data.eval_batch_size", data.get("eval_batch_size"))
     if data.get("padding_side") not in ("left", "right"):
         raise ConfigError("data.padding_side", data.get("padding_side"), "allowed: left, right")
+    if not isinstance(data.get("group_by_length"), bool):
+        raise ConfigError("data.group_by_length", data.get("group_by_length"), "allowed: true, false")
+    require_positive_int("data.length_group_batches", data.get("length_group_batches"))
     for role, limit in (data.get("max_samples") or {}).items():
         if role not in ("train", "validation", "test"):
             raise ConfigError(f"data.max_samples.{role}", limit, "allowed keys: train, validation, test")

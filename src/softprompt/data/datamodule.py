@@ -177,7 +177,11 @@ class PromptDataModule(L.LightningDataModule):
         }
         dataset = self.splits[role].with_format(None)
         if shuffle:
-            sampler = ShuffledShardSampler(len(dataset), self.seed, num_replicas, rank)
+            grouping = {}
+            if self.data_cfg.get("group_by_length"):
+                grouping = {"lengths": [len(ids) for ids in self.splits[role]["input_ids"]],
+                            "batch_size": int(batch_size), "group_batches": int(self.data_cfg["length_group_batches"])}
+            sampler = ShuffledShardSampler(len(dataset), self.seed, num_replicas, rank, **grouping)
             return ResumableLoader(dataset, sampler=sampler, **options)
         # Scores do not depend on batch-mates, and predictions carry their row index back to dataset order.
         lengths = [len(ids) for ids in self.splits[role]["input_ids"]]

@@ -2,7 +2,10 @@
 
 Training visits a seeded permutation per epoch (seed + epoch). Process r of W takes every W-th index
 of it, so W processes at batch B see, step by step, the same examples as one process at batch W*B:
-a multi-process run reproduces a one-process run with the same global batch. Evaluation visits
+a multi-process run reproduces a one-process run with the same global batch. With length grouping
+(`data.group_by_length`), each window of the permutation is sorted by length and cut into global
+batches, whose order is then shuffled: batches pad to similar lengths, and every example is still
+visited once per epoch. Evaluation visits
 examples longest first (each batch pads to similar lengths); each process takes its share without
 padding, and torchmetrics sums the shares exactly.
 """
@@ -19,8 +22,12 @@ from torch.utils.data import DataLoader, Sampler
 class ShuffledShardSampler(Sampler[int]):
     """This process's share of a seeded per-epoch permutation; can start part-way into an epoch."""
 
-    def __init__(self, size: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(self, size: int, seed: int, num_replicas: int = 1, rank: int = 0,
+                 lengths: Sequence[int] | None = None, batch_size: int = 1, group_batches: int = 50) -> None:
         self.size, self.seed, self.num_replicas, self.rank = size, seed, num_replicas, rank
+        self.lengths = lengths  # given: group by length, `group_batches` global batches per window
+        self.global_batch = batch_size * num_replicas
+        self.group_batches = group_batches
         self.epoch = 0
         self._resume: tuple[int, int] | None = None  # (epoch, indices to skip) after a restore
 
@@ -33,9 +40,24 @@ class ShuffledShardSampler(Sampler[int]):
         self._resume = (epoch, skip)
 
     def epoch_indices(self) -> list[int]:
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        if self.lengths is not None:
+            order = self._grouped(order, generator)
         usable = self.size - self.size % self.num_replicas  # equal shares: every process steps together
         return order[:usable][self.rank::self.num_replicas]
+
+    def _grouped(self, order: list[int], generator: torch.Generator) -> list[int]:
+        """Windows of the permutation sorted longest first, cut into global batches, batches shuffled."""
+        window = self.global_batch * self.group_batches
+        lengths = self.lengths
+        ranked = [i for start in range(0, len(order), window)
+                  for i in sorted(order[start:start + window], key=lambda i: -lengths[i])]
+        batches = [ranked[start:start + self.global_batch] for start in range(0, len(ranked), self.global_batch)]
+        # The short last batch keeps its place at the end, as in the ungrouped order.
+        full = len(ranked) // self.global_batch
+        shuffled = [batches[i] for i in torch.randperm(full, generator=generator).tolist()] + batches[full:]
+        return [i for batch in shuffled for i in batch]
 
     def __iter__(self) -> Iterator[int]:
         indices = self.epoch_indices()
