@@ -106,6 +106,7 @@ class CheckResult:
     test: dict[str, float] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    stderr_tail: list[str] = field(default_factory=list)
 
 
 def _finite(metrics: dict[str, Any]) -> bool:
@@ -117,6 +118,7 @@ def run_check(name: str, overrides: list[str], expected_backbone: str, run_dir: 
     command = [sys.executable, "-m", "softprompt.train", *overrides, f"hydra.run.dir={run_dir}",
                f"+callbacks.gpu_check={{_target_: gpu_check.stats_callback, path: '{stats_path}'}}"]
     env = dict(os.environ)
+    env["HYDRA_FULL_ERROR"] = "1"  # a failed check keeps its whole traceback (CheckResult.stderr_tail)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent), env.get("PYTHONPATH")]))
     started = time.perf_counter()
     try:
@@ -128,6 +130,7 @@ def run_check(name: str, overrides: list[str], expected_backbone: str, run_dir: 
     if returncode != 0:
         lines = [line for line in stderr.splitlines() if line.strip()]
         result.problems.append(f"exit status {returncode}: {lines[-1] if lines else 'no output'}")
+        result.stderr_tail = lines[-40:]
     metrics_path = run_dir / "metrics.json"
     if metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text())
@@ -162,7 +165,8 @@ def table_line(result: CheckResult) -> str:
     peak = f"{result.peak_cuda_mib:.0f}" if result.peak_cuda_mib is not None else "-"
     line = (f"{result.name:<28} {'ok' if result.ok else 'FAILED':<6} {result.wall_seconds:>7.1f} {rate:>8} "
             f"{peak:>9}  val {_metrics_text(result.val)} | test {_metrics_text(result.test)}")
-    return line + "".join(f"\n    {problem}" for problem in result.problems)
+    trace = "".join(f"\n      | {text}" for text in result.stderr_tail[-8:])  # the traceback's end
+    return line + "".join(f"\n    {problem}" for problem in result.problems) + trace
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
