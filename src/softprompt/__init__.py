@@ -7,14 +7,16 @@ from typing import TYPE_CHECKING
 from softprompt.resolvers import register as _register_resolvers
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from os import PathLike
 
     import torch
 
     from softprompt.artifacts import Predictor
+    from softprompt.mixed_prompts import MixedPredictor
 
 __version__ = "0.1.0"
-__all__ = ["load"]
+__all__ = ["load", "load_many"]
 _register_resolvers()
 
 
@@ -25,3 +27,13 @@ def load(path: str | PathLike, force: bool = False, cache_dir: str | PathLike | 
     from softprompt.artifacts import load as load_artifact
 
     return load_artifact(path, force=force, cache_dir=cache_dir, device=device)
+
+
+def load_many(paths: Sequence[str | PathLike] | Mapping[str, str | PathLike], force: bool = False,
+              cache_dir: str | PathLike | None = None, device: str | torch.device = "cpu",
+              batch_size: int | None = None) -> MixedPredictor:
+    """Several trained prompts on one frozen backbone, each input row with its own prompt (a list of paths,
+    named by index, or {name: path}); see `softprompt.mixed_prompts.load_many`."""
+    from softprompt.mixed_prompts import load_many as load_mixed
+
+    return load_mixed(paths, force=force, cache_dir=cache_dir, device=device, batch_size=batch_size)

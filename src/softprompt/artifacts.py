@@ -110,12 +110,17 @@ def artifact_spec(module: SoftPromptModule, job: Mapping[str, Any], summary: Map
 def save_artifact(directory: str | Path, module: SoftPromptModule, job: Mapping[str, Any],
                   summary: Mapping[str, Any], backbone: Backbone, demonstration_ids: Sequence[int] = ()) -> Path:
     """Write softprompt.safetensors and softprompt.json into `directory`; returns the directory."""
-    directory = Path(directory)
     tensors = folded_tensors(module)
-    spec = artifact_spec(module, job, summary, backbone, demonstration_ids, tensors)
+    return write_artifact(directory, tensors, artifact_spec(module, job, summary, backbone, demonstration_ids,
+                                                            tensors))
+
+
+def write_artifact(directory: str | Path, tensors: Mapping[str, torch.Tensor], spec: Mapping[str, Any]) -> Path:
+    """softprompt.safetensors (`tensors`, contiguous) and softprompt.json (`spec`) in `directory`."""
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, directory / TENSORS_FILE,
-              metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION), "method": module.method_name})
+    save_file({key: t.contiguous() for key, t in tensors.items()}, directory / TENSORS_FILE,
+              metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION), "method": spec["method"]["name"]})
     (directory / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
     return directory
 
@@ -265,19 +270,19 @@ class Predictor:
     def examples(self, texts: Sequence[str | Mapping[str, Any]]) -> list[dict[str, str]]:
         """Inputs as the template's fields: a string fills the single text field; a dict gives each field by
         its name or its dataset column (`task.columns`), or by `text` when there is one field."""
+        return [self.example(item, index) for index, item in enumerate(texts)]
+
+    def example(self, item: str | Mapping[str, Any], index: int) -> dict[str, str]:
+        """One input as the template's fields (see `examples`); `index` names it in errors."""
+        if isinstance(item, str):
+            if len(self.text_fields) != 1:
+                raise ArtifactError(f"input {index} is a string, but task {self.task['name']} has the text "
+                                    f"fields {self.text_fields}: give a dict with each")
+            item = {self.text_fields[0]: item}
+        if not isinstance(item, Mapping):
+            raise ArtifactError(f"input {index} is a {type(item).__name__}; give a string or a dict")
         columns = self.task.get("columns") or {}
-        examples = []
-        for index, item in enumerate(texts):
-            if isinstance(item, str):
-                if len(self.text_fields) != 1:
-                    raise ArtifactError(f"input {index} is a string, but task {self.task['name']} has the text "
-                                        f"fields {self.text_fields}: give a dict with each")
-                item = {self.text_fields[0]: item}
-            if not isinstance(item, Mapping):
-                raise ArtifactError(f"input {index} is a {type(item).__name__}; give a string or a dict")
-            examples.append({field: str(self._field(item, field, columns.get(field), index))
-                             for field in self.text_fields})
-        return examples
+        return {field: str(self._field(item, field, columns.get(field), index)) for field in self.text_fields}
 
     def _field(self, row: Mapping[str, Any], field: str, column: str | None, index: int) -> Any:
         names = [field, *([column] if column and column != field else []),

@@ -34,6 +34,9 @@ class PrefixKV:
 
     keys: dict[str, list[torch.Tensor]]
     values: dict[str, list[torch.Tensor]]
+    # (batch, prefix_len) bool: which prefix columns each row sees. Mixed-prompt batches pad prefixes of
+    # different lengths (or none) to one width and hide the padding; None = every row sees all of them.
+    visible: torch.Tensor | None = None
 
     def for_module(self, module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
         role = getattr(module, ROLE_ATTRIBUTE, None)
@@ -75,15 +78,26 @@ class KVCapture:
 
 
 def _extend_mask(mask: torch.Tensor | None, module: torch.nn.Module, query: torch.Tensor, key_len: int,
-                 prefix_len: int) -> torch.Tensor | None:
-    """Add always-visible prefix columns in front of the key axis."""
+                 prefix_len: int, visible: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Add prefix columns in front of the key axis: always visible, or per row as `visible` (batch, prefix_len)
+    says."""
+    causal = getattr(module, "is_causal", True)
     if mask is None:
-        if not getattr(module, "is_causal", True):
+        if not causal and visible is None:
             return None  # bidirectional and unpadded: everything is visible already
         q_len = query.shape[2]
-        mask = torch.ones(q_len, key_len, dtype=torch.bool, device=query.device).tril(key_len - q_len)[None, None]
-    visible = True if mask.dtype == torch.bool else 0.0
-    prefix = torch.full((*mask.shape[:-1], prefix_len), visible, dtype=mask.dtype, device=mask.device)
+        mask = torch.ones(q_len, key_len, dtype=torch.bool, device=query.device)
+        mask = (mask.tril(key_len - q_len) if causal else mask)[None, None]
+    if visible is None:
+        fill = True if mask.dtype == torch.bool else 0.0
+        prefix = torch.full((*mask.shape[:-1], prefix_len), fill, dtype=mask.dtype, device=mask.device)
+    else:
+        prefix = visible[:, None, None, :].to(mask.device)
+        if mask.dtype != torch.bool:  # an additive mask: 0 where visible, the dtype's minimum where hidden
+            prefix = torch.zeros((), dtype=mask.dtype, device=mask.device).masked_fill(
+                ~prefix, torch.finfo(mask.dtype).min)
+        shape = (len(visible), *mask.shape[1:-1])
+        mask, prefix = mask.expand(*shape, -1), prefix.expand(*shape, -1)
     return torch.cat([prefix, mask], dim=-1)
 
 
@@ -98,7 +112,7 @@ def _wrap(base: Callable) -> Callable:
         if pair is not None:
             prefix_keys, prefix_values = pair
             batch, length = key.shape[0], prefix_keys.shape[2]
-            attention_mask = _extend_mask(attention_mask, module, query, key.shape[2], length)
+            attention_mask = _extend_mask(attention_mask, module, query, key.shape[2], length, prefix.visible)
             if kwargs.get("position_bias") is not None:  # T5: relative bias; the prefix has no position
                 kwargs["position_bias"] = torch.nn.functional.pad(kwargs["position_bias"], (length, 0))
             key = torch.cat([prefix_keys.to(key.dtype).expand(batch, -1, -1, -1), key], dim=2)

@@ -39,7 +39,8 @@ class FamilyAdapter:
         """Final hidden states of the body (no head); `cache`, if given, is filled for generation.
 
         Position ids count real tokens only (so padding never shifts them), starting at
-        `position_offset` (the prefix length for attention-level prompts, as PEFT places them).
+        `position_offset` (the prefix length for attention-level prompts, as PEFT places them): an int, or a
+        (batch, 1) tensor of per-row offsets in mixed-prompt batches.
         """
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0) + position_offset + cls.position_start(model)
         caching = {"cache": cache, "use_cache": True} if cache is not None else {"use_cache": False}
@@ -186,7 +187,7 @@ class CausalLMAdapter(FamilyAdapter):
         hidden = cls.hidden_states(model, inputs_embeds, attention_mask, position_offset, cache=session.cache,
                                    **attention_kwargs)
         session.rows = {"attention_mask": attention_mask,
-                        "next_position": attention_mask.sum(-1) + position_offset}
+                        "next_position": (attention_mask.sum(-1, keepdim=True) + position_offset)[:, 0]}
         last = hidden[torch.arange(len(answer_index), device=answer_index.device), answer_index]
         return cls.vocab_logits(model, last), session
 

@@ -7,6 +7,13 @@ from collections.abc import Sequence
 import torch
 
 
+def prepend(row: dict, prefix_ids: Sequence[int]) -> dict:
+    """The row with `prefix_ids` (in-context demonstrations) in front; its slots and answer move along."""
+    return {**row, "input_ids": [*prefix_ids, *row["input_ids"]],
+            "slot_ids": [-1] * len(prefix_ids) + list(row["slot_ids"]),
+            "answer_index": len(prefix_ids) + row["answer_index"]}
+
+
 class PadCollator:
     """Pads input_ids/slot_ids on the given side and records where each example's answer sits."""
 
@@ -19,8 +26,7 @@ class PadCollator:
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
         if self.prefix_ids:
-            rows = [{**r, "input_ids": self.prefix_ids + list(r["input_ids"]),
-                     "slot_ids": [-1] * len(self.prefix_ids) + list(r["slot_ids"])} for r in rows]
+            rows = [prepend(r, self.prefix_ids) for r in rows]
         width = max(len(r["input_ids"]) for r in rows)
         size = len(rows)
         input_ids = torch.full((size, width), self.pad_token_id, dtype=torch.long)
@@ -33,7 +39,7 @@ class PadCollator:
             input_ids[i, start:start + n] = torch.as_tensor(row["input_ids"])
             slot_ids[i, start:start + n] = torch.as_tensor(row["slot_ids"])
             attention_mask[i, start:start + n] = 1
-            answer_index[i] = start + len(self.prefix_ids) + row["answer_index"]
+            answer_index[i] = start + row["answer_index"]
         batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,

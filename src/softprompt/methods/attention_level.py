@@ -45,9 +45,20 @@ def prefix_geometry(model: PreTrainedModel) -> tuple[dict[str, int], int, int]:
     return attention_layers(model), kv_heads, head_dim
 
 
+def prefix_kv(grid: torch.Tensor, roles: Mapping[str, int], visible: torch.Tensor | None = None) -> PrefixKV:
+    """PrefixKV from a (layers, 2, batch or 1, kv_heads, P, head_dim) grid, whose layers are laid out role after
+    role; `visible` (batch, P) marks each row's real prefix columns (mixed-prompt batches), None = all."""
+    keys, values, start = {}, {}, 0
+    for role, count in roles.items():
+        keys[role], values[role] = list(grid[start:start + count, 0]), list(grid[start:start + count, 1])
+        start += count
+    return PrefixKV(keys=keys, values=values, visible=visible)
+
+
 class AttentionLevelPrefix(SoftPromptModule):
     def __init__(self, *, num_virtual_tokens: int, init: str, init_context: InitContext, reparam: str = "mlp",
-                 reparam_hidden: int = 512, zero_init: bool = False, **base) -> None:
+                 reparam_hidden: int = 512, zero_init: bool = False,
+                 initial_state: Mapping[str, torch.Tensor] | None = None, **base) -> None:
         super().__init__(**base)
         enable_prefix_injection(self.backbone)
         self.num_virtual_tokens = self.position_offset = num_virtual_tokens
@@ -56,7 +67,10 @@ class AttentionLevelPrefix(SoftPromptModule):
         roles, kv_heads, head_dim = self.geometry
         layers = sum(roles.values())
         flat = layers * 2 * kv_heads * head_dim
-        if reparam == "mlp":
+        if initial_state is not None:  # init=from_artifact (reparam=none): a trained prompt's folded prefix
+            self.prefix = self._folded_parameter(initial_state, "prefix", (num_virtual_tokens, flat))
+            self.reparam = None
+        elif reparam == "mlp":
             # PEFT's layout: the MLP input is kv_dim wide (the hidden size unless attention is grouped).
             kv_dim = kv_heads * head_dim
             random_init = init if init in RANDOM_INITS else "random_normal"
@@ -85,7 +99,8 @@ class AttentionLevelPrefix(SoftPromptModule):
         return cls(num_virtual_tokens=int(method["num_virtual_tokens"]), init=str(method["init"]),
                    init_context=init_context(), reparam=str(method["reparam"]),
                    reparam_hidden=int(method.get("reparam_hidden") or 0),
-                   zero_init=bool(method.get("zero_init", False)), **common)
+                   zero_init=bool(method.get("zero_init", False)),
+                   initial_state=cls.artifact_state(method, common["backbone"]), **common)
 
     def _fit_mlp_output(self, target: torch.Tensor) -> None:
         """Set the MLP's last layer so its first output is exactly `target` (real words' activations).
@@ -122,16 +137,15 @@ class AttentionLevelPrefix(SoftPromptModule):
         with full_precision(self.prefix_embedding):
             return self.reparam(self.prefix_embedding)
 
-    def attention_kwargs(self) -> dict[str, PrefixKV]:
+    def prefix_grid(self) -> torch.Tensor:
+        """(layers, 2, kv_heads, num_virtual_tokens, head_dim): each layer's key (0) and value (1) prefix."""
         roles, kv_heads, head_dim = self.geometry
-        # (P, L, 2, H, hd) -> (L, 2, 1, H, P, hd): computed once per forward, broadcast over the batch.
         grid = self.flat_prefix().view(self.num_virtual_tokens, sum(roles.values()), 2, kv_heads, head_dim)
-        grid = grid.permute(1, 2, 3, 0, 4).unsqueeze(2)
-        keys, values, start = {}, {}, 0
-        for role, count in roles.items():  # layers are laid out role after role
-            keys[role], values[role] = list(grid[start:start + count, 0]), list(grid[start:start + count, 1])
-            start += count
-        return {PREFIX_KWARG: PrefixKV(keys=keys, values=values)}
+        return grid.permute(1, 2, 3, 0, 4)
+
+    def attention_kwargs(self) -> dict[str, PrefixKV]:
+        # Computed once per forward; a batch axis of 1 broadcasts over the batch.
+        return {PREFIX_KWARG: prefix_kv(self.prefix_grid().unsqueeze(2), self.geometry[0])}
 
     def folded_state(self) -> dict[str, torch.Tensor]:
         return {**super().folded_state(), "prefix": self.flat_prefix().detach().clone()}

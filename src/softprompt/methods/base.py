@@ -21,7 +21,7 @@ from softprompt.backbones import Backbone, fingerprint
 from softprompt.backbones.families import FAMILY_ADAPTERS
 from softprompt.errors import BackboneModifiedError, SoftPromptError
 from softprompt.methods.decoding import DecodingConfig, decode
-from softprompt.methods.init import InitContext
+from softprompt.methods.init import ARTIFACT_INIT, InitContext, artifact_init_state
 from softprompt.methods.objectives import Objective
 from softprompt.methods.scoring import Batch
 
@@ -56,6 +56,11 @@ class SoftPromptModule(L.LightningModule):
     @classmethod
     def from_config(cls, method: Mapping, init_context: Callable[[], InitContext], **common) -> SoftPromptModule:
         return cls(**common)
+
+    @staticmethod
+    def artifact_state(method: Mapping, backbone: Backbone) -> dict[str, torch.Tensor] | None:
+        """init=from_artifact: the trained prompt's folded tensors, checked against this backbone; else None."""
+        return artifact_init_state(method, backbone.model) if method["init"] == ARTIFACT_INIT else None
 
     # -- injection: subclasses override -------------------------------------------------------
     def embed_inputs(self, batch: Batch) -> torch.Tensor:

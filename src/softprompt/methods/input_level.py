@@ -14,22 +14,34 @@ from torch import nn
 
 from softprompt.errors import ConfigError, require_positive_int
 from softprompt.methods.base import SoftPromptModule
-from softprompt.methods.init import InitContext, check_init_settings, initial_embeddings
+from softprompt.methods.init import (
+    InitContext,
+    check_init_settings,
+    initial_embeddings,
+)
 from softprompt.methods.prompt_encoders import ENCODERS, build_prompt_encoder, match_output_std
 from softprompt.methods.scoring import Batch
 from softprompt.precision import full_precision
 
 
+def place_prompts(embeds: torch.Tensor, prompts: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """`embeds` with row `prompts[s]` wherever `slots` holds s >= 0 (-1 keeps the token's embedding)."""
+    return torch.where(slots[..., None] >= 0, prompts[slots.clamp(min=0)], embeds)
+
+
 class InputLevelPrompt(SoftPromptModule):
     def __init__(self, *, num_virtual_tokens: int, init: str, init_context: InitContext, encoder: str = "none",
                  encoder_hidden: int | None = None, encoder_dropout: float = 0.0, match_embedding_std: bool = False,
-                 **base) -> None:
+                 initial_state: Mapping[str, torch.Tensor] | None = None, **base) -> None:
         super().__init__(**base)
         self.num_virtual_tokens = num_virtual_tokens
         self.init = init
         dim = self.backbone.get_input_embeddings().embedding_dim
         # Trainable tensors stay fp32 whatever the backbone dtype; the prompt is cast at injection.
-        self.prompt = nn.Parameter(initial_embeddings(init, num_virtual_tokens, init_context))
+        if initial_state is not None:  # init=from_artifact: a trained prompt's folded tensors
+            self.prompt = self._folded_parameter(initial_state, "prompt", (num_virtual_tokens, dim))
+        else:
+            self.prompt = nn.Parameter(initial_embeddings(init, num_virtual_tokens, init_context))
         self.encoder = build_prompt_encoder(encoder, dim, encoder_hidden or dim, encoder_dropout)
         if self.encoder is not None and match_embedding_std:
             match_output_std(self.encoder, self.prompt, float(init_context.embeddings.float().std()))
@@ -50,7 +62,8 @@ class InputLevelPrompt(SoftPromptModule):
                    init_context=init_context(), encoder=str(method.get("encoder", "none")),
                    encoder_hidden=method.get("encoder_hidden"),
                    encoder_dropout=float(method.get("encoder_dropout") or 0.0),
-                   match_embedding_std=bool(method.get("match_embedding_std", False)), **common)
+                   match_embedding_std=bool(method.get("match_embedding_std", False)),
+                   initial_state=cls.artifact_state(method, common["backbone"]), **common)
 
     def prompt_embeddings(self) -> torch.Tensor:
         """(num_virtual_tokens, hidden), fp32; the encoder runs once per forward, shared by the whole batch."""
@@ -61,9 +74,7 @@ class InputLevelPrompt(SoftPromptModule):
 
     def embed_inputs(self, batch: Batch) -> torch.Tensor:
         embeds = super().embed_inputs(batch)
-        prompts = self.prompt_embeddings().to(embeds.dtype)
-        slots = batch["slot_ids"]
-        return torch.where(slots[..., None] >= 0, prompts[slots.clamp(min=0)], embeds)
+        return place_prompts(embeds, self.prompt_embeddings().to(embeds.dtype), batch["slot_ids"])
 
     def folded_state(self) -> dict[str, torch.Tensor]:
         """The encoder's output: plain embeddings."""

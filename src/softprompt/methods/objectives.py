@@ -183,7 +183,10 @@ class GenerationObjective(Objective):
 
     def generate_texts(self, module: SoftPromptModule, batch: Batch) -> list[str]:
         """The predictions as scored: decoded with the prompt in place, then cut by `DecodingConfig.finish`."""
-        tokens = module.generate(batch, self.decoding, self.eos_token_id)
+        return self.texts(module.generate(batch, self.decoding, self.eos_token_id))
+
+    def texts(self, tokens: Sequence[Sequence[int]]) -> list[str]:
+        """Generated token ids as the predictions are scored: decoded, then cut by `DecodingConfig.finish`."""
         return [self.decoding.finish(text) for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
 
     def end_epoch(self, module: SoftPromptModule, stage: str) -> None:

@@ -31,43 +31,57 @@ class LabelScorer:
 
     def scores(self, batch: Batch, hidden_fn: Callable[[Batch], torch.Tensor], adapter, model) -> torch.Tensor:
         """(batch, num_labels) scores; `hidden_fn` runs the backbone (with the method's prompt)."""
-        device = batch["input_ids"].device
-        tokens, mask, word_label = (t.to(device) for t in (self.word_tokens, self.word_mask, self.word_label))
-        if self.max_word_length == 1:
-            answer_hidden = adapter.answer_hidden(hidden_fn(batch), batch)
-            if self.one_word_per_label:
-                return adapter.row_logits(model, answer_hidden, tokens[:, 0]).float()
-            word_scores = adapter.vocab_log_probs(model, answer_hidden)[:, tokens[:, 0]]
-        else:
-            word_scores = self._multi_token_word_scores(batch, hidden_fn, adapter, model, tokens, mask)
-        return self._aggregate(word_scores, word_label)
+        return self.scores_from_hidden(batch, hidden_fn(self.model_inputs(batch)), adapter, model)
 
-    def _multi_token_word_scores(self, batch, hidden_fn, adapter, model, tokens, mask) -> torch.Tensor:
-        """Append each word's leading tokens after the answer position and score them teacher-forced."""
-        num_words, width = tokens.shape
-        size = len(batch["input_ids"])
+    def model_inputs(self, batch: Batch) -> Batch:
+        """What the backbone reads to score `batch`: the batch itself, or, with multi-token words, each row once
+        per word with the word's leading tokens after the answer position (scored teacher-forced)."""
+        if self.max_word_length == 1:
+            return batch
+        num_words, width = self.word_tokens.shape
         expanded = {key: batch[key].repeat_interleave(num_words, dim=0)
                     for key in ("input_ids", "attention_mask", "slot_ids", "answer_index")}
-        pad = width - 1
         fill = {"input_ids": 0, "attention_mask": 0, "slot_ids": -1}
         for key, value in fill.items():
-            expanded[key] = torch.nn.functional.pad(expanded[key], (0, pad), value=value)
-        word_of_row = torch.arange(num_words, device=tokens.device).repeat(size)
-        row_tokens, row_mask = tokens[word_of_row], mask[word_of_row]
-        offsets = torch.arange(width, device=tokens.device)
-        positions = expanded["answer_index"][:, None] + offsets  # where each word token is predicted
-        rows = torch.arange(len(word_of_row), device=tokens.device)[:, None]
+            expanded[key] = torch.nn.functional.pad(expanded[key], (0, width - 1), value=value)
+        row_tokens, row_mask, positions, rows = self._word_rows(batch)
         fed = row_mask[:, 1:]  # tokens 1.. are fed as inputs at positions answer+1..
         fed_positions = positions[:, 1:]
         expanded["input_ids"][rows.expand_as(fed_positions)[fed], fed_positions[fed]] = row_tokens[:, :-1][fed]
         expanded["attention_mask"][rows.expand_as(fed_positions)[fed], fed_positions[fed]] = 1
-        hidden = hidden_fn(expanded)
+        return expanded
+
+    def scores_from_hidden(self, batch: Batch, hidden: torch.Tensor, adapter, model) -> torch.Tensor:
+        """(batch, num_labels) scores from the backbone's hidden states for `model_inputs(batch)`."""
+        tokens = self.word_tokens.to(hidden.device)
+        if self.max_word_length == 1:
+            answer_hidden = adapter.answer_hidden(hidden, batch)
+            if self.one_word_per_label:
+                return adapter.row_logits(model, answer_hidden, tokens[:, 0]).float()
+            word_scores = adapter.vocab_log_probs(model, answer_hidden)[:, tokens[:, 0]]
+        else:
+            word_scores = self._multi_token_word_scores(batch, hidden, adapter, model)
+        return self._aggregate(word_scores, self.word_label.to(hidden.device))
+
+    def _word_rows(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+        """Per expanded row (example x word): its word's tokens and mask, the positions predicting them, the row."""
+        device = batch["input_ids"].device
+        num_words, width = self.word_tokens.shape
+        word_of_row = torch.arange(num_words, device=device).repeat(len(batch["input_ids"]))
+        row_tokens, row_mask = self.word_tokens.to(device)[word_of_row], self.word_mask.to(device)[word_of_row]
+        answer_index = batch["answer_index"].repeat_interleave(num_words, dim=0)
+        positions = answer_index[:, None] + torch.arange(width, device=device)  # where each word token is predicted
+        return row_tokens, row_mask, positions, torch.arange(len(word_of_row), device=device)[:, None]
+
+    def _multi_token_word_scores(self, batch: Batch, hidden: torch.Tensor, adapter, model) -> torch.Tensor:
+        """Each word's mean token log-probability, teacher-forced (`hidden` is for `model_inputs(batch)`)."""
+        row_tokens, row_mask, positions, rows = self._word_rows(batch)
         safe_positions = positions.clamp(max=hidden.shape[1] - 1)
         gathered = hidden[rows, safe_positions]  # (rows, width, d)
         log_probs = adapter.vocab_log_probs(model, gathered)
         token_log_probs = log_probs.gather(-1, row_tokens[..., None]).squeeze(-1)
         per_word = (token_log_probs * row_mask).sum(-1) / row_mask.sum(-1)
-        return per_word.view(size, num_words)
+        return per_word.view(len(batch["input_ids"]), len(self.word_tokens))
 
     def _aggregate(self, word_scores: torch.Tensor, word_label: torch.Tensor) -> torch.Tensor:
         if self.one_word_per_label:
@@ -86,7 +100,13 @@ class PooledHeadScorer:
         self.head = head
 
     def scores(self, batch: Batch, hidden_fn: Callable[[Batch], torch.Tensor], adapter, model) -> torch.Tensor:
-        hidden = hidden_fn(batch).float()  # pooled and scored in fp32 whatever the backbone's dtype
+        return self.scores_from_hidden(batch, hidden_fn(batch), adapter, model)
+
+    def model_inputs(self, batch: Batch) -> Batch:
+        return batch
+
+    def scores_from_hidden(self, batch: Batch, hidden: torch.Tensor, adapter, model) -> torch.Tensor:
+        hidden = hidden.float()  # pooled and scored in fp32 whatever the backbone's dtype
         mask = batch["attention_mask"].unsqueeze(-1).float()
         pooled = (hidden * mask).sum(1) / mask.sum(1)
         with full_precision(pooled):
