@@ -175,6 +175,29 @@ def test_generation_prompt_reproduces_the_generated_text(headline_files, tmp_pat
         predictor.score(["Shares rose"])
 
 
+def test_fsdp_generation_run_writes_an_artifact_that_reproduces_its_predictions(headline_files, tmp_path):
+    """Two FSDP processes on CPU: prefix tuning (its MLP folded from gathered shards), greedy decoding
+    of different lengths per row, the best checkpoint tested, predictions and artifact from rank 0."""
+    files, out = headline_files, tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "softprompt.train", "trainer=fsdp_cpu", "trainer.devices=2", "backbone=tiny_random",
+         "logger=none", "backbone.random_init.config.tie_word_embeddings=false", "task=bbc_headline",
+         "task.name=local_headlines", "task.source.asset=null",
+         f"task.source.data_files={{train: {files['train']}, validation: {files['validation']}, "
+         f"test: {files['test']}}}", "task.columns={text: pair.body, target: pair.title}", "task.template='{text}'",
+         "task.max_length=64", "task.generation.max_new_tokens=8", "method=prefix_tuning",
+         "method.num_virtual_tokens=3", "method.reparam_hidden=16", "trainer.max_steps=4",
+         "trainer.val_check_interval=2", "data.batch_size=2", "data.eval_batch_size=3", f"hydra.run.dir={out}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["backbone_fingerprint_start"] == summary["backbone_fingerprint_end"]
+    expected = [row["prediction"] for row in read_jsonl(out / "test_predictions.jsonl")]
+    assert len(expected) == len(HEADLINES) and len(set(expected)) > 1  # each test row once, texts differ
+    BACKBONES.clear()
+    assert softprompt.load(out / "prompt").predict([body for _, body in HEADLINES]) == expected
+
+
 def test_fingerprint_mismatch_is_refused_in_one_line_unless_forced(trained, tmp_path, capsys):
     out, summary = trained("prompt_tuning")
     other = tmp_path / "prompt"

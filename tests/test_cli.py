@@ -30,7 +30,7 @@ def test_bad_override_fails_with_one_line_before_training(tmp_path):
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert errors == ["softprompt: error: method.init='glove' is invalid: allowed: random_uniform, "
-                      "random_normal, vocab, text, class_labels"]
+                      "random_normal, vocab, text, class_labels, from_artifact"]
     assert "Traceback" not in result.stderr and not (tmp_path / "run" / "metrics.json").exists()
 
 

@@ -1,5 +1,5 @@
-"""DDP on CPU processes (gloo): one output dir, the same prompt as one process at the same global batch,
-metrics synchronised exactly across uneven shards, and a frozen backbone DDP never touches."""
+"""DDP and FSDP on CPU processes (gloo): one output dir, the same prompt as one process at the same global
+batch, metrics synchronised exactly across uneven shards, and a frozen backbone DDP never touches."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import TINY, local_task_overrides
 from helpers import prompt_module, tiny_backbone
@@ -30,17 +32,19 @@ def train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def last_prompt(run_dir: Path) -> torch.Tensor:
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["global_step"] == 10
+    assert set(state["state_dict"]) == {"prompt"}  # gathered from the shards under FSDP; never the backbone
     return state["state_dict"]["prompt"]
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, make_cfg, local_task_files):
+@pytest.mark.parametrize("preset", ["ddp_cpu", "fsdp_cpu"])
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, make_cfg, local_task_files, preset):
     task = local_task_overrides(local_task_files)
     one = run(make_cfg([*TINY, "callbacks=default", *task, *STEPS, "data.batch_size=8"], output_dir=tmp_path / "one"))
 
     work = tmp_path / "work"
     work.mkdir()
     ddp_dir = tmp_path / "ddp"
-    result = train(["trainer=ddp_cpu", "trainer.devices=2", "backbone=tiny_random", "logger=csv", *task, *STEPS,
+    result = train([f"trainer={preset}", "trainer.devices=2", "backbone=tiny_random", "logger=csv", *task, *STEPS,
                     "data.batch_size=4", f"hydra.run.dir={ddp_dir}"], work)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Starting with 2 processes" in result.stdout + result.stderr
@@ -53,7 +57,11 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, ma
             for run_dir in (ddp_dir, tmp_path / "one")]
     assert len(rows[0]) == 9  # both shares, once each, in dataset order
     assert [(r["row_index"], r["prediction"]) for r in rows[0]] == [(r["row_index"], r["prediction"]) for r in rows[1]]
-    assert ddp["backbone_fingerprint_start"] == ddp["backbone_fingerprint_end"]
+    assert ddp["backbone_fingerprint_start"] == ddp["backbone_fingerprint_end"] == one["backbone_fingerprint_end"]
+    # the artifact holds the whole prompt (FSDP shards gathered), the one the test stage used
+    torch.testing.assert_close(load_file(ddp_dir / "prompt" / "softprompt.safetensors")["prompt"],
+                               load_file(tmp_path / "one" / "prompt" / "softprompt.safetensors")["prompt"],
+                               rtol=0, atol=1e-5)
     # one output dir: the worker ran this job in it (its own log), no second .hydra, nothing in cwd
     assert sorted(p.name for p in ddp_dir.iterdir()) == [".hydra", "checkpoints", "csv", "metrics.json", "prompt",
                                                         "rank1.log", "test_predictions.jsonl", "train.log"]

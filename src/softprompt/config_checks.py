@@ -121,9 +121,12 @@ def check_optimizer(optimizer: Mapping) -> None:
 def check_hardware(trainer: Mapping) -> None:
     """GPU presets on a machine without CUDA fail here in one line, not inside Lightning."""
     accelerator = str(trainer.get("accelerator") or "auto")
-    if uses_fsdp(trainer) and runs_on_cpu(trainer):
-        raise ConfigError("trainer.accelerator", accelerator, "trainer=fsdp needs CUDA GPUs (Lightning's FSDP is "
-                          "GPU-only); on CPU use trainer=ddp_cpu")
+    if uses_fsdp(trainer):
+        on_cpu = runs_on_cpu(trainer)
+        if on_cpu != str(trainer["strategy"].get("_target_", "")).endswith(".CPUFSDPStrategy"):
+            allowed = ("trainer=fsdp runs on CUDA GPUs; on CPU use trainer=fsdp_cpu (gloo processes)" if on_cpu else
+                       "trainer=fsdp_cpu runs on CPU processes only; on GPUs use trainer=fsdp")
+            raise ConfigError("trainer.accelerator", accelerator, allowed)
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError("trainer.accelerator", accelerator, "no CUDA device is visible on this machine; use "
                           "trainer=cpu, or trainer=ddp_cpu for several processes")

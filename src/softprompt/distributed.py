@@ -5,7 +5,7 @@
   job's output dir (the lightning-hydra-template trap). `job_worker_command` builds that command.
 - Frozen backbone tensors are kept out of DDP's initial broadcast, buffer broadcasts and gradient
   all-reduce: only the trainable prompt is synchronised.
-- FSDP wraps each transformer layer.
+- FSDP wraps each transformer layer. `CPUFSDPStrategy` runs Lightning's FSDP over CPU processes.
 """
 
 from __future__ import annotations
@@ -17,7 +17,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
+from torch.distributed.fsdp import (
+    FullOptimStateDictConfig,
+    FullStateDictConfig,
+    FullyShardedDataParallel,
+    StateDictType,
+)
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 
@@ -78,6 +85,79 @@ def transformer_layer_policy() -> Callable[..., bool]:
         return True if recurse else isinstance(module, GradientCheckpointingLayer)
 
     return policy
+
+
+class KeepRootFSDPStrategy(FSDPStrategy):
+    """Lightning's FSDP, with one fix: the root FSDP unit built for `fit` is reused by `validate`/`test`.
+
+    Lightning re-runs strategy setup on the bare LightningModule for every stage; it sees the wrapped
+    layers and does not wrap the root again, so the root's own parameters (embeddings, the prompt) would
+    stay this rank's flat shard in the test stage."""
+
+    _root: FullyShardedDataParallel | None = None
+
+    def _setup_model(self, model: nn.Module) -> nn.Module:
+        if self._root is not None and self._root.module is model:
+            return self._root
+        wrapped = super()._setup_model(model)
+        self._root = wrapped if isinstance(wrapped, FullyShardedDataParallel) else None
+        return wrapped
+
+
+class CPUFSDPStrategy(KeepRootFSDPStrategy):
+    """FSDP over CPU processes (gloo): for tests and laptops, as trainer=ddp_cpu is for DDP.
+
+    torch's FSDP shards on CPU when given `device_id=cpu`; Lightning 2.6 refuses FSDP on CPU and passes
+    no device id, so this strategy wraps the model itself and leaves the rest to Lightning."""
+
+    def _setup_model(self, model: nn.Module) -> nn.Module:
+        if not any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+            model = FullyShardedDataParallel(model, cpu_offload=self.cpu_offload,
+                                             mixed_precision=self.mixed_precision_config,
+                                             sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"),
+                                             **self.kwargs)
+            self.kwargs.pop("auto_wrap_policy", None)  # applied; Lightning would warn that it is ignored
+            self._root = model
+        return super()._setup_model(model)
+
+    # Lightning gathers full state dicts with offload_to_cpu=True; on CPU that "offload" is no copy, and the
+    # state dict would alias storage FSDP frees after gathering (a segfault once a tensor is read).
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        with _full_state_dict_without_offload():
+            return super().lightning_module_state_dict()
+
+    def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
+        with _full_state_dict_without_offload():
+            return super().optimizer_state(optimizer)
+
+    def load_checkpoint(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        with _full_state_dict_without_offload():
+            return super().load_checkpoint(*args, **kwargs)
+
+
+@contextmanager
+def _full_state_dict_without_offload() -> Iterator[None]:
+    import lightning.pytorch.strategies.fsdp as lightning_fsdp
+
+    def context(module: nn.Module, world_size: int, rank0_only: bool = True) -> Any:
+        return FullyShardedDataParallel.state_dict_type(
+            module, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only),
+            FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only))
+
+    original = lightning_fsdp._get_full_state_dict_context
+    lightning_fsdp._get_full_state_dict_context = context
+    try:
+        yield
+    finally:
+        lightning_fsdp._get_full_state_dict_context = original
+
+
+def evaluates_whole_splits(trainer: Any) -> bool:
+    """Under FSDP every forward pass gathers shards from every rank, so ranks must run the same number of
+    forwards (uneven evaluation shares or decoding loops that stop early would deadlock): every rank
+    evaluates the whole split instead. Synced metric states then hold each example once per rank, which
+    leaves every ratio (accuracy, F1, mean loss, ROUGE, BLEU) as it is."""
+    return trainer is not None and isinstance(trainer.strategy, FSDPStrategy) and trainer.world_size > 1
 
 
 def gather_objects(trainer: Any, items: Sequence[Any]) -> list[Any]:

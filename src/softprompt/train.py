@@ -28,7 +28,13 @@ from softprompt.config_checks import check_config
 from softprompt.config_dir import config_dir
 from softprompt.cv_jobs import run_job
 from softprompt.data import PromptDataModule
-from softprompt.distributed import distributed_job, gather_objects, keep_frozen_out_of_ddp, use_job_worker_command
+from softprompt.distributed import (
+    distributed_job,
+    evaluates_whole_splits,
+    gather_objects,
+    keep_frozen_out_of_ddp,
+    use_job_worker_command,
+)
 from softprompt.errors import ConfigError, SoftPromptError
 from softprompt.methods import build_method
 from softprompt.methods.base import SoftPromptModule
@@ -203,13 +209,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "tags": list(cfg.get("tags") or []),
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
     }
-    predictions = gather_objects(trainer, module.test_predictions)  # every process's share of the test set
-    if trainer.is_global_zero:
-        # The module holds the tested (best) checkpoint's tensors: trainer.test(ckpt_path=best) loaded them.
-        # Written before metrics.json, which marks the run finished (resume_sweep).
-        save_artifact(output_dir / ARTIFACT_DIR, module, plain, summary, backbone, datamodule.demonstration_ids)
-        path = write_run_results(output_dir, summary, predictions)
-        log.info("val %s | test %s | wrote %s and %s/", val, test, path, output_dir / ARTIFACT_DIR)
+    predictions = (module.test_predictions if evaluates_whole_splits(trainer)
+                   else gather_objects(trainer, module.test_predictions))  # every process's share of the test set
+    with module.full_trainable_tensors():
+        if trainer.is_global_zero:
+            # The module holds the tested (best) checkpoint's tensors: trainer.test(ckpt_path=best) loaded them.
+            # Written before metrics.json, which marks the run finished (resume_sweep).
+            save_artifact(output_dir / ARTIFACT_DIR, module, plain, summary, backbone, datamodule.demonstration_ids)
+            path = write_run_results(output_dir, summary, predictions)
+            log.info("val %s | test %s | wrote %s and %s/", val, test, path, output_dir / ARTIFACT_DIR)
     return summary
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,16 +151,33 @@ def detect_family(config: PretrainedConfig, requested: str) -> str:
 
 
 def fingerprint(model: nn.Module) -> str:
-    """blake2b over every parameter and persistent buffer, in name order (tied tensors once)."""
+    """blake2b over every parameter and persistent buffer, in name order (tied weights once)."""
+    return fingerprint_state(model.state_dict(keep_vars=True), skip=tied_aliases(model))
+
+
+def fingerprint_state(state: Mapping[str, torch.Tensor], skip: Set[str] = frozenset()) -> str:
+    """`fingerprint` of a model whose state dict is `state` (gathered under FSDP, say); `skip`: its
+    `tied_aliases`."""
     digest = hashlib.blake2b(digest_size=16)
-    seen: set[int] = set()
-    for name, tensor in sorted(model.state_dict(keep_vars=True).items()):
-        key = tensor.data_ptr()
-        if key in seen:
+    for name, tensor in sorted(state.items()):
+        if name in skip:
             continue
-        seen.add(key)
         data = tensor.detach().cpu().contiguous()
         digest.update(name.encode())
         digest.update(str(data.dtype).encode())
         digest.update(data.view(torch.uint8).numpy() if data.numel() else b"")
     return digest.hexdigest()
+
+
+# Wrappers FSDP and activation checkpointing insert into parameter names, and leave out of state dicts.
+WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def tied_aliases(model: nn.Module) -> set[str]:
+    """Names of parameters that are the same tensor as a name sorted before them (tied embeddings)."""
+    names_by_tensor: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        for prefix in WRAPPER_PREFIXES:
+            name = name.replace(prefix, "")
+        names_by_tensor.setdefault(id(param), []).append(name)
+    return {alias for names in names_by_tensor.values() for alias in sorted(names)[1:]}

@@ -20,6 +20,7 @@ from softprompt.data.sampling import ResumableLoader, ShuffledShardSampler, long
 from softprompt.data.sources import LABEL, load_raw_splits, select_and_map
 from softprompt.data.templates import Template, special_tokens_around
 from softprompt.data.verbalizer import label_token_ids, label_words
+from softprompt.distributed import evaluates_whole_splits
 from softprompt.errors import ConfigError
 
 TOKENIZATION_VERSION = 3  # bump when rendering changes, to invalidate cached tokenizations
@@ -162,14 +163,16 @@ class PromptDataModule(L.LightningDataModule):
             table += torch.bincount(flat, minlength=len(table))
         return table
 
-    def _shard(self) -> tuple[int, int]:
-        """(processes, this process's rank): each process loads its own share of every split."""
+    def _shard(self, role: str) -> tuple[int, int]:
+        """(processes, this process's rank): each process loads its own share of a split."""
         trainer = self.trainer
-        return (int(trainer.world_size), int(trainer.global_rank)) if trainer is not None else (1, 0)
+        if trainer is None or (role != "train" and evaluates_whole_splits(trainer)):
+            return 1, 0
+        return int(trainer.world_size), int(trainer.global_rank)
 
     def _loader(self, role: str, shuffle: bool) -> DataLoader:
         batch_size = self.data_cfg["batch_size"] if role == "train" else self.data_cfg["eval_batch_size"]
-        num_replicas, rank = self._shard()
+        num_replicas, rank = self._shard(role)
         options = {
             "batch_size": int(batch_size),
             "num_workers": int(self.data_cfg["num_workers"]),

@@ -7,18 +7,21 @@ A method subclass adds only its trainable tensors and how they enter the frozen 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from torch.distributed.fsdp import FullStateDictConfig, StateDictType
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from transformers import get_scheduler
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from softprompt.backbones import Backbone, fingerprint
 from softprompt.backbones.families import FAMILY_ADAPTERS
+from softprompt.backbones.loading import fingerprint_state, tied_aliases
 from softprompt.errors import BackboneModifiedError, SoftPromptError
 from softprompt.methods.decoding import DecodingConfig, decode
 from softprompt.methods.init import ARTIFACT_INIT, InitContext, artifact_init_state
@@ -26,6 +29,7 @@ from softprompt.methods.objectives import Objective
 from softprompt.methods.scoring import Batch
 
 BACKBONE_PREFIX = "backbone."
+TRAINABLE_KEYS = "softprompt_trainable_keys"  # saved beside the state dict, which FSDP pops on load
 
 
 class SoftPromptModule(L.LightningModule):
@@ -166,13 +170,37 @@ class SoftPromptModule(L.LightningModule):
     def num_trainable_params(self) -> int:
         return sum(p.numel() for p in self.trainable_parameters())
 
+    def sharded_root(self) -> FSDP | None:
+        """The root FSDP unit this module runs in, if any (its ranks each hold a shard of its tensors)."""
+        root = self._trainer.strategy.model if self._trainer is not None else None
+        return root if isinstance(root, FSDP) else None
+
+    def current_backbone_fingerprint(self) -> str:
+        root = self.sharded_root()
+        if root is None:
+            return fingerprint(self.backbone)
+        # Gathered on every rank (a collective), under the names the unwrapped backbone has.
+        config = FullStateDictConfig(offload_to_cpu=self.device.type != "cpu", rank0_only=False)
+        with FSDP.state_dict_type(root, StateDictType.FULL_STATE_DICT, config):
+            state = root.state_dict()
+        return fingerprint_state({k.removeprefix(BACKBONE_PREFIX): v for k, v in state.items()
+                                  if k.startswith(BACKBONE_PREFIX)}, skip=tied_aliases(self.backbone))
+
+    @contextmanager
+    def full_trainable_tensors(self) -> Iterator[None]:
+        """Under FSDP, gather the root unit's own tensors (the prompt, encoders, heads) for folding;
+        every rank must enter. Elsewhere a no-op."""
+        root = self.sharded_root()
+        with FSDP.summon_full_params(root, recurse=False, writeback=False) if root else nullcontext():
+            yield
+
     def record_backbone_fingerprint(self) -> str:
-        self.backbone_fingerprint = fingerprint(self.backbone)
+        self.backbone_fingerprint = self.current_backbone_fingerprint()
         return self.backbone_fingerprint
 
     def verify_backbone_unchanged(self) -> str:
         """Fail loudly if any frozen weight changed since `record_backbone_fingerprint`."""
-        now = fingerprint(self.backbone)
+        now = self.current_backbone_fingerprint()
         if self.backbone_fingerprint is not None and now != self.backbone_fingerprint:
             raise BackboneModifiedError(
                 f"frozen backbone weights changed during the run (fingerprint {self.backbone_fingerprint} -> {now})")
@@ -188,14 +216,25 @@ class SoftPromptModule(L.LightningModule):
         self.verify_backbone_unchanged()
 
     # -- checkpoints: trainable state only -------------------------------------------------------
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items() if not k.startswith(BACKBONE_PREFIX)}
+    def trainable_state_names(self) -> set[str]:
+        """State-dict keys outside the frozen backbone, found without calling the backbone's state_dict
+        (under FSDP that would gather every shard)."""
+        names = {name for name, _ in (*self.named_parameters(recurse=False), *self.named_buffers(recurse=False))}
+        for child_name, child in self.named_children():
+            if child is not self.backbone:
+                names |= {f"{child_name}.{key}" for key in child.state_dict(keep_vars=True)}
+        return names
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = self.trainable_state_dict()
+        # The strategy's state dict (gathered under FSDP), less the frozen backbone.
+        state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(BACKBONE_PREFIX)}
+        checkpoint["state_dict"] = state
+        checkpoint[TRAINABLE_KEYS] = sorted(state)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        expected, found = set(self.trainable_state_dict()), set(checkpoint["state_dict"])
+        # FSDP's strategy loads the state dict and pops it before this hook; the key list saved beside it stays.
+        found = set(checkpoint["state_dict"] if "state_dict" in checkpoint else checkpoint.get(TRAINABLE_KEYS, ()))
+        expected = self.trainable_state_names()
         if expected != found:
             raise SoftPromptError(f"checkpoint does not match method {self.method_name}: "
                                   f"missing {sorted(expected - found)}, unexpected {sorted(found - expected)}")
