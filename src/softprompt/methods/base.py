@@ -180,7 +180,7 @@ class SoftPromptModule(L.LightningModule):
         if root is None:
             return fingerprint(self.backbone)
         # Gathered on every rank (a collective), under the names the unwrapped backbone has.
-        config = FullStateDictConfig(offload_to_cpu=self.device.type != "cpu", rank0_only=False)
+        config = FullStateDictConfig(offload_to_cpu=root.compute_device.type != "cpu", rank0_only=False)
         with FSDP.state_dict_type(root, StateDictType.FULL_STATE_DICT, config):
             state = root.state_dict()
         return fingerprint_state({k.removeprefix(BACKBONE_PREFIX): v for k, v in state.items()
