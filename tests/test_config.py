@@ -101,6 +101,7 @@ def test_experiment_overrides_defaults(make_cfg):
         (["cv.mode=each"], "cv.mode", "allowed: single (one fold per job), all"),
         (["trainer=fsdp", "trainer.accelerator=cpu"], "trainer.accelerator", "on CPU use trainer=fsdp_cpu"),
         (["trainer=fsdp_cpu", "trainer.accelerator=gpu"], "trainer.accelerator", "on GPUs use trainer=fsdp"),
+        (["+trainer.strategy=fsdp"], "trainer.accelerator", "on CPU use trainer=fsdp_cpu"),  # Lightning's alias
         (["cv.mode=all"], "cv.mode", "set cv.num_folds=K"),
         (["+task.verbalizer.neutral=' meh'"], "task.verbalizer.neutral", "labels are ['negative', 'positive']"),
         (["task.labels=[negative,positive,neutral]"], "task.verbalizer.neutral", "every label needs a word"),

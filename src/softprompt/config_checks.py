@@ -16,7 +16,7 @@ from softprompt.errors import ConfigError, require_positive_int
 from softprompt.methods import method_class
 from softprompt.methods.layout import SLOT_LAYOUTS, prompt_template
 from softprompt.methods.objectives import check_objective_config
-from softprompt.precision import check_precision, runs_on_cpu, uses_fsdp
+from softprompt.precision import check_precision, runs_on_cpu, strategy_name, uses_fsdp
 
 
 def check_method(method: Mapping) -> None:
@@ -123,7 +123,7 @@ def check_hardware(trainer: Mapping) -> None:
     accelerator = str(trainer.get("accelerator") or "auto")
     if uses_fsdp(trainer):
         on_cpu = runs_on_cpu(trainer)
-        if on_cpu != str(trainer["strategy"].get("_target_", "")).endswith(".CPUFSDPStrategy"):
+        if on_cpu != strategy_name(trainer).endswith(".CPUFSDPStrategy"):
             allowed = ("trainer=fsdp runs on CUDA GPUs; on CPU use trainer=fsdp_cpu (gloo processes)" if on_cpu else
                        "trainer=fsdp_cpu runs on CPU processes only; on GPUs use trainer=fsdp")
             raise ConfigError("trainer.accelerator", accelerator, allowed)

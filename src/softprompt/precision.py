@@ -50,10 +50,15 @@ def runs_on_cpu(trainer: Mapping[str, Any]) -> bool:
     return accelerator == "cpu"
 
 
-def uses_fsdp(trainer: Mapping[str, Any]) -> bool:
+def strategy_name(trainer: Mapping[str, Any]) -> str:
+    """`trainer.strategy`'s class path (`_target_`) or Lightning alias (`ddp`, `fsdp`); '' when unset."""
     strategy = trainer.get("strategy")
     name = strategy.get("_target_", "") if isinstance(strategy, Mapping) else strategy
-    return "fsdp" in str(name or "").lower()
+    return str(name or "")
+
+
+def uses_fsdp(trainer: Mapping[str, Any]) -> bool:
+    return "fsdp" in strategy_name(trainer).lower()
 
 
 def backbone_dtype(precision: str, dtype: str, fsdp: bool = False) -> str:
