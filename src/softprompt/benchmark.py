@@ -316,21 +316,17 @@ def to_device(batch: dict, device: Any) -> dict:
 
 # -- one method's group ----------------------------------------------------------------------------
 def build_job_for(method: str, args: argparse.Namespace, out: Path) -> tuple[Any, dict]:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
     from softprompt.config_checks import check_config
-    from softprompt.config_dir import config_dir
+    from softprompt.config_dir import compose_train
     from softprompt.train import build_job, resolved_config
 
     overrides = [f"backbone={args.backbone}", f"method={method}",
                  f"method.num_virtual_tokens={args.num_virtual_tokens}", f"data.batch_size={args.batch_size}",
                  f"trainer={args.device}", "trainer.devices=1", "logger=none", "callbacks=none", *args.overrides]
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    cfg = compose_train(overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.paths.output_dir = cfg.hydra.runtime.output_dir = str(out / method)
     HydraConfig.instance().set_config(cfg)

@@ -36,7 +36,7 @@ from softprompt.artifacts import (
 )
 from softprompt.backbones.cache import BACKBONES
 from softprompt.backbones.loading import Backbone, fingerprint
-from softprompt.config_dir import config_dir
+from softprompt.config_dir import compose_train, config_dir
 from softprompt.data.templates import Template, special_tokens_around
 from softprompt.errors import SoftPromptError
 
@@ -294,8 +294,6 @@ def backbone_overrides(backbone: str | None, adapter_config: Mapping[str, Any]) 
 
 def _import_foreign(directory: Path, out: Path, config: Mapping[str, Any], tensor: torch.Tensor, task: str | None,
                     backbone_name: str | None, cache_dir: Path, peft_type: str) -> Path:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
     from softprompt.config_checks import check_backbone, check_method, check_task
@@ -308,12 +306,7 @@ def _import_foreign(directory: Path, out: Path, config: Mapping[str, Any], tenso
     overrides = [f"task={task}", *backbone_overrides(backbone_name, config), *IMPORTED_METHODS[peft_type],
                  f"method.num_virtual_tokens={int(config['num_virtual_tokens'])}", "method.init=random_uniform",
                  f"paths.output_dir='{out}'", f"paths.work_dir='{out}'"]
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            job = OmegaConf.to_container(compose("train", overrides=overrides), resolve=True)
-    finally:
-        GlobalHydra.instance().clear()
+    job = OmegaConf.to_container(compose_train(overrides), resolve=True)
     check_backbone(job["backbone"])
     check_method(job["method"])
     check_task(job["task"], job["method"])
