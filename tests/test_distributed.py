@@ -91,6 +91,7 @@ def test_ddp_ignores_every_frozen_tensor(tmp_path):
         synced = {name for name, _ in module.named_parameters() if name not in ddp.parameters_to_ignore}
         assert synced == {name for name, p in module.named_parameters() if p.requires_grad} == {"prompt"}
         assert all(name in ddp.parameters_to_ignore for name, _ in module.backbone.named_buffers(prefix="backbone"))
+        del ddp  # its reducer holds the process group: free it while the group is alive (else gloo can hang)
     finally:
         torch.distributed.destroy_process_group()
 

@@ -24,6 +24,7 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from softprompt.backbones.assets import WheelAsset, extract_member, prepared_dir
+from softprompt.backbones.checkpointing import checkpoint_in_any_mode
 from softprompt.backbones.gguf_conversion import convert_gguf_to_hf
 from softprompt.backbones.tiny_random import build_tiny_random
 from softprompt.errors import ConfigError
@@ -118,12 +119,16 @@ def freeze(model: nn.Module) -> None:
 
 
 def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
-    """Non-reentrant checkpointing: it needs no input that requires grad, so a frozen backbone works."""
+    """Non-reentrant checkpointing: it needs no input that requires grad, so a frozen backbone works.
+
+    transformers picks the layers (their `gradient_checkpointing` flags); `checkpoint_in_any_mode` makes
+    them recompute in eval mode too, so `backbone.dropout=false` keeps every module in eval mode."""
     settings = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=settings)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=settings)
+    checkpoint_in_any_mode(model)
 
 
 def detect_family(config: PretrainedConfig, requested: str) -> str:

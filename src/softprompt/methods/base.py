@@ -17,9 +17,9 @@ from hydra.utils import instantiate
 from torch.distributed.fsdp import FullStateDictConfig, StateDictType
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from transformers import get_scheduler
-from transformers.modeling_layers import GradientCheckpointingLayer
 
 from softprompt.backbones import Backbone, fingerprint
+from softprompt.backbones.checkpointing import checkpoint_in_any_mode
 from softprompt.backbones.families import FAMILY_ADAPTERS
 from softprompt.backbones.loading import fingerprint_state, tied_aliases
 from softprompt.errors import BackboneModifiedError, SoftPromptError
@@ -154,14 +154,12 @@ class SoftPromptModule(L.LightningModule):
     def train(self, mode: bool = True) -> SoftPromptModule:
         super().train(mode)
         if not self.backbone_dropout:
+            # Every backbone module stays in eval mode: no dropout anywhere, whatever a layer's own body
+            # reads (BART-family layers call dropout(training=self.training) themselves).
             self.backbone.eval()
-            if mode:
-                # transformers checkpoints a layer only while that layer is in training mode. Mark the
-                # checkpointed layers themselves (not their dropout-carrying children) as training, so
-                # gradient checkpointing runs with dropout still off.
-                for module in self.backbone.modules():
-                    if isinstance(module, GradientCheckpointingLayer) and module.gradient_checkpointing:
-                        module.training = True
+        # Checkpointed layers recompute in backward in either mode (idempotent; enable_gradient_checkpointing
+        # already did it, this covers checkpointing switched on through transformers directly).
+        checkpoint_in_any_mode(self.backbone)
         return self
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
