@@ -1,6 +1,7 @@
 """softprompt-report: aggregate the metrics.json files of a sweep into tables, paired tests and plots.
 
-Only metrics.json files are read, so a report never needs the model, the data or the training config.
+Only metrics.json (and failed.json) files are read, so a report never needs the model, the data or the training
+config. Configurations are ranked and chosen on validation; the test metric is only reported for them.
 """
 
 from __future__ import annotations
@@ -20,17 +21,22 @@ import pandas as pd
 from scipy import stats
 
 from softprompt.errors import SoftPromptError
-from softprompt.run_results import CV_METRICS_FILE, FOLD_DIR_PREFIX, METRICS_FILE
+from softprompt.run_results import CV_METRICS_FILE, FAILED_FILE, FOLD_DIR_PREFIX, METRICS_FILE
 from softprompt.wandb_mode import wandb_mode
 
 PROG = "softprompt-report"
 SETTING_KEYS = ("method", "backbone", "task", "num_virtual_tokens", "init", "lr")
 PAIR_KEYS = ("fold", "seed")
 STAGES = ("val", "test")
+RANK_STAGE, REPORT_STAGE = "val", "test"  # choose on validation, report on test
 METHOD_CONFIG = "method_config"
 HYDRA_DIR = ".hydra"
 SIGNIFICANCE = 0.05
-CI_LEVEL = 0.975  # two-sided 95% interval
+INTERVAL_LEVEL = 0.95
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0  # fixed, so the same runs always give the same interval
+INTERVAL = "95% bootstrap interval over folds"
+BOUNDED_METRICS = ("acc", "f1", "bleu", "rouge")  # names (or prefixes: rougeL, rouge1) of metrics in [0, 1]
 SCALAR = (str, int, float, bool, type(None))
 
 
@@ -105,19 +111,31 @@ def _load_run(metrics_path: Path) -> dict[str, Any] | Incomplete:
     return run_record(data, run_dir)
 
 
+def _failure(path: Path) -> str:
+    """`failed: <error> (overrides: a=1 b=2)` from a failed.json, so the job can be fixed and rerun."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"failed (unreadable {FAILED_FILE}: {error})"
+    data = data if isinstance(data, dict) else {}
+    overrides = " ".join(map(str, data.get("overrides") or []))
+    return f"failed: {data.get('error') or 'no error recorded'}" + (f" (overrides: {overrides})" if overrides else "")
+
+
 def _unfinished_cv_job(job_dir: Path, dirnames: Sequence[str], filenames: Sequence[str]) -> Incomplete | None:
     """A cv.mode=all job (folds under fold_<k>/) that stopped before writing its fold mean."""
-    folds = sorted(d for d in dirnames if d.startswith(FOLD_DIR_PREFIX))
     if CV_METRICS_FILE in filenames:
         return None
-    done = [d for d in folds if (job_dir / d / METRICS_FILE).is_file()]
-    return Incomplete(job_dir, f"cv.mode=all job stopped before {CV_METRICS_FILE}; finished folds: "
+    done = [d for d in sorted(dirnames) if d.startswith(FOLD_DIR_PREFIX) and (job_dir / d / METRICS_FILE).is_file()]
+    failed = f"{_failure(job_dir / FAILED_FILE)}; " if FAILED_FILE in filenames else ""
+    return Incomplete(job_dir, f"{failed}cv.mode=all job stopped before {CV_METRICS_FILE}; finished folds: "
                                f"{', '.join(done) or 'none'}")
 
 
 def _scan(root: Path) -> Iterable[tuple[Path, dict[str, Any] | Incomplete]]:
-    """(run dir, run or Incomplete) for every dir under root with metrics.json and every Hydra job folder.
-    A cv.mode=all job is read through its fold dirs, and listed itself only when it did not finish."""
+    """(run dir, run or Incomplete) for every dir under root with metrics.json or failed.json and every Hydra job
+    folder. metrics.json beats a stale failed.json (a retry succeeded). A cv.mode=all job is read through its fold
+    dirs, and listed itself only when it did not finish."""
     for dirpath, dirnames, filenames in os.walk(root):
         run_dir, is_job = Path(dirpath), HYDRA_DIR in dirnames
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -127,6 +145,8 @@ def _scan(root: Path) -> Iterable[tuple[Path, dict[str, Any] | Incomplete]]:
             unfinished = _unfinished_cv_job(run_dir, dirnames, filenames)
             if unfinished:
                 yield run_dir, unfinished
+        elif FAILED_FILE in filenames:
+            yield run_dir, Incomplete(run_dir, _failure(run_dir / FAILED_FILE))
         elif is_job:
             yield run_dir, Incomplete(run_dir, f"no {METRICS_FILE} (job missing or failed)")
 
@@ -177,13 +197,23 @@ def available_metrics(runs: Iterable[Mapping[str, Any]]) -> list[str]:
     return sorted({key for run in runs for key in run if key.split("/", 1)[0] in STAGES and "/" in key})
 
 
-def default_metric(runs: Sequence[Mapping[str, Any]]) -> str:
-    """`test/<primary>` from the runs' selection_metric (val/acc -> test/acc): report what model selection used."""
+def _selection_name(runs: Sequence[Mapping[str, Any]], flag: str) -> str:
+    """`acc` from the runs' selection_metric (`val/acc`); it must be the same for every run."""
     selections = sorted({str(run.get("selection_metric")) for run in runs if run.get("selection_metric")})
     if len(selections) != 1:
-        raise ReportError(f"cannot pick a default metric: runs use selection metrics {selections or 'none'}; "
-                          f"pass --metric, one of: {', '.join(available_metrics(runs))}")
-    return "test/" + selections[0].split("/", 1)[-1]
+        raise ReportError(f"cannot pick a default {flag}: runs use selection metrics {selections or 'none'}; "
+                          f"pass {flag}, one of: {', '.join(available_metrics(runs))}")
+    return selections[0].split("/", 1)[-1]
+
+
+def default_metric(runs: Sequence[Mapping[str, Any]]) -> str:
+    """The reported metric: `test/<selection name>` (val/acc -> test/acc)."""
+    return f"{REPORT_STAGE}/{_selection_name(runs, '--metric')}"
+
+
+def default_rank_by(runs: Sequence[Mapping[str, Any]]) -> str:
+    """The metric configurations are chosen by: the runs' validation selection metric (`val/acc`)."""
+    return f"{RANK_STAGE}/{_selection_name(runs, '--rank-by')}"
 
 
 def parse_group_by(text: str, runs: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -196,27 +226,38 @@ def parse_group_by(text: str, runs: Sequence[Mapping[str, Any]]) -> list[str]:
     return keys
 
 
-def check_metric(metric: str, runs: Sequence[Mapping[str, Any]]) -> str:
-    """--metric must be `stage/name` and present in the runs."""
+def check_metric(metric: str, runs: Sequence[Mapping[str, Any]], flag: str = "--metric") -> str:
+    """--metric / --rank-by must be `stage/name` and present in the runs."""
     allowed = available_metrics(runs)
     if metric not in allowed:
-        raise ReportError(f"unknown metric {metric!r}; allowed: {', '.join(allowed)}")
+        raise ReportError(f"unknown {flag} metric {metric!r}; allowed: {', '.join(allowed)}")
     return metric
+
+
+def metric_range(metric: str) -> tuple[float, float] | None:
+    """(0, 1) for bounded metrics (acc, f1, rouge*, bleu); None for unbounded ones such as losses."""
+    name = metric.rsplit("/", 1)[-1]
+    return (0.0, 1.0) if name.startswith(BOUNDED_METRICS) else None
+
+
+def is_test(metric: str) -> bool:
+    return metric.split("/", 1)[0] == REPORT_STAGE
 
 
 # ---------------------------------------------------------------------------------------------------- statistics
 
 
-def mean_std_ci(values: Sequence[float]) -> tuple[float, float, float]:
-    """Mean, sample std (0 for one value) and t-based 95% CI half-width (NaN below two values)."""
+def bootstrap_interval(values: Sequence[float]) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean. It lies within [min, max] of the values, so a bounded metric's
+    interval never leaves its range (a t interval does, with few folds). NaN below two values."""
     arr = np.asarray(values, dtype=float)
-    if arr.size == 0:
-        return math.nan, math.nan, math.nan
-    if arr.size == 1:
-        return float(arr[0]), 0.0, math.nan
-    std = float(arr.std(ddof=1))
-    ci = float(stats.t.ppf(CI_LEVEL, arr.size - 1) * std / math.sqrt(arr.size))
-    return float(arr.mean()), std, ci
+    if arr.size < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(BOOTSTRAP_SEED)  # fresh per call: the same values always give the same interval
+    means = arr[rng.integers(0, arr.size, size=(BOOTSTRAP_RESAMPLES, arr.size))].mean(axis=1)
+    tail = 50 * (1 - INTERVAL_LEVEL)
+    low, high = np.clip(np.percentile(means, [tail, 100 - tail]), arr.min(), arr.max())  # clip: float rounding
+    return float(low), float(high)
 
 
 def _values(runs: Iterable[Mapping[str, Any]], key: str) -> list[float]:
@@ -264,10 +305,13 @@ def missing_pairs(members: Sequence[Mapping[str, Any]], expected: set[tuple[Any,
 
 def _summary_row(settings: dict[str, Any], members: Sequence[Mapping[str, Any]],
                  metrics: Sequence[str], expected: set[tuple[Any, Any]]) -> dict[str, Any]:
-    """One configuration: n, the folds it lacks, mean/std/CI of every metric, mean cost."""
+    """One configuration: n, the folds it lacks, mean/std/bootstrap interval of every metric, mean cost."""
     row: dict[str, Any] = {**settings, "n": len(members), "missing": missing_pairs(members, expected)}
     for metric in metrics:
-        row[f"{metric}_mean"], row[f"{metric}_std"], row[f"{metric}_ci95"] = mean_std_ci(_values(members, metric))
+        values = _values(members, metric)
+        row[f"{metric}_mean"] = float(np.mean(values)) if values else math.nan
+        row[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0 if values else math.nan
+        row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = bootstrap_interval(values)
     for key in ("trainable_params", "wall_seconds"):
         values = _values(members, key)
         row[f"{key}_mean"] = float(np.mean(values)) if values else math.nan
@@ -275,35 +319,53 @@ def _summary_row(settings: dict[str, Any], members: Sequence[Mapping[str, Any]],
 
 
 def _sort_key(mean: float, metric: str) -> tuple[bool, float]:
-    """Best first (highest, or lowest for a loss), NaN last."""
+    """Best first (highest, or lowest for a loss), NaN (no value to rank by) last."""
     if math.isnan(mean):
         return (True, 0.0)
     return (False, mean if metric.rsplit("/", 1)[-1] == "loss" else -mean)
 
 
-def summarize(runs: Sequence[Mapping[str, Any]], group_by: Sequence[str], metric: str) -> pd.DataFrame:
-    """One row per configuration (runs equal on `group_by`; folds and seeds pooled), best `metric` first,
-    with a paired t-test of the best configuration against each other one."""
+def _ranked(runs: Sequence[Mapping[str, Any]], group_by: Sequence[str], metric: str,
+            rank_by: str) -> list[tuple[list[Mapping[str, Any]], dict[str, Any]]]:
+    """(member runs, summary row) per configuration, best `rank_by` first; the best is tested against each other
+    configuration on `metric`. A configuration without `rank_by` is never chosen."""
     groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
     for run in runs:
         groups.setdefault(tuple(run.get(key) for key in group_by), []).append(run)
-    metrics, expected = available_metrics(runs), expected_pairs(runs)
+    metrics, expected = sorted({*available_metrics(runs), metric, rank_by}), expected_pairs(runs)
     rows = [(members, _summary_row(dict(zip(group_by, key, strict=True)), members, metrics, expected))
             for key, members in groups.items()]
-    rows.sort(key=lambda item: _sort_key(item[1][f"{metric}_mean"], metric))
-    best = rows[0][0]
-    for index, (members, row) in enumerate(rows):
-        row["is_best"] = index == 0
-        row["p_vs_best"], row["pairs_vs_best"] = (math.nan, len(_by_pair(best, metric))) if index == 0 else \
-            paired_test(best, members, metric)
-    return pd.DataFrame([row for _, row in rows])
+    rows.sort(key=lambda item: _sort_key(item[1][f"{rank_by}_mean"], rank_by))
+    best = rows[0][0] if not math.isnan(rows[0][1][f"{rank_by}_mean"]) else None
+    for members, row in rows:
+        row["is_best"] = members is best
+        if best is None or members is best:
+            row["p_vs_best"], row["pairs_vs_best"] = math.nan, len(_by_pair(members, metric)) if best else 0
+        else:
+            row["p_vs_best"], row["pairs_vs_best"] = paired_test(best, members, metric)
+        row["ranked_by"], row["p_vs_best_on"] = rank_by, metric  # so results.csv says what chose and what is tested
+    return rows
 
 
-def best_per(runs: Sequence[Mapping[str, Any]], group_by: Sequence[str], metric: str,
-             keys: Sequence[str]) -> pd.DataFrame:
-    """Best configuration for each value of `keys` (other hyper-parameters chosen by `metric`), for plots."""
-    summary = summarize(runs, list(dict.fromkeys([*keys, *group_by])), metric)
-    return summary.drop_duplicates(subset=list(keys), keep="first")
+def summarize(runs: Sequence[Mapping[str, Any]], group_by: Sequence[str], metric: str,
+              rank_by: str | None = None) -> pd.DataFrame:
+    """One row per configuration (runs equal on `group_by`; folds and seeds pooled), ranked by `rank_by` (None:
+    the runs' validation selection metric), with a paired t-test on `metric` of the best against each other one."""
+    return pd.DataFrame([row for _, row in _ranked(runs, group_by, metric, rank_by or default_rank_by(runs))])
+
+
+def best_per(runs: Sequence[Mapping[str, Any]], group_by: Sequence[str], metric: str, keys: Sequence[str],
+             rank_by: str | None = None) -> pd.DataFrame:
+    """For each value of `keys`, the configuration whose other hyper-parameters are best on `rank_by` (None: the
+    validation selection metric), with its per-run `metric` values (`<metric>_values`) for plots. A choice that
+    needs `rank_by` where no candidate has it is left out rather than made at random."""
+    ranked = _ranked(runs, list(dict.fromkeys([*keys, *group_by])), metric, rank_by or default_rank_by(runs))
+    candidates: dict[tuple[Any, ...], list[tuple[list[Mapping[str, Any]], dict[str, Any]]]] = {}
+    for members, row in ranked:
+        candidates.setdefault(tuple(None if _is_missing(row[k]) else row[k] for k in keys), []).append((members, row))
+    chosen = [{**row, f"{metric}_values": _values(members, metric)} for group in candidates.values()
+              for members, row in group[:1] if len(group) == 1 or not math.isnan(row[f"{row['ranked_by']}_mean"])]
+    return pd.DataFrame(chosen)
 
 
 # ------------------------------------------------------------------------------------------------------ markdown
@@ -322,10 +384,12 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _mean_ci(mean: float, ci: float) -> str:
+def _interval_cell(row: Mapping[str, Any], metric: str) -> str:
+    """`mean [low, high]`; the mean alone for a single run (no interval)."""
+    mean, low, high = (row[f"{metric}_{part}"] for part in ("mean", "ci_low", "ci_high"))
     if _is_missing(mean):
         return "-"
-    return f"{mean:.4f}" if _is_missing(ci) else f"{mean:.4f} ± {ci:.4f}"
+    return f"{mean:.4f}" if _is_missing(low) else f"{mean:.4f} [{low:.4f}, {high:.4f}]"
 
 
 def _p_cell(row: Mapping[str, Any]) -> str:
@@ -338,16 +402,38 @@ def _p_cell(row: Mapping[str, Any]) -> str:
     return f"{p_value:.3g}" + ("*" if p_value < SIGNIFICANCE else "")
 
 
+def ranking_notes(summary: pd.DataFrame, metric: str) -> list[str]:
+    """What chose the configurations and what is only reported; a loud warning when the choice used test data."""
+    rank_by = summary["ranked_by"].iloc[0]
+    reported = "is both ranked on and reported" if rank_by == metric else "is reported for the configuration chosen"
+    if is_test(rank_by):
+        notes = [f"**Ranked by {rank_by} at the user's request: choosing on the test set overestimates the chosen "
+                 f"configuration's score.** {metric} {reported}."]
+    else:
+        notes = [f"Configurations are ranked and chosen by {rank_by} (mean over folds and seeds); "
+                 f"{metric} {reported}, never used to choose."]
+    unranked = int(summary[f"{rank_by}_mean"].isna().sum())
+    if unranked == len(summary):
+        notes.append(f"No configuration has {rank_by} (older metrics.json?): none is chosen, rows are unranked.")
+    elif unranked:
+        notes.append(f"{unranked} configuration(s) had no {rank_by} (older metrics.json?): ranked last, never chosen.")
+    return notes
+
+
 def markdown_table(summary: pd.DataFrame, group_by: Sequence[str], metric: str) -> str:
-    """The results table: settings, n, metric mean ± 95% CI, cost, p vs best."""
+    """The results table: settings, n, ranking metric and reported metric as mean [interval], cost, p vs best."""
+    rank_by = summary["ranked_by"].iloc[0]
     show_missing = bool(summary["missing"].astype(bool).any())  # the column only when a sweep is incomplete
-    header = [*group_by, "n", *(["missing"] if show_missing else []), f"{metric} (mean ± 95% CI)",
-              "trainable params", "wall s", "p vs best"]
+    ranks = "RANKED ON TEST at the user's request" if is_test(rank_by) else "ranks and chooses"
+    shown = [(rank_by, f"{rank_by} ({ranks}): mean [{INTERVAL}]")]
+    shown += [(metric, f"{metric} (reported): mean [{INTERVAL}]")] if metric != rank_by else []
+    header = [*group_by, "n", *(["missing"] if show_missing else []), *(title for _, title in shown),
+              "trainable params", "wall s", f"p vs best (paired t-test on {metric})"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in summary.to_dict("records"):
         params, wall = row["trainable_params_mean"], row["wall_seconds_mean"]
         cells = [*(_cell(row[key]) for key in group_by), str(row["n"]), *([row["missing"]] if show_missing else []),
-                 _mean_ci(row[f"{metric}_mean"], row[f"{metric}_ci95"]),
+                 *(_interval_cell(row, name) for name, _ in shown),
                  "-" if _is_missing(params) else f"{round(params):,}", "-" if _is_missing(wall) else f"{wall:.1f}",
                  _p_cell(row)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -364,105 +450,15 @@ def incomplete_section(incomplete: Sequence[Incomplete], missing: Sequence[str])
 
 
 def markdown_report(collection: Collection, summary: pd.DataFrame, group_by: Sequence[str], metric: str) -> str:
-    """results.md: how to read the table, the table, then the incomplete jobs."""
-    intro = (f"# Sweep results\n\n{len(collection.runs)} runs in {len(summary)} configurations, sorted by {metric}. "
-             f"`p vs best`: paired t-test over shared (fold, seed) pairs; `*` marks p < {SIGNIFICANCE}.")
+    """results.md: what chose and what is reported, how to read the table, the table, then the incomplete jobs."""
+    intro = "\n\n".join([
+        f"# Sweep results\n\n{len(collection.runs)} runs in {len(summary)} configurations.",
+        *ranking_notes(summary, metric),
+        f"Intervals: {INTERVAL} and seeds (percentile bootstrap of the mean, {BOOTSTRAP_RESAMPLES:,} resamples); none "
+        f"for a single run. `p vs best`: paired t-test on {metric} of the chosen configuration against each other one "
+        f"over their shared (fold, seed) pairs; `*` marks p < {SIGNIFICANCE}."])
     table = markdown_table(summary, group_by, metric)
     return f"{intro}\n\n{table}\n\n{incomplete_section(collection.incomplete, missing_lines(summary, group_by))}\n"
-
-
-# --------------------------------------------------------------------------------------------------------- plots
-
-
-def _pyplot() -> Any:
-    """matplotlib on the file-only Agg backend, imported only when plotting."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _errors(frame: pd.DataFrame, metric: str) -> np.ndarray:
-    """95% CI half-widths as error bars; none (0) where a point has a single run."""
-    return frame[f"{metric}_ci95"].fillna(0.0).to_numpy(dtype=float)
-
-
-def _label(value: Any) -> str:
-    return "none" if _is_missing(value) else _cell(value)
-
-
-def _plot_prompt_length(data: pd.DataFrame, metric: str, path: Path) -> None:
-    """Lester et al. Fig. 3 layout: metric vs prompt length, a line per init, a panel per method."""
-    plt = _pyplot()
-    methods = sorted(data["method"].unique(), key=str)
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.5 * len(methods), 3.8), sharey=True, squeeze=False)
-    lengths = data["num_virtual_tokens"].astype(float)
-    log_x = lengths.min() > 0 and lengths.max() / lengths.min() > 10
-    for ax, method in zip(axes[0], methods, strict=True):
-        panel = data[data["method"] == method]
-        for init in sorted(panel["init"].unique(), key=str):
-            line = panel[panel["init"].isna()] if _is_missing(init) else panel[panel["init"] == init]
-            line = line.sort_values("num_virtual_tokens")
-            ax.errorbar(line["num_virtual_tokens"].astype(float), line[f"{metric}_mean"], yerr=_errors(line, metric),
-                        marker="o", capsize=3, label=_label(init))
-        ax.set(title=str(method), xlabel="prompt length (virtual tokens)", xscale="log" if log_x else "linear")
-        ax.legend(title="init", fontsize="small")
-    axes[0][0].set_ylabel(f"{metric} (95% CI)")
-    _save(fig, path)
-
-
-def _plot_methods(data: pd.DataFrame, metric: str, path: Path) -> None:
-    """Bar per method at its best configuration, with 95% CI error bars."""
-    plt = _pyplot()
-    data = data.sort_values(f"{metric}_mean", ascending=False)
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(data)), 3.8))
-    ax.bar([str(m) for m in data["method"]], data[f"{metric}_mean"], yerr=_errors(data, metric), capsize=4)
-    ax.set(ylabel=f"{metric} (95% CI)", title="best configuration per method")
-    ax.tick_params(axis="x", labelrotation=20)
-    _save(fig, path)
-
-
-def _plot_lr(data: pd.DataFrame, metric: str, path: Path) -> None:
-    """Metric vs learning rate (log x), a line per method."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for method in sorted(data["method"].unique(), key=str):
-        line = data[data["method"] == method].sort_values("lr")
-        ax.errorbar(line["lr"].astype(float), line[f"{metric}_mean"], yerr=_errors(line, metric),
-                    marker="o", capsize=3, label=str(method))
-    ax.set(xscale="log", xlabel="learning rate", ylabel=f"{metric} (95% CI)")
-    ax.legend(fontsize="small")
-    _save(fig, path)
-
-
-def _save(fig: Any, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
-
-
-PLOTS = (  # file, x variable, keys each point is the best configuration for, drawer
-    ("metric_vs_prompt_length.png", "num_virtual_tokens", ("method", "init", "num_virtual_tokens"),
-     _plot_prompt_length),
-    ("method_comparison.png", "method", ("method",), _plot_methods),
-    ("metric_vs_lr.png", "lr", ("method", "lr"), _plot_lr),
-)
-
-
-def write_plots(runs: Sequence[Mapping[str, Any]], group_by: Sequence[str], metric: str,
-                out_dir: Path, report: Report) -> None:
-    """Each plot whose x variable has >= 2 distinct values; the others are recorded as skipped, with why."""
-    for filename, x_key, keys, draw in PLOTS:
-        data = best_per(runs, group_by, metric, keys)
-        data = data[data[x_key].notna() & data[f"{metric}_mean"].notna()]
-        distinct = data[x_key].nunique()
-        if distinct < 2:
-            report.skipped.append(f"skipped {filename}: {x_key} has {distinct} distinct value(s), need >= 2")
-            continue
-        draw(data, metric, out_dir / filename)
-        report.plots.append(out_dir / filename)
 
 
 # ------------------------------------------------------------------------------------------------ report and CLI
@@ -471,12 +467,15 @@ def write_plots(runs: Sequence[Mapping[str, Any]], group_by: Sequence[str], metr
 def write_report(collection: Collection, summary: pd.DataFrame, out_dir: Path, group_by: Sequence[str],
                  metric: str) -> Report:
     """results.csv, results.md and the plots the data supports, in out_dir."""
+    from softprompt.report_plots import write_plots  # matplotlib only when drawing; report_plots imports this module
+
     out_dir.mkdir(parents=True, exist_ok=True)
     report = Report()
     summary.to_csv(out_dir / "results.csv", index=False)
     (out_dir / "results.md").write_text(markdown_report(collection, summary, group_by, metric))
     report.written += [out_dir / "results.csv", out_dir / "results.md"]
-    write_plots(collection.runs, group_by, metric, out_dir, report)
+    report.plots, report.skipped = write_plots(collection.runs, group_by, metric, summary["ranked_by"].iloc[0],
+                                               out_dir)
     return report
 
 
@@ -503,7 +502,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "or metrics.json")
     parser.add_argument("--out", type=Path, help="output dir (default: the first PATH, or cwd if it is a file)")
     parser.add_argument("--group-by", help="comma-separated keys (default: the settings that vary)")
-    parser.add_argument("--metric", help="stage/name to rank by (default: test/<selection metric>)")
+    parser.add_argument("--metric", help="stage/name reported for the chosen configurations and paired-tested "
+                        "(default: test/<selection metric>)")
+    parser.add_argument("--rank-by", metavar="STAGE/NAME", help="stage/name that ranks and chooses configurations "
+                        "(default: the runs' validation selection metric, e.g. val/acc; a test metric is flagged "
+                        "as optimistic)")
     parser.add_argument("--wandb", action="store_true", help="also log the table and plots to wandb")
     return parser
 
@@ -516,7 +519,8 @@ def missing_lines(summary: pd.DataFrame, group_by: Sequence[str]) -> list[str]:
 
 def _print_summary(collection: Collection, summary: pd.DataFrame, group_by: Sequence[str], metric: str,
                    report: Report) -> None:
-    """What the user needs on stdout: the table, incomplete jobs and folds (never silent), files, skipped plots."""
+    """What the user needs on stdout: what chose, the table, incomplete jobs and folds (never silent), files."""
+    print("\n".join(ranking_notes(summary, metric)))
     print(markdown_table(summary, group_by, metric))
     print(f"\n{len(collection.runs)} runs collected; {len(collection.incomplete)} incomplete job(s)")
     for job in collection.incomplete:
@@ -535,11 +539,13 @@ def run_report(args: argparse.Namespace) -> Report:
     if not collection.runs:
         raise ReportError(f"no runs found: no readable {METRICS_FILE} under {', '.join(map(str, args.paths))} "
                           f"({len(collection.incomplete)} incomplete job(s)); pass run or sweep dirs")
-    group_by = parse_group_by(args.group_by, collection.runs) if args.group_by else default_group_by(collection.runs)
-    metric = check_metric(args.metric, collection.runs) if args.metric else default_metric(collection.runs)
+    runs = collection.runs
+    group_by = parse_group_by(args.group_by, runs) if args.group_by else default_group_by(runs)
+    metric = check_metric(args.metric, runs) if args.metric else default_metric(runs)
+    rank_by = check_metric(args.rank_by, runs, "--rank-by") if args.rank_by else default_rank_by(runs)
     first = Path(args.paths[0])
     out_dir = args.out or (Path.cwd() if first.is_file() else first)
-    summary = summarize(collection.runs, group_by, metric)
+    summary = summarize(runs, group_by, metric, rank_by)
     report = write_report(collection, summary, out_dir, group_by, metric)
     _print_summary(collection, summary, group_by, metric, report)
     if args.wandb:

@@ -12,6 +12,8 @@ PREDICTIONS_FILE = "test_predictions.jsonl"
 CV_METRICS_FILE = "cv_metrics.json"   # a cv.mode=all job: the mean over its folds (each fold has metrics.json)
 FOLD_DIR_PREFIX = "fold_"             # cv.mode=all: fold k of the job writes under fold_<k>/
 LAST_CHECKPOINT = "checkpoints/last.ckpt"   # the latest training state (ckpt_path=auto resumes from it)
+# A job that raised: {"error": one line, "error_type", "overrides", "job_num"}; removed when the job later succeeds.
+FAILED_FILE = "failed.json"
 
 
 def _plain(value: Any) -> Any:

@@ -16,7 +16,9 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from softprompt.artifacts import ARTIFACT_DIR, save_artifact
@@ -36,6 +38,7 @@ from softprompt.distributed import (
     use_job_worker_command,
 )
 from softprompt.errors import ConfigError, SoftPromptError
+from softprompt.job_failures import clear_failure, one_line, write_failure
 from softprompt.methods import build_method
 from softprompt.methods.base import SoftPromptModule
 from softprompt.methods.init import InitContext
@@ -224,14 +227,32 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the validation selection metric (the fold mean under cv.mode=all), which
-    sweepers such as Optuna optimise."""
+    sweepers such as Optuna optimise.
+
+    A single run that fails exits (status 2 with one line for our errors). A job of a multirun that fails writes
+    failed.json and returns None, so the sweep goes on (job_failures.FailureSummary reports it at the end)."""
     use_job_worker_command()
+    output_dir = Path(cfg.paths.output_dir)
     try:
         with distributed_job():
-            return run_job(cfg, run_and_finish)
-    except SoftPromptError as error:
-        print(f"softprompt: error: {error}", file=sys.stderr)
-        sys.exit(2)
+            score = run_job(cfg, run_and_finish)
+    except Exception as error:
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            if isinstance(error, SoftPromptError):
+                print(f"softprompt: error: {error}", file=sys.stderr)
+                sys.exit(2)
+            raise
+        overrides = list(hydra_cfg.overrides.task)
+        if rank_zero_only.rank == 0:
+            write_failure(output_dir, error, overrides, hydra_cfg.job.get("num"))
+        print(f"softprompt: error: job #{hydra_cfg.job.num} ({' '.join(overrides)}) failed: {one_line(error)}",
+              file=sys.stderr)
+        log.error("job failed; the sweep goes on", exc_info=not isinstance(error, SoftPromptError))
+        return None
+    if rank_zero_only.rank == 0:
+        clear_failure(output_dir)
+    return score
 
 
 def run_and_finish(cfg: DictConfig) -> dict[str, Any]:
