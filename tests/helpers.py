@@ -116,7 +116,7 @@ def template_for(method: str, n: int, task_template: str = "Review: {text}\nSent
 def make_batch(backbone: Backbone, texts: list[str], template: str, padding_side: str = "right",
                labels: list[int] | None = None, max_length: int = 256) -> dict[str, torch.Tensor]:
     parsed = Template.parse(template, ["text"])
-    answer = backbone.tokenizer.mask_token_id if backbone.family == "masked_lm" else None
+    answer = [backbone.tokenizer.mask_token_id] if backbone.family == "masked_lm" else []
     specials = special_tokens_around(backbone.tokenizer)
     rows = []
     for i, text in enumerate(texts):

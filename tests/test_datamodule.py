@@ -44,7 +44,8 @@ def test_truncation_cuts_the_text_and_keeps_the_template_tail(backbone):
     template = Template.parse("[P:3]" + TASK_TEMPLATE, ["text"])
     rendered = template.render({"text": "x" * 500 + "é" * 50}, backbone.tokenizer, 40)
     ids = rendered.input_ids
-    assert len(ids) == 40 == len(rendered.slot_ids)
+    assert rendered.num_text_tokens == 40 and len(ids) == 43 == len(rendered.slot_ids)  # the 3 slots come on top
+    assert rendered.truncated
     assert backbone.tokenizer.decode(ids[-11:]).endswith("\nSentiment:")
 
 

@@ -29,6 +29,8 @@ def test_run_trains_prompt_only_and_writes_metrics(make_cfg, local_task_files):
                 "trainable_params", "total_params", "val", "test", "steps", "wall_seconds"):
         assert key in written
     assert written["trainable_params"] == 3 * 32 and written["steps"] == 4
+    assert written["truncated"] == {"train": 0, "validation": 0, "test": 0}  # short reviews: nothing was cut
+    assert written["split_sizes"]["test"] == {"available": 10, "used": 10}
     assert written["backbone_fingerprint_start"] == written["backbone_fingerprint_end"]
     assert set(written["val"]) >= {"acc", "f1"} and set(written["test"]) >= {"acc", "f1"}
     predictions = [json.loads(line) for line in (out / "test_predictions.jsonl").read_text().splitlines()]
@@ -101,7 +103,8 @@ def test_adafactor_preset_with_warmup_is_what_trains(make_cfg, local_task_files)
     last = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu",
                       weights_only=False)
     state = last["optimizer_states"][0]
-    assert state["param_groups"][0]["initial_lr"] == 0.3 and state["param_groups"][0]["scale_parameter"] is False
+    # Adafactor takes the method preset's lr (prompt tuning: 0.03), as AdamW does
+    assert state["param_groups"][0]["initial_lr"] == 0.03 and state["param_groups"][0]["scale_parameter"] is False
     assert {"exp_avg_sq_row", "exp_avg_sq_col"} <= set(state["state"][0])  # Adafactor's factored moments
     assert last["global_step"] == 4 and last["lr_schedulers"][0]["_last_lr"][0] == 0.0  # linear decay to 0
     assert list(last["state_dict"]) == ["prompt"]

@@ -49,8 +49,8 @@ ARTIFACT_DIR = "prompt"  # in a run's output dir
 TENSORS_FILE = "softprompt.safetensors"
 SPEC_FILE = "softprompt.json"
 # The task config a prediction needs (the data source and splits are left out).
-TASK_KEYS = ("name", "type", "metric", "template", "text_fields", "columns", "labels", "verbalizer", "max_length",
-             "target_prefix", "max_target_length", "generation")
+TASK_KEYS = ("name", "type", "metric", "loss", "template", "text_fields", "columns", "labels", "verbalizer",
+             "max_length", "target_prefix", "max_target_length", "generation")
 # The folded form of every method: no prompt encoder or MLP, and a cheap placeholder init that
 # `load_folded_state` replaces (a data-dependent init such as `vocab` would need the training split).
 PLAIN_FORM = {"encoder": "none", "reparam": "none", "match_embedding_std": False, "zero_init": False}
@@ -145,6 +145,9 @@ def read_spec(directory: Path) -> dict[str, Any]:
     if spec["format_version"] > FORMAT_VERSION:
         raise ArtifactError(f"{directory / SPEC_FILE} has format version {spec['format_version']}; this softprompt "
                             f"reads up to {FORMAT_VERSION}")
+    task = spec.get("task")
+    if isinstance(task, dict) and "loss" not in task:  # written before task.loss existed: those trained this way
+        task["loss"] = "lm" if task.get("type") == "generation" else "verbalizer"
     return spec
 
 

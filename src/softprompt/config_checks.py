@@ -109,13 +109,25 @@ def check_backbone(backbone: Mapping) -> None:
         raise ConfigError("backbone.name_or_path", None, "set a hub id or local path")
 
 
+# transformers.get_scheduler builds these without a warmup, whatever warmup_steps says.
+SCHEDULERS_WITHOUT_WARMUP = ("constant", "reduce_lr_on_plateau", "greedy")
+
+
 def check_optimizer(optimizer: Mapping) -> None:
     if not float(optimizer.get("lr", 0)) > 0:
         raise ConfigError("optimizer.lr", optimizer.get("lr"), "must be > 0")
     allowed = [s.value for s in SchedulerType]
-    name = (optimizer.get("scheduler") or {}).get("name")
+    schedule = optimizer.get("scheduler") or {}
+    name = schedule.get("name")
     if name not in allowed:
         raise ConfigError("optimizer.scheduler.name", name, f"allowed: {', '.join(allowed)}")
+    warmup = schedule.get("warmup_steps")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ConfigError("optimizer.scheduler.warmup_steps", warmup, "must be an integer >= 0")
+    if warmup and name in SCHEDULERS_WITHOUT_WARMUP:
+        raise ConfigError("optimizer.scheduler.warmup_steps", warmup, f"scheduler {name} has no warmup and would "
+                          "ignore it; use optimizer.scheduler.name=constant_with_warmup (or linear, cosine, ...), or "
+                          "warmup_steps=0")
 
 
 def check_hardware(trainer: Mapping) -> None:

@@ -37,7 +37,7 @@ from softprompt.artifacts import (
     read_spec,
 )
 from softprompt.backbones.attention_prefix import PREFIX_KWARG, enable_prefix_injection
-from softprompt.data.collate import PadCollator, prepend
+from softprompt.data.collate import PadCollator, insert_demonstrations
 from softprompt.data.sampling import longest_first_shard
 from softprompt.methods.attention_level import AttentionLevelPrefix, prefix_kv
 from softprompt.methods.base import SoftPromptModule
@@ -174,8 +174,9 @@ class MixedPredictor:
             mine = [i for i, q in enumerate(of_row) if q == p]
             examples = [predictor.example(texts[i], i) for i in mine]
             demonstrations = predictor.datamodule.demonstration_ids
+            after_specials = len(predictor.datamodule.specials[0])
             for i, row in zip(mine, predictor.datamodule.encode(examples), strict=True):
-                rows.append(prepend({**row, "row_index": i}, demonstrations))
+                rows.append(insert_demonstrations({**row, "row_index": i}, demonstrations, after_specials))
         for generation in (False, True):
             group = [r for r in rows if self.predictors[of_row[r["row_index"]]].generation == generation]
             order = longest_first_shard([len(r["input_ids"]) for r in group])

@@ -208,6 +208,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "best_step": int(val["step"]),
         "best_checkpoint": best_path,
         "wall_seconds": round(time.perf_counter() - started, 3),
+        # Examples whose text task.max_length cut, and split sizes before and after data.max_samples.
+        "truncated": datamodule.truncated,
+        "split_sizes": datamodule.split_sizes,
         "method_config": plain["method"],
         "tags": list(cfg.get("tags") or []),
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],

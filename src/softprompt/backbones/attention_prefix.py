@@ -18,10 +18,13 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from softprompt.errors import SoftPromptError
+
 PREFIX_KWARG = "softprompt_prefix"
 CAPTURE_KWARG = "softprompt_capture"
 IMPLEMENTATION = "softprompt_sdpa"  # our registered wrapper of SDPA
 ROLE_ATTRIBUTE = "softprompt_role"
+VERIFIED_ATTRIBUTE = "softprompt_prefix_reaches_every_layer"
 
 
 @dataclass
@@ -129,12 +132,77 @@ def _register() -> str:
     return IMPLEMENTATION
 
 
+class UnreachableAttentionError(SoftPromptError):
+    """A prefix method cannot reach every attention layer of this architecture."""
+
+
+# Config keys holding the layer count of each attention role, in the spellings transformers uses.
+LAYER_COUNT_KEYS = {"self": ("num_hidden_layers",), "encoder": ("encoder_layers", "num_layers"),
+                    "decoder": ("decoder_layers", "num_decoder_layers"),
+                    "cross": ("decoder_layers", "num_decoder_layers")}
+
+
+def configured_layers(model: PreTrainedModel) -> dict[str, int]:
+    """How many attention layers of each role the model's config declares (roles it names a count for)."""
+    config = model.config if model.config.is_encoder_decoder else model.config.get_text_config()
+    roles = ("encoder", "decoder", "cross") if model.config.is_encoder_decoder else ("self",)
+    counts = {}
+    for role in roles:
+        value = next((getattr(config, key) for key in LAYER_COUNT_KEYS[role]
+                      if isinstance(getattr(config, key, None), int)), None)
+        if value is not None:
+            counts[role] = value
+    return counts
+
+
+def reached_layers(model: PreTrainedModel) -> dict[str, set[int]]:
+    """The (role -> layer indices) whose attention call our wrapper sees, from one two-token forward."""
+    capture = KVCapture()
+    ids = torch.zeros((1, 2), dtype=torch.long, device=next(model.parameters()).device)
+    inputs = {"decoder_input_ids": ids} if model.config.is_encoder_decoder else {}
+    with torch.no_grad():
+        model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **inputs,
+                         **{CAPTURE_KWARG: capture})
+    reached: dict[str, set[int]] = {}
+    for role, layer in capture.keys:
+        reached.setdefault(role, set()).add(layer)
+    return reached
+
+
+def check_every_layer_reached(model: PreTrainedModel) -> None:
+    """Refuse an architecture whose attention layers a prefix cannot all reach: a partial (or empty) prefix
+    would train silently. Every layer the config declares must call our wrapper, under its role."""
+    architecture = type(model).__name__
+    expected = configured_layers(model)
+    for role, count in attention_layers(model).items():
+        expected[role] = max(expected.get(role, 0), count)
+    reached = reached_layers(model)
+    missing = {role: sorted(set(range(count)) - reached.get(role, set())) for role, count in expected.items()}
+    missing = {role: layers for role, layers in missing.items() if layers}
+    if not expected or missing:
+        found = ", ".join(f"{len(reached.get(role, ()))} of {count} {role}-attention layers"
+                          for role, count in expected.items()) or "no attention layers"
+        raise UnreachableAttentionError(
+            f"prefix methods cannot serve {architecture}: a key/value prefix must enter every attention layer, and "
+            f"it reaches {found} (missing: {missing or 'all'}); only layers that call transformers' attention "
+            "interface (attn_implementation sdpa/eager) can take a prefix. Use an input-level method (prompt_tuning, "
+            "p_tuning) with this backbone")
+
+
 def enable_prefix_injection(model: PreTrainedModel) -> None:
-    """Switch the model to our wrapper of PyTorch SDPA attention (idempotent).
+    """Switch the model to our wrapper of PyTorch SDPA attention (idempotent), and check once that a prefix
+    reaches every attention layer.
 
     Without a prefix kwarg the wrapper calls the stock SDPA function unchanged. Eager attention is
     model-specific in transformers, so SDPA is the one wrapped for every model.
     """
     attention_layers(model)  # tag every attention module with its role
     if model.config._attn_implementation != IMPLEMENTATION:
-        model.set_attn_implementation(_register())
+        try:
+            model.set_attn_implementation(_register())
+        except (ValueError, ImportError) as error:
+            raise UnreachableAttentionError(f"prefix methods cannot serve {type(model).__name__}: it does not take "
+                                            f"transformers' attention interface ({error})") from None
+    if not getattr(model, VERIFIED_ATTRIBUTE, False):
+        check_every_layer_reached(model)
+        setattr(model, VERIFIED_ATTRIBUTE, True)

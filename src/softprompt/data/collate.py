@@ -7,26 +7,29 @@ from collections.abc import Sequence
 import torch
 
 
-def prepend(row: dict, prefix_ids: Sequence[int]) -> dict:
-    """The row with `prefix_ids` (in-context demonstrations) in front; its slots and answer move along."""
-    return {**row, "input_ids": [*prefix_ids, *row["input_ids"]],
-            "slot_ids": [-1] * len(prefix_ids) + list(row["slot_ids"]),
-            "answer_index": len(prefix_ids) + row["answer_index"]}
+def insert_demonstrations(row: dict, demonstration_ids: Sequence[int], at: int) -> dict:
+    """The row with `demonstration_ids` inserted at position `at` (after its leading special tokens); its slots
+    and answer move along."""
+    ids, slots = list(row["input_ids"]), list(row["slot_ids"])
+    return {**row, "input_ids": [*ids[:at], *demonstration_ids, *ids[at:]],
+            "slot_ids": [*slots[:at], *[-1] * len(demonstration_ids), *slots[at:]],
+            "answer_index": len(demonstration_ids) + row["answer_index"]}
 
 
 class PadCollator:
     """Pads input_ids/slot_ids on the given side and records where each example's answer sits."""
 
     def __init__(self, pad_token_id: int, padding_side: str, prefix_ids: Sequence[int] = (),
-                 target_field: str | None = None) -> None:
+                 target_field: str | None = None, insert_at: int = 0) -> None:
         self.pad_token_id = pad_token_id
         self.padding_side = padding_side
         self.prefix_ids = list(prefix_ids)  # shared by every row (in-context demonstrations)
+        self.insert_at = insert_at  # where they go: after the rows' leading special tokens
         self.target_field = target_field  # generation: the raw target text, kept as the metric reference
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
         if self.prefix_ids:
-            rows = [prepend(r, self.prefix_ids) for r in rows]
+            rows = [insert_demonstrations(r, self.prefix_ids, self.insert_at) for r in rows]
         width = max(len(r["input_ids"]) for r in rows)
         size = len(rows)
         input_ids = torch.full((size, width), self.pad_token_id, dtype=torch.long)

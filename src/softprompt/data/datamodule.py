@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -23,7 +24,9 @@ from softprompt.data.verbalizer import label_token_ids, label_words
 from softprompt.distributed import evaluates_whole_splits
 from softprompt.errors import ConfigError
 
-TOKENIZATION_VERSION = 3  # bump when rendering changes, to invalidate cached tokenizations
+log = logging.getLogger("softprompt")
+
+TOKENIZATION_VERSION = 4  # bump when rendering changes, to invalidate cached tokenizations
 TARGET = "target"  # the field holding a generation task's target text
 
 
@@ -50,6 +53,10 @@ class PromptDataModule(L.LightningDataModule):
         self.num_demonstrations = num_demonstrations
         self.demonstration_separator = demonstration_separator
         self.demonstration_ids: list[int] = []
+        # Per split: examples whose text was cut to fit task.max_length, and sizes before and after
+        # data.max_samples (recorded in metrics.json, so a shrunken validation fold is never silent).
+        self.truncated: dict[str, int] = {}
+        self.split_sizes: dict[str, dict[str, int]] = {}
         self.task, self.data_cfg, self.cv = task, data, cv
         self.template = Template.parse(template, list(task["text_fields"]), key="template")
         if answer_must_end and not self.template.answer_at_end:
@@ -85,31 +92,44 @@ class PromptDataModule(L.LightningDataModule):
             train, validation = tokenized["train"], tokenized["validation"]
         self.splits = {"train": train, "validation": validation, "test": test}
         self.demonstration_ids = self._demonstration_ids()
+        self.split_sizes = {role: {"available": len(split), "used": len(split)} for role, split in self.splits.items()}
         limits = self.data_cfg.get("max_samples") or {}
         for role, limit in limits.items():
             if limit is not None and len(self.splits[role]) > int(limit):
                 order = np.random.default_rng(int(self.cv["seed"])).permutation(len(self.splits[role]))
                 self.splits[role] = self.splits[role].select(np.sort(order[: int(limit)]))
+                self.split_sizes[role]["used"] = int(limit)
+                in_fold = role == "validation" and num_folds
+                where = f"fold {self.cv['fold']} of train" if in_fold else f"the {role} split"
+                log.info("data.max_samples.%s=%s: %s uses %d of the %d examples of %s", role, limit, role, int(limit),
+                         self.split_sizes[role]["available"], where)
+        self.truncated = {role: int(sum(split["truncated"])) for role, split in self.splits.items()}
+        log.info("examples whose text was cut to task.max_length=%s: %s", self.task["max_length"],
+                 ", ".join(f"{role} {n} of {len(self.splits[role])}" for role, n in self.truncated.items()))
 
     def _demonstration_ids(self) -> list[int]:
-        """k solved examples from the training fold (seeded, stratified), shared by every input.
-
-        Each is its rendered (truncated) input followed by its answer: the label word, or the target.
-        """
+        """k solved examples from the training fold (seeded, stratified), shared by every input, each followed by
+        the separator. They go after the query's leading special tokens (see `collator`)."""
         if not self.num_demonstrations:
             return []
         train = self.splits["train"]
         separator = self.tokenizer(self.demonstration_separator, add_special_tokens=False).input_ids
-        leading, trailing = (len(part) for part in self.specials)
         words = None if self.generation else label_token_ids(
             label_words(self.label_names, self.task["verbalizer"]), self.tokenizer)
         ids: list[int] = []
         for i in stratified_sample(self._strata(train), self.num_demonstrations, self.seed):
-            row = train[int(i)]
-            body = row["input_ids"][leading:len(row["input_ids"]) - trailing]
-            answer = row["target_ids"][:-1] if self.generation else words[row[LABEL]][0]
-            ids += body + answer + separator
+            ids += self.solved_example(train[int(i)], words) + separator
         return ids
+
+    def solved_example(self, row: Mapping, words: Sequence[Sequence[Sequence[int]]] | None) -> list[int]:
+        """A demonstration's tokens: the template with the example's answer in place (its label's first word, or
+        its target), within task.max_length like any input; no mask, no virtual-token slots, no special tokens."""
+        max_length = int(self.task["max_length"])
+        if self.generation:
+            text = self.template.render(row, self.tokenizer, max_length, with_slots=False).input_ids
+            return text + self._target_ids(str(row[TARGET]))[:-1]  # the target without its closing eos
+        answer = words[row[LABEL]][0]
+        return self.template.render(row, self.tokenizer, max_length, answer_ids=answer, with_slots=False).input_ids
 
     def _target_ids(self, text: str) -> list[int]:
         """The target's tokens, cut to `task.max_target_length` including the closing eos."""
@@ -120,13 +140,14 @@ class PromptDataModule(L.LightningDataModule):
         """Renders one example (its text fields, and the target when `with_targets` on a generation task)
         into model inputs: the splits are tokenised with it, and so are new inputs at prediction time."""
         template, tokenizer, max_length = self.template, self.tokenizer, int(self.task["max_length"])
-        answer_token_id, specials = self.answer_token_id, self.specials
+        answer_ids = [] if self.answer_token_id is None else [self.answer_token_id]
+        specials = self.specials
         target_ids = self._target_ids if self.generation and with_targets else None
 
         def render(row: Mapping, index: int) -> dict:
-            rendered = template.render(row, tokenizer, max_length, answer_token_id, specials)
+            rendered = template.render(row, tokenizer, max_length, answer_ids, specials)
             out = {"input_ids": rendered.input_ids, "slot_ids": rendered.slot_ids,
-                   "answer_index": rendered.answer_index, "row_index": index}
+                   "answer_index": rendered.answer_index, "row_index": index, "truncated": rendered.truncated}
             if target_ids is not None:
                 out["target_ids"] = target_ids(str(row[TARGET]))
             return out
@@ -135,13 +156,15 @@ class PromptDataModule(L.LightningDataModule):
 
     def encode(self, examples: Sequence[Mapping[str, str]]) -> list[dict]:
         """Model inputs for new examples (dicts with the text fields), rendered as the splits are; no labels or
-        targets. Batch them with `collator()`, which prepends the demonstrations."""
+        targets. Batch them with `collator()`, which inserts the demonstrations."""
         render = self.renderer(with_targets=False)
         return [render(example, index) for index, example in enumerate(examples)]
 
     def collator(self) -> PadCollator:
+        """Pads batches; in-context demonstrations go after the leading special tokens ([CLS], BOS) and before the
+        query, virtual-token slots included: [specials] demonstrations [query with its slots]."""
         return PadCollator(self.tokenizer.pad_token_id, self.data_cfg["padding_side"], self.demonstration_ids,
-                           target_field=TARGET if self.generation else None)
+                           target_field=TARGET if self.generation else None, insert_at=len(self.specials[0]))
 
     def _tokenize(self, dataset: Dataset, role: str) -> Dataset:
         fields = list(self.task["text_fields"])

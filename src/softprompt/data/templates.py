@@ -28,6 +28,12 @@ class Rendered:
     input_ids: list[int]
     slot_ids: list[int]
     answer_index: int  # the mask token (masked LMs) or the last token before the answer (causal LMs)
+    truncated: bool = False  # a text field was cut to fit `max_length`
+
+    @property
+    def num_text_tokens(self) -> int:
+        """The task's own tokens: everything but the virtual-token slots."""
+        return sum(1 for s in self.slot_ids if s < 0)
 
 
 @dataclass(frozen=True)
@@ -78,19 +84,22 @@ class Template:
                        if isinstance(s, str))
 
     def render(self, example: Mapping[str, str], tokenizer: PreTrainedTokenizerBase, max_length: int,
-               answer_token_id: int | None = None, specials: tuple[Sequence[int], Sequence[int]] = ((), ())
-               ) -> Rendered:
-        """Tokenize; the longest field is cut (from its end) until the whole fits in `max_length`.
+               answer_ids: Sequence[int] = (), specials: tuple[Sequence[int], Sequence[int]] = ((), ()),
+               with_slots: bool = True) -> Rendered:
+        """Tokenize; the longest field is cut (from its end) until the task's own tokens fit in `max_length`.
 
-        `answer_token_id` (a mask token) is placed at the answer; `specials` are the tokenizer's own
-        leading and trailing special tokens (e.g. [CLS] / [SEP]).
+        The budget counts specials, template text, fields and `answer_ids` (a mask token, or a solved
+        demonstration's answer word), never the virtual-token slots: an example keeps the same text for every
+        method and prompt length. `specials` are the tokenizer's own leading and trailing special tokens (e.g.
+        [CLS] / [SEP]); `with_slots=False` leaves the slots out (in-context demonstrations).
         """
         values = {name: str(example[name]) for name in self.fields}
+        truncated = False
         for _ in range(_MAX_TRUNCATION_ROUNDS):
-            rendered = self._tokenize(values, tokenizer, answer_token_id, specials)
-            excess = len(rendered.input_ids) - max_length
+            rendered = self._tokenize(values, tokenizer, answer_ids, specials, with_slots)
+            excess = rendered.num_text_tokens - max_length
             if excess <= 0:
-                return rendered
+                return Rendered(rendered.input_ids, rendered.slot_ids, rendered.answer_index, truncated)
             longest = max(self.fields, key=lambda f: len(values[f]))
             if not values[longest]:
                 break
@@ -101,26 +110,26 @@ class Template:
             while 0 < keep < len(offsets) and offsets[keep][0] < offsets[keep - 1][1]:
                 keep -= 1  # byte-level tokens inside one character: never split the character
             values[longest] = values[longest][: offsets[keep - 1][1]] if keep > 0 else ""
-        raise ConfigError("task.max_length", max_length,
-                          f"the template does not fit; it needs {len(rendered.input_ids)} tokens for this example")
+            truncated = True
+        raise ConfigError("task.max_length", max_length, f"the template does not fit; it needs "
+                          f"{rendered.num_text_tokens} tokens of its own for this example")
 
-    def _tokenize(self, values: Mapping[str, str], tokenizer: PreTrainedTokenizerBase, answer_token_id: int | None,
-                  specials: tuple[Sequence[int], Sequence[int]]) -> Rendered:
+    def _tokenize(self, values: Mapping[str, str], tokenizer: PreTrainedTokenizerBase, answer_ids: Sequence[int],
+                  specials: tuple[Sequence[int], Sequence[int]], with_slots: bool) -> Rendered:
         ids: list[int] = list(specials[0])
         slots: list[int] = [-1] * len(ids)
         answer_index = -1
         next_slot = 0
         for segment in self.segments:
             if segment is None:
-                if answer_token_id is None:
-                    answer_index = len(ids) - 1
-                else:
-                    answer_index = len(ids)
-                    ids.append(answer_token_id)
-                    slots.append(-1)
+                # The answer position: the token before the answer, or the first answer token (a mask).
+                answer_index = len(ids) if answer_ids else len(ids) - 1
+                ids.extend(answer_ids)
+                slots.extend([-1] * len(answer_ids))
             elif isinstance(segment, int):
-                ids.extend([tokenizer.pad_token_id] * segment)
-                slots.extend(range(next_slot, next_slot + segment))
+                if with_slots:
+                    ids.extend([tokenizer.pad_token_id] * segment)
+                    slots.extend(range(next_slot, next_slot + segment))
                 next_slot += segment
             else:
                 piece = tokenizer(segment.format(**values), add_special_tokens=False).input_ids

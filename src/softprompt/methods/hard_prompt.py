@@ -1,7 +1,8 @@
 """The hard-prompt baseline: the template and verbalizer only, nothing trainable.
 
-With `method.num_demonstrations=k` the DataModule prepends k solved training examples (seeded,
-stratified), which makes this the few-shot in-context baseline.
+With `method.num_demonstrations=k` the DataModule inserts k solved training examples (seeded,
+stratified; each the template with its answer in place) after the input's leading special tokens,
+which makes this the few-shot in-context baseline.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ class Objective(nn.Module):
     what model selection maximises."""
 
     METRICS: tuple[str, ...] = ()
+    LOSSES: tuple[str, ...] = ()  # task.loss values this objective trains with
 
     def __init__(self, metric: str) -> None:
         super().__init__()
@@ -81,12 +82,17 @@ class ClassificationObjective(Objective):
     """Verbalizer cross-entropy (or a trainable head on encoder families); accuracy and macro-F1."""
 
     METRICS = ("acc", "f1")
+    LOSSES = ("verbalizer", "lm")
 
     def __init__(self, label_token_ids: Sequence[Sequence[Sequence[int]]], adapter: type[FamilyAdapter],
                  hidden_size: int, metric: str = "acc", label_names: Sequence[str] | None = None,
-                 words: Sequence[Sequence[str]] | None = None) -> None:
+                 words: Sequence[Sequence[str]] | None = None, loss: str = "verbalizer") -> None:
         super().__init__(metric)
         adapter.check_label_words(label_token_ids, label_names, words)  # names and words make the error readable
+        if loss == "lm" and adapter.needs_head:
+            raise ConfigError("task.loss", loss, f"a {adapter.family} backbone has no LM head to put a vocabulary "
+                              "loss on (it scores labels with a trained head); use task.loss=verbalizer")
+        self.loss_kind = loss
         self.label_token_ids = label_token_ids
         num_labels = len(label_token_ids)
         if adapter.needs_head:  # trainable, saved with the method's tensors
@@ -99,15 +105,24 @@ class ClassificationObjective(Objective):
     def outputs(self, module: SoftPromptModule, batch: Batch) -> torch.Tensor:
         return self.scorer.scores(batch, module.hidden_states, module.adapter, module.backbone)
 
+    def scores_and_loss(self, module: SoftPromptModule, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Label scores and the task.loss on them, from one backbone forward."""
+        if self.loss_kind == "verbalizer":
+            scores = self.outputs(module, batch)
+            return scores, F.cross_entropy(scores, batch["labels"])
+        hidden = module.hidden_states(self.scorer.model_inputs(batch))
+        scores = self.scorer.scores_from_hidden(batch, hidden, module.adapter, module.backbone)
+        return scores, self.scorer.lm_loss_from_hidden(batch, hidden, module.adapter, module.backbone)
+
     def loss(self, module: SoftPromptModule, batch: Batch) -> torch.Tensor:
-        return F.cross_entropy(self.outputs(module, batch), batch["labels"])
+        return self.scores_and_loss(module, batch)[1]
 
     def evaluate(self, module: SoftPromptModule, batch: Batch, stage: str) -> list[dict[str, Any]]:
-        scores = self.outputs(module, batch)
+        scores, loss = self.scores_and_loss(module, batch)
         metrics = self.metrics[stage]
         metrics.update(scores, batch["labels"])
         size = len(batch["labels"])
-        self.log_loss(module, stage, F.cross_entropy(scores, batch["labels"]), size)
+        self.log_loss(module, stage, loss, size)
         module.log_dict(metrics, batch_size=size, prog_bar=stage == "val")
         probs = scores.softmax(-1)
         return [{"row_index": row, "label": label, "prediction": max(range(len(p)), key=p.__getitem__),
@@ -151,6 +166,7 @@ class GenerationObjective(Objective):
     """Teacher-forced LM loss on the target tokens only; evaluation decodes with the prompt in place."""
 
     METRICS = ("rougeL", "rouge1", "rouge2", "bleu")
+    LOSSES = ("lm",)
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, decoding: DecodingConfig,
                  adapter: type[FamilyAdapter], metric: str = "rougeL") -> None:
@@ -207,6 +223,9 @@ def check_objective_config(task: Mapping) -> None:
     if task.get("metric") not in allowed:
         raise ConfigError("task.metric", task.get("metric"), f"a {task_type} task selects by one of: "
                           f"{', '.join(allowed)}")
+    losses = OBJECTIVES[task_type].LOSSES
+    if task.get("loss") not in losses:
+        raise ConfigError("task.loss", task.get("loss"), f"a {task_type} task trains with one of: {', '.join(losses)}")
     if task_type == "generation":
         DecodingConfig.from_config(task.get("generation") or {})
 
@@ -221,4 +240,4 @@ def build_objective(task: Mapping, adapter: type[FamilyAdapter], tokenizer: PreT
     names = [str(x) for x in task["labels"]]
     words = label_words(names, task["verbalizer"])
     return ClassificationObjective(label_token_ids(words, tokenizer), adapter, hidden_size, task["metric"],
-                                   names, words)
+                                   names, words, loss=task["loss"])

@@ -27,6 +27,8 @@ class LabelScorer:
         self.one_word_per_label = len(words) == self.num_labels
         width = self.max_word_length
         self.word_tokens = torch.tensor([t + [0] * (width - len(t)) for _, t in words])
+        # Each label's first word: the label text that task.loss=lm trains on.
+        self.first_word = torch.tensor([[label for label, _ in words].index(label) for label in range(self.num_labels)])
         self.word_mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for _, t in words], dtype=torch.bool)
 
     def scores(self, batch: Batch, hidden_fn: Callable[[Batch], torch.Tensor], adapter, model) -> torch.Tensor:
@@ -73,15 +75,34 @@ class LabelScorer:
         positions = answer_index[:, None] + torch.arange(width, device=device)  # where each word token is predicted
         return row_tokens, row_mask, positions, torch.arange(len(word_of_row), device=device)[:, None]
 
-    def _multi_token_word_scores(self, batch: Batch, hidden: torch.Tensor, adapter, model) -> torch.Tensor:
-        """Each word's mean token log-probability, teacher-forced (`hidden` is for `model_inputs(batch)`)."""
+    def _word_token_log_probs(self, batch: Batch, hidden: torch.Tensor, adapter, model
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch, words, width) full-vocabulary log-probabilities of each word's tokens, teacher-forced (`hidden`
+        is for `model_inputs(batch)`), and the mask of real tokens."""
         row_tokens, row_mask, positions, rows = self._word_rows(batch)
         safe_positions = positions.clamp(max=hidden.shape[1] - 1)
         gathered = hidden[rows, safe_positions]  # (rows, width, d)
         log_probs = adapter.vocab_log_probs(model, gathered)
         token_log_probs = log_probs.gather(-1, row_tokens[..., None]).squeeze(-1)
-        per_word = (token_log_probs * row_mask).sum(-1) / row_mask.sum(-1)
-        return per_word.view(len(batch["input_ids"]), len(self.word_tokens))
+        shape = (len(batch["input_ids"]), *self.word_tokens.shape)
+        return token_log_probs.view(shape), row_mask.view(shape)
+
+    def _multi_token_word_scores(self, batch: Batch, hidden: torch.Tensor, adapter, model) -> torch.Tensor:
+        """Each word's mean token log-probability, teacher-forced (`hidden` is for `model_inputs(batch)`)."""
+        token_log_probs, mask = self._word_token_log_probs(batch, hidden, adapter, model)
+        return (token_log_probs * mask).sum(-1) / mask.sum(-1)
+
+    def lm_loss_from_hidden(self, batch: Batch, hidden: torch.Tensor, adapter, model) -> torch.Tensor:
+        """Lester et al.'s objective (task.loss=lm): the full-vocabulary LM loss on each example's label text (its
+        label's first word), teacher-forced, averaged over tokens; `hidden` is for `model_inputs(batch)`."""
+        gold = self.first_word.to(hidden.device)[batch["labels"]]
+        if self.max_word_length == 1:
+            log_probs = adapter.vocab_log_probs(model, adapter.answer_hidden(hidden, batch))
+            return torch.nn.functional.nll_loss(log_probs, self.word_tokens.to(hidden.device)[gold, 0])
+        token_log_probs, mask = self._word_token_log_probs(batch, hidden, adapter, model)
+        rows = torch.arange(len(gold), device=hidden.device)
+        own, own_mask = token_log_probs[rows, gold], mask[rows, gold]
+        return -(own * own_mask).sum() / own_mask.sum()
 
     def _aggregate(self, word_scores: torch.Tensor, word_label: torch.Tensor) -> torch.Tensor:
         if self.one_word_per_label:
