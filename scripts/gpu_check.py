@@ -4,11 +4,11 @@
     python scripts/gpu_check.py --out logs/gpu_check   # also writes logs/gpu_check/gpu_check.json
     python scripts/gpu_check.py --checks ddp,bf16_mixed --backbone tiny_random -- data.batch_size=8
 
-Each check is one real `python -m softprompt.train` process (a few steps, small eval subsets, no
+Each check is one real `python -m softprompt.cli.train` process (a few steps, small eval subsets, no
 logger). A small Lightning callback added with `+callbacks.gpu_check=...` records, in that process,
 the train-step time (CUDA-synchronised), peak CUDA memory (`torch.cuda.max_memory_allocated`) and
 the dtypes of the frozen backbone and of the trainable tensors. A check passes when the process exits
-0, metrics.json has finite losses, and the dtypes are the ones `softprompt.precision` promises.
+0, metrics.json has finite losses, and the dtypes are the ones `softprompt.config.precision` promises.
 
 Prints one line per check (name, ok/FAILED, process wall seconds, train steps/s from the median step
 after the first, peak CUDA MiB, val and test metrics). Exit status: 0 when every check passed, 1 when
@@ -115,7 +115,7 @@ def _finite(metrics: dict[str, Any]) -> bool:
 
 def run_check(name: str, overrides: list[str], expected_backbone: str, run_dir: Path, timeout: int) -> CheckResult:
     stats_path = run_dir / STATS_FILE
-    command = [sys.executable, "-m", "softprompt.train", *overrides, f"hydra.run.dir={run_dir}",
+    command = [sys.executable, "-m", "softprompt.cli.train", *overrides, f"hydra.run.dir={run_dir}",
                f"+callbacks.gpu_check={{_target_: gpu_check.stats_callback, path: '{stats_path}'}}"]
     env = dict(os.environ)
     env["HYDRA_FULL_ERROR"] = "1"  # a failed check keeps its whole traceback (CheckResult.stderr_tail)

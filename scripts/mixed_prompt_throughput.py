@@ -27,8 +27,8 @@ import torch
 from omegaconf import OmegaConf
 
 import softprompt
-from softprompt.artifacts import default_cache_dir
-from softprompt.config_dir import config_dir
+from softprompt.artifacts.format import default_cache_dir
+from softprompt.config.compose import config_dir
 from softprompt.data.sources import asset_data_files
 
 
@@ -73,7 +73,7 @@ def main() -> None:
     for predictor in mixed.predictors:
         predictor.batch_size = args.batch_size
     names = mixed.names
-    texts = {name: task_texts(mixed.predictor(name).task["name"], args.examples) for name in names}
+    texts = {name: task_texts(mixed.predictor(name).task.name, args.examples) for name in names}
     total = len(names) * args.examples
 
     def run_mixed(size: int) -> list:
@@ -116,7 +116,7 @@ def main() -> None:
         results[-2]["speedup_vs_alone"] = results[-1]["median_s"] / results[-2]["median_s"]
         results[-2]["max_abs_prob_diff"], results[-2]["labels_agree"] = diff, f"{agree}/{total}"
 
-    described = ", ".join(f"{n}: {mixed.predictor(n).method} on {mixed.predictor(n).task['name']}" for n in names)
+    described = ", ".join(f"{n}: {mixed.predictor(n).method} on {mixed.predictor(n).task.name}" for n in names)
     lines = [f"{len(names)} prompts ({described}), "
              f"{args.examples} inputs each, batch size {args.batch_size}, {args.repeats} repeats, "
              f"{args.threads} threads",
@@ -134,7 +134,7 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": args.threads,
                     "torch": torch.__version__},
         "prompts": {n: {"path": str(paths[n]), "method": mixed.predictor(n).method,
-                        "task": mixed.predictor(n).task["name"],
+                        "task": mixed.predictor(n).task.name,
                         "num_virtual_tokens": mixed.predictor(n).spec["num_virtual_tokens"]} for n in names},
         "examples_per_prompt": args.examples, "batch_size": args.batch_size, "repeats": args.repeats,
         "load_seconds": load_seconds, "results": results}, indent=2) + "\n")

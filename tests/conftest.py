@@ -13,7 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from softprompt.config_dir import config_dir
+from softprompt.config.compose import config_dir
 
 torch.set_num_threads(2)
 

@@ -9,16 +9,17 @@ from omegaconf import OmegaConf
 
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.backbones.families import FAMILY_ADAPTERS
-from softprompt.config_dir import config_dir
+from softprompt.config.compose import config_dir
 from softprompt.data.collate import PadCollator
+from softprompt.data.task import TaskConfig, parse_task
 from softprompt.data.templates import Template, special_tokens_around
 from softprompt.data.verbalizer import label_token_ids
 from softprompt.methods.attention_level import AttentionLevelPrefix
-from softprompt.methods.decoding import DecodingConfig
 from softprompt.methods.hard_prompt import HardPrompt
 from softprompt.methods.init import InitContext
 from softprompt.methods.input_level import InputLevelPrompt
-from softprompt.methods.objectives import ClassificationObjective, GenerationObjective, Objective
+from softprompt.objectives import ClassificationObjective, GenerationObjective, Objective
+from softprompt.objectives.decoding import DecodingConfig
 
 OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 0.01, "weight_decay": 0.0,
              "scheduler": {"name": "constant", "warmup_steps": 0}}
@@ -68,12 +69,14 @@ def prompt_module(backbone: Backbone, words: list[list[str]], n: int = 4, init: 
     return method_module("prompt_tuning", backbone, words, n=n, init=init, dropout=dropout)
 
 
+INPUT_SETTINGS = {"encoder_hidden": None, "encoder_dropout": 0.0, "match_embedding_std": False}
+PREFIX_SETTINGS = {"reparam_hidden": 16, "zero_init": False}
 METHOD_SETTINGS = {  # the method presets' own settings, small sizes for tiny backbones
-    "prompt_tuning": {"cls": InputLevelPrompt, "encoder": "none"},
-    "p_tuning_lstm": {"cls": InputLevelPrompt, "encoder": "lstm", "encoder_hidden": 12},
-    "p_tuning_mlp": {"cls": InputLevelPrompt, "encoder": "mlp", "encoder_hidden": 12},
-    "prefix_tuning": {"cls": AttentionLevelPrefix, "reparam": "mlp", "reparam_hidden": 16},
-    "p_tuning_v2": {"cls": AttentionLevelPrefix, "reparam": "none"},
+    "prompt_tuning": {"cls": InputLevelPrompt, **INPUT_SETTINGS, "encoder": "none"},
+    "p_tuning_lstm": {"cls": InputLevelPrompt, **INPUT_SETTINGS, "encoder": "lstm", "encoder_hidden": 12},
+    "p_tuning_mlp": {"cls": InputLevelPrompt, **INPUT_SETTINGS, "encoder": "mlp", "encoder_hidden": 12},
+    "prefix_tuning": {"cls": AttentionLevelPrefix, **PREFIX_SETTINGS, "reparam": "mlp"},
+    "p_tuning_v2": {"cls": AttentionLevelPrefix, **PREFIX_SETTINGS, "reparam": "none"},
 }
 INPUT_LEVEL = ("prompt_tuning", "p_tuning_lstm", "p_tuning_mlp")
 
@@ -124,3 +127,15 @@ def make_batch(backbone: Backbone, texts: list[str], template: str, padding_side
         rows.append({"input_ids": r.input_ids, "slot_ids": r.slot_ids, "answer_index": r.answer_index,
                      "label": (labels or [0] * len(texts))[i], "row_index": i})
     return PadCollator(backbone.tokenizer.pad_token_id, padding_side)(rows)
+
+
+def task_config(**task) -> TaskConfig:
+    """A typed task config for tests that build DataModules directly: the given keys, plus what a
+    classification (or, with type=generation, a generation) task needs and the test does not care about."""
+    generation = task.get("type") == "generation"
+    filled = {"name": "local", "type": "classification", "metric": "rougeL" if generation else "acc",
+              "loss": "lm" if generation else "verbalizer", "prompt_init": "vocab" if generation else "class_labels",
+              "splits": {"train": "train", "validation": "validation", "test": "test"}, **task}
+    if generation:
+        filled.setdefault("generation", {"max_new_tokens": 8, "num_beams": 1})
+    return parse_task(filled)

@@ -18,11 +18,12 @@ from safetensors.torch import load_file, save_file
 
 import softprompt
 from conftest import local_task_overrides, write_jsonl
-from softprompt import inspect_prompt, predict
-from softprompt.artifacts import SPEC_FILE, TENSORS_FILE, ArtifactError
+from softprompt.artifacts.format import FORMAT_VERSION, SPEC_FILE, TENSORS_FILE, ArtifactError
 from softprompt.backbones.cache import BACKBONES
-from softprompt.config_dir import config_dir
-from softprompt.train import run
+from softprompt.cli import inspect as inspect_prompt
+from softprompt.cli import predict
+from softprompt.config.compose import config_dir
+from softprompt.training.run import run
 
 RUN = ["backbone=tiny_random", "logger=none", "trainer.max_steps=4", "trainer.val_check_interval=2",
        "data.batch_size=4", "data.eval_batch_size=8", "data.max_samples.validation=null"]
@@ -111,7 +112,7 @@ def test_artifact_holds_the_folded_tensors_of_the_tested_checkpoint_and_the_spec
 
     spec = json.loads((out / "prompt" / SPEC_FILE).read_text())
     metrics = json.loads((out / "metrics.json").read_text())
-    assert spec["format"] == "softprompt-artifact" and spec["format_version"] == 1
+    assert spec["format"] == "softprompt-artifact" and spec["format_version"] == FORMAT_VERSION
     assert spec["method"] == {"name": "prefix_tuning", "config": metrics["method_config"]}
     assert spec["method"]["config"]["reparam"] == "mlp" and spec["method"]["config"]["reparam_hidden"] == 16
     assert spec["tensors"] == {"prefix": {"shape": [3, 64], "dtype": "float32"}}
@@ -125,7 +126,7 @@ def test_artifact_holds_the_folded_tensors_of_the_tested_checkpoint_and_the_spec
     assert task["template"] == "Review: {text}\nSentiment:" and task["text_fields"] == ["text"]
     assert task["labels"] == ["negative", "positive"] and task["verbalizer"]["positive"] == " positive"
     assert task["columns"] == {"text": "review", "label": "sentiment"} and task["max_length"] == 128
-    assert "source" not in task  # where the training data came from is not needed to predict
+    assert task["source"] == task["splits"] == {}  # where the training data came from is not needed to predict
     assert spec["metrics"]["val"] == metrics["val"] and spec["metrics"]["test"] == metrics["test"]
     assert spec["metrics"]["selection_metric"] == "val/acc"
 
@@ -180,7 +181,7 @@ def test_fsdp_generation_run_writes_an_artifact_that_reproduces_its_predictions(
     of different lengths per row, the best checkpoint tested, predictions and artifact from rank 0."""
     files, out = headline_files, tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "softprompt.train", "trainer=fsdp_cpu", "trainer.devices=2", "backbone=tiny_random",
+        [sys.executable, "-m", "softprompt.cli.train", "trainer=fsdp_cpu", "trainer.devices=2", "backbone=tiny_random",
          "logger=none", "backbone.random_init.config.tie_word_embeddings=false", "task=bbc_headline",
          "task.name=local_headlines", "task.source.asset=null",
          f"task.source.data_files={{train: {files['train']}, validation: {files['validation']}, "
@@ -229,7 +230,7 @@ def test_predict_cli_writes_the_runs_predictions_and_rejects_bad_arguments(train
                                                                          capsys):
     out, _ = trained("p_tuning")
     expected = read_jsonl(out / "test_predictions.jsonl")
-    result = subprocess.run([sys.executable, "-m", "softprompt.predict", f"prompt={out / 'prompt'}",
+    result = subprocess.run([sys.executable, "-m", "softprompt.cli.predict", f"prompt={out / 'prompt'}",
                              f"input={local_task_files['test']}", f"output={tmp_path / 'preds.jsonl'}", "batch_size=3"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

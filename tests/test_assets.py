@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from softprompt.backbones.assets import WHEELHOUSE_ENV, WheelAsset, extract_member, prepared_dir
+from softprompt.assets.wheels import WHEELHOUSE_ENV, WheelAsset, extract_member, prepared_dir
 from softprompt.errors import AssetError
 
 

@@ -18,8 +18,8 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from helpers import ARCHITECTURES, MASKED_LM, SEQ2SEQ, make_batch, method_module, template_for
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.backbones.loading import freeze
-from softprompt.config_dir import config_dir
-from softprompt.distributed import transformer_layer_policy
+from softprompt.config.compose import config_dir
+from softprompt.training.distributed import transformer_layer_policy
 
 ARCHS = ["llama", "bert", "t5", "bart"]
 METHODS = ["prompt_tuning", "prefix_tuning"]

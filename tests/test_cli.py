@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def softprompt_train(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "softprompt.train", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "softprompt.cli.train", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=600)
 
 
@@ -40,7 +40,7 @@ def test_multirun_over_every_method_writes_one_metrics_file_each(tmp_path):
     env["SOFTPROMPT_CACHE"] = os.environ.get("SOFTPROMPT_CACHE", str(Path.home() / ".cache" / "softprompt"))
     methods = ["prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2", "hard_prompt"]
     result = subprocess.run(
-        [sys.executable, "-m", "softprompt.train", "-m", f"method={','.join(methods)}", "backbone=tiny_random",
+        [sys.executable, "-m", "softprompt.cli.train", "-m", f"method={','.join(methods)}", "backbone=tiny_random",
          "trainer.max_steps=5", "logger=wandb", f"hydra.sweep.dir={tmp_path}/sweep"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**env, "HOME": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-3000:]

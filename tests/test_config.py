@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from conftest import TINY, local_task_overrides
-from softprompt.config_checks import check_config
 from softprompt.errors import ConfigError
-from softprompt.train import resolved_config, run
+from softprompt.training.checks import check_config
+from softprompt.training.job import resolved_config
+from softprompt.training.run import run
 
 GROUP_OPTIONS = {
     "backbone": ["smollm2_135m", "tiny_random", "tiny_random_bert", "splade_tiny", "gpt2", "qwen2_5_0_5b",
@@ -72,7 +73,7 @@ def test_overrides_later_issues_rely_on(make_cfg):
 
 
 def test_wandb_groups_a_sweep_and_names_the_fold():
-    from softprompt.resolvers import fold_name, sweep_group
+    from softprompt.config.resolvers import fold_name, sweep_group
 
     assert sweep_group("RunMode.MULTIRUN", "train", "/logs/train/multiruns/2026-11-26_14-00") == \
         "train/2026-11-26_14-00"

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from conftest import TINY, local_task_overrides
-from softprompt.cv_jobs import run_job
-from softprompt.report import collect_runs
-from softprompt.train import run
+from softprompt.analysis.report import collect_runs
+from softprompt.training.cv import run_job
+from softprompt.training.run import run
 
 FOLDS = ["cv=kfold", "cv.num_folds=3", "trainer.max_steps=3", "trainer.val_check_interval=3"]
 
@@ -40,7 +40,7 @@ def test_cv_all_folds_equal_single_fold_jobs_and_score_is_their_mean(make_cfg, l
 def test_optuna_search_runs_trials_of_all_folds_and_prints_the_best(tmp_path: Path):
     """The issue's acceptance command, on the tiny backbone: 3 trials, each a job of 5 folds."""
     sweep = tmp_path / "optuna"
-    result = subprocess.run([sys.executable, "-m", "softprompt.train", "-m", "hparams_search=optuna", "debug=fast",
+    result = subprocess.run([sys.executable, "-m", "softprompt.cli.train", "-m", "hparams_search=optuna", "debug=fast",
                              "backbone=tiny_random", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
     output = result.stdout + result.stderr

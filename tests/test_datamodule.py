@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from conftest import NEGATIVE, POSITIVE
-from helpers import tiny_backbone
+from helpers import task_config, tiny_backbone
 from softprompt.data.datamodule import PromptDataModule
+from softprompt.data.task import TaskConfig
 from softprompt.data.templates import Template
 
 TASK_TEMPLATE = "Review: {text}\nSentiment:"
@@ -18,12 +19,12 @@ def backbone():
     return tiny_backbone()
 
 
-def local_task(files: dict[str, str]) -> dict:
-    return {"name": "local", "source": {"path": "json", "data_files": files, "asset": None},
+def local_task(files: dict[str, str], **changes) -> TaskConfig:
+    return task_config(**{"name": "local", "source": {"path": "json", "data_files": files, "asset": None},
             "splits": {"train": "train", "validation": "validation", "test": "test"},
             "columns": {"text": "review", "label": "sentiment"}, "text_fields": ["text"],
             "labels": ["negative", "positive"], "template": TASK_TEMPLATE,
-            "verbalizer": {"negative": " bad", "positive": " good"}, "max_length": 64}
+            "verbalizer": {"negative": " bad", "positive": " good"}, "max_length": 64, **changes})
 
 
 DATA = {"batch_size": 4, "eval_batch_size": 5, "num_workers": 0, "padding_side": "right", "max_samples": {}}
@@ -80,8 +81,8 @@ def test_second_setup_reuses_cached_tokenization(backbone, local_task_files, mon
     again = PromptDataModule(task, DATA, NO_CV, TASK_TEMPLATE, backbone.tokenizer, "/unused", seed=0)
     again.setup()
     assert list(again.splits["train"]["input_ids"]) == list(first.splits["train"]["input_ids"])
-    changed = PromptDataModule({**task, "max_length": 63}, DATA, NO_CV, TASK_TEMPLATE, backbone.tokenizer,
-                               "/unused", seed=0)
+    changed = PromptDataModule(local_task(local_task_files, max_length=63), DATA, NO_CV, TASK_TEMPLATE,
+                               backbone.tokenizer, "/unused", seed=0)
     with pytest.raises(AssertionError, match="re-tokenised"):
         changed.setup()  # a different setting must not hit the cache
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import tiny_backbone
+from helpers import task_config, tiny_backbone
 from softprompt.backbones.families import FAMILY_ADAPTERS
 from softprompt.data.datamodule import PromptDataModule
+from softprompt.data.task import TaskConfig
 
 DATA = {"batch_size": 4, "eval_batch_size": 8, "num_workers": 0, "padding_side": "right", "max_samples": {}}
 NO_CV = {"num_folds": None, "fold": 0, "seed": 0}
@@ -16,12 +17,12 @@ MASKED_TEMPLATE = "Review: {text} It was{answer}."
 CAUSAL_TEMPLATE = "Review: {text}\nSentiment:"
 
 
-def task(files: dict[str, str], template: str) -> dict:
-    return {"name": "local", "source": {"path": "json", "data_files": files, "asset": None},
+def task(files: dict[str, str], template: str) -> TaskConfig:
+    return task_config(**{"name": "local", "source": {"path": "json", "data_files": files, "asset": None},
             "splits": {"train": "train", "validation": "validation", "test": "test"},
             "columns": {"text": "review", "label": "sentiment"}, "text_fields": ["text"],
             "labels": ["negative", "positive"], "template": template,
-            "verbalizer": {"negative": " bad", "positive": " good"}, "max_length": 64}
+            "verbalizer": {"negative": " bad", "positive": " good"}, "max_length": 64})
 
 
 def datamodule(architecture: str, files: dict[str, str], template: str, k: int = 4) -> PromptDataModule:

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from conftest import TINY, local_task_overrides
 from helpers import prompt_module, tiny_backbone
 from softprompt.data.sampling import ShuffledShardSampler, longest_first_shard
-from softprompt.distributed import keep_frozen_out_of_ddp
-from softprompt.train import run
+from softprompt.training.distributed import keep_frozen_out_of_ddp
+from softprompt.training.run import run
 
 # 48 training rows: 2 processes x batch 4 and 1 process x batch 8 take the same examples per step;
 # 9 test rows split 5/4 between the processes.
@@ -25,7 +25,7 @@ STEPS = ["trainer.max_steps=10", "trainer.val_check_interval=5", "data.max_sampl
 
 
 def train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "softprompt.train", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "softprompt.cli.train", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=600)
 
 

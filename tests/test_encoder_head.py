@@ -8,7 +8,7 @@ import torch
 from conftest import local_task_overrides
 from helpers import hard_prompt_module, make_batch, method_module, template_for, tiny_backbone
 from softprompt.errors import ConfigError
-from softprompt.train import run
+from softprompt.training.run import run
 
 METHODS = ["prompt_tuning", "p_tuning_mlp", "prefix_tuning", "p_tuning_v2"]
 TEXTS = ["ok", "a much longer review that goes on", "middling"]

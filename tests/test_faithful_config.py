@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from helpers import ARCHITECTURES, make_batch, method_module, tiny_backbone
 from softprompt.backbones.attention_prefix import UnreachableAttentionError, reached_layers
 from softprompt.backbones.families import FAMILY_ADAPTERS
-from softprompt.config_checks import check_optimizer
-from softprompt.config_dir import compose_train
+from softprompt.config.compose import compose_train
 from softprompt.data.verbalizer import label_token_ids
 from softprompt.errors import ConfigError
-from softprompt.methods.objectives import ClassificationObjective
+from softprompt.objectives import ClassificationObjective
+from softprompt.training.checks import check_optimizer
 
 TEMPLATE = "Review: {text}\nSentiment:"
 MASKED_TEMPLATE = "Review: {text} It was{answer}."

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers import generation, hard_prompt_module, make_batch, method_module, template_for, tiny_backbone
-from softprompt.methods.decoding import DecodingConfig, beam_search
+from softprompt.objectives.decoding import DecodingConfig, beam_search
 
 METHODS = ["prompt_tuning", "p_tuning_lstm", "prefix_tuning", "p_tuning_v2", "hard_prompt"]
 ARCHITECTURES = ["llama", "gpt2", "qwen2", "t5", "bart"]

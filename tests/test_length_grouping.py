@@ -8,10 +8,10 @@ import random
 import pytest
 
 from conftest import TINY, local_task_overrides
-from softprompt.config_checks import check_config
 from softprompt.data.sampling import ShuffledShardSampler
 from softprompt.errors import ConfigError
-from softprompt.train import build_job, resolved_config
+from softprompt.training.checks import check_config
+from softprompt.training.job import build_job, resolved_config
 
 _RNG = random.Random(0)
 LENGTHS = [_RNG.randint(1, 100) for _ in range(203)]

@@ -10,7 +10,7 @@ import torch
 from conftest import local_task_overrides
 from helpers import hard_prompt_module, make_batch, method_module, tiny_backbone
 from softprompt.errors import ConfigError
-from softprompt.train import run
+from softprompt.training.run import run
 
 TEXTS = ["ok", "a much longer review that goes on", "middling"]
 WORDS = [["n"], ["p"]]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from helpers import MASKED_LM, METHOD_SETTINGS, SEQ2SEQ, make_batch, method_module, template_for, tiny_backbone
 from softprompt.backbones.attention_prefix import PREFIX_KWARG
 from softprompt.backbones.loading import enable_gradient_checkpointing
-from softprompt.config_checks import check_method
+from softprompt.config.compose import compose_train
 from softprompt.errors import ConfigError, SoftPromptError
+from softprompt.methods import method_class
+from softprompt.methods.checks import check_method
 
 METHODS = sorted(METHOD_SETTINGS)
 TEXTS = ["ok", "a much longer review that goes on and on", "mid-length text here"]
@@ -167,19 +170,26 @@ def test_prefix_is_computed_once_per_forward(backbone, monkeypatch):
     assert PREFIX_KWARG in module.attention_kwargs()
 
 
+def preset(name: str, **changes) -> dict:
+    """A method preset as softprompt-train composes it, with some settings changed."""
+    method = OmegaConf.to_container(compose_train([f"method={name}"]).method, resolve=True)
+    return {**method, **changes}
+
+
 @pytest.mark.parametrize(
     ("method", "key", "message"),
     [
-        ({"name": "hard_prompt", "_target_": "softprompt.methods.hard_prompt.HardPrompt", "slots": "none",
-          "init": "class_labels"}, "method.init", "hard_prompt has no trainable tensors"),
-        ({"name": "hard_prompt", "_target_": "softprompt.methods.hard_prompt.HardPrompt", "slots": "none",
-          "num_demonstrations": -1}, "method.num_demonstrations", ">= 0"),
-        ({"name": "p_tuning", "_target_": "softprompt.methods.input_level.InputLevelPrompt", "slots": "front",
-          "num_virtual_tokens": 3, "init": "vocab", "init_vocab_size": 10, "init_range": 0.5, "encoder": "gru"},
-         "method.encoder", "none, mlp, lstm"),
-        ({"name": "prefix_tuning", "_target_": "softprompt.methods.attention_level.AttentionLevelPrefix",
-          "slots": "none", "num_virtual_tokens": 3, "init": "vocab", "init_vocab_size": 10, "init_range": 0.5,
-          "reparam": "lora"}, "method.reparam", "mlp, none"),
+        (preset("hard_prompt", init="class_labels"), "method.init", "hard_prompt has no trainable tensors"),
+        (preset("hard_prompt", num_demonstrations=-1), "method.num_demonstrations", ">= 0"),
+        (preset("p_tuning", encoder="gru"), "method.encoder", "none, mlp, lstm"),
+        (preset("prefix_tuning", reparam="lora"), "method.reparam", "mlp, none"),
+        (preset("prompt_tuning", num_virtual_tokens=0), "method.num_virtual_tokens", "integer >= 1"),
+        (preset("prompt_tuning", init_range=float("nan")), "method.init_range", "finite number > 0"),
+        (preset("prompt_tuning", slots="none"), "method.slots", "allowed: front, template"),
+        (preset("p_tuning", slots="template"), "method.template", "slots=template needs a template"),
+        (preset("p_tuning", encoder_dropout=1.0), "method.encoder_dropout", ">= 0 and < 1"),
+        (preset("prefix_tuning", encoder="lstm"), "method.encoder", "is not a setting of prefix_tuning"),
+        ({k: v for k, v in preset("prefix_tuning").items() if k != "zero_init"}, "method.zero_init", "is missing"),
         ({"name": "x", "_target_": "softprompt.methods.nope.Nope", "slots": "none"}, "method._target_", "importable"),
     ],
 )
@@ -187,6 +197,12 @@ def test_nonsensical_method_settings_are_rejected(method, key, message):
     with pytest.raises(ConfigError) as raised:
         check_method(method)
     assert str(raised.value).startswith(key) and message in str(raised.value)
+
+
+def test_every_preset_parses_into_its_typed_config():
+    for name in ("prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2", "hard_prompt"):
+        config = check_method(preset(name))
+        assert config.name == name and isinstance(config, method_class(preset(name)).Config)
 
 
 def test_zero_init_starts_prefix_tuning_from_an_all_zero_prefix(backbone):

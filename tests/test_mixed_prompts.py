@@ -11,10 +11,10 @@ import pytest
 
 import softprompt
 from conftest import NEGATIVE, POSITIVE, local_task_overrides, write_jsonl
-from softprompt.artifacts import SPEC_FILE, ArtifactError
+from softprompt.artifacts.format import SPEC_FILE, ArtifactError
+from softprompt.artifacts.mixed import injection_kind
 from softprompt.backbones.attention_prefix import PREFIX_KWARG
 from softprompt.methods.input_level import InputLevelPrompt
-from softprompt.mixed_prompts import injection_kind
 from test_artifacts import HEADLINES, run_job
 
 RUN = ["backbone=tiny_random", "logger=none", "trainer.max_steps=2", "trainer.val_check_interval=2",

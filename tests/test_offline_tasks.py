@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from softprompt.backbones.assets import WheelAsset, extract_member
-from softprompt.config_dir import config_dir
+from softprompt.assets.wheels import WheelAsset, extract_member
+from softprompt.config.compose import config_dir
 from softprompt.data.offline_tasks import build_bbc_news, build_rotten_tomatoes
 
 CACHE = Path.home() / ".cache" / "softprompt"

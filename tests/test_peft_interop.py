@@ -20,12 +20,8 @@ from safetensors.torch import load_file, save_file
 import softprompt
 from conftest import TINY, local_task_overrides
 from helpers import tiny_backbone
-from softprompt import exchange
-from softprompt.artifacts import SPEC_FILE, TENSORS_FILE
-from softprompt.backbones.loading import Backbone
-from softprompt.backbones.tiny_random import byte_level_tokenizer
-from softprompt.errors import ConfigError
-from softprompt.peft_interop import (
+from softprompt.artifacts.format import SPEC_FILE, TENSORS_FILE
+from softprompt.artifacts.peft import (
     PEFT_CONFIG_FILE,
     PEFT_WEIGHTS_FILE,
     InteropError,
@@ -33,7 +29,11 @@ from softprompt.peft_interop import (
     export_peft,
     import_peft,
 )
-from softprompt.train import run
+from softprompt.backbones.loading import Backbone
+from softprompt.backbones.tiny_random import byte_level_tokenizer
+from softprompt.cli import exchange
+from softprompt.errors import ConfigError
+from softprompt.training.run import run
 from test_artifacts import run_job
 
 N = 3
@@ -201,7 +201,7 @@ def test_what_peft_cannot_represent_is_refused_in_one_line(trained, tmp_path):
     assert refused(trained("hard_prompt")) == ("hard_prompt has no trained tensors: there is nothing to export (its "
                                                "template and demonstrations are in softprompt.json)")
     assert refused(trained("t5_p_tuning_v2")) == (
-        "p_tuning_v2 on the seq2seq backbone tiny_random_t5 also prefixes the encoder's self-attention; PEFT's "
+        "p_tuning_v2 on a seq2seq backbone also prefixes the encoder's self-attention; PEFT's "
         "PREFIX_TUNING prefixes only the decoder's self- and cross-attention")
     middle = edited_copy(trained("p_tuning"), tmp_path / "middle",
                          lambda spec: spec.update(prompt_template="Review: [P:2]{text}\n[P:1]Sentiment:"))
@@ -237,7 +237,7 @@ def test_unreadable_adapters_are_refused_in_one_line(trained, tmp_path):
     lora.mkdir()
     (lora / PEFT_CONFIG_FILE).write_text(json.dumps({"peft_type": "LORA", "task_type": "CAUSAL_LM"}))
     assert refused(lora) == (f"{lora / PEFT_CONFIG_FILE}: peft_type 'LORA' is not a prompt we can import; supported: "
-                             "PROMPT_TUNING, P_TUNING, PREFIX_TUNING")
+                             "PREFIX_TUNING, PROMPT_TUNING, P_TUNING")
 
     ours = export_peft(trained("prompt_tuning"), tmp_path / "ours")
     assert refused(ours, task="rotten_tomatoes").startswith(
@@ -259,8 +259,8 @@ def test_unreadable_adapters_are_refused_in_one_line(trained, tmp_path):
     (foreign / PEFT_CONFIG_FILE).write_text(json.dumps({**config, "peft_type": "PREFIX_TUNING",
                                                         "task_type": "SEQ_2_SEQ_LM"}))
     assert refused(foreign, task="rotten_tomatoes") == (
-        "a SEQ_2_SEQ_LM PREFIX_TUNING adapter prefixes only the decoder's self- and cross-attention; our prefixes "
-        "also go into the encoder's self-attention")
+        f"{foreign / PEFT_CONFIG_FILE}: a SEQ_2_SEQ_LM PREFIX_TUNING adapter prefixes only the decoder's self- and "
+        "cross-attention; our prefixes also go into the encoder's self-attention")
     (foreign / PEFT_CONFIG_FILE).write_text(json.dumps(config))  # a prompt for another backbone's width
     save_file({"prompt_embeddings": torch.zeros(N, 8)}, foreign / PEFT_WEIGHTS_FILE)
     assert refused(foreign, task="rotten_tomatoes", backbone="tiny_random") == (
@@ -269,7 +269,7 @@ def test_unreadable_adapters_are_refused_in_one_line(trained, tmp_path):
 
 def test_cli_export_then_import_and_one_line_errors(trained, tmp_path, capsys):
     prompt = trained("prefix_tuning")
-    result = subprocess.run([sys.executable, "-m", "softprompt.exchange", "export", f"prompt={prompt}",
+    result = subprocess.run([sys.executable, "-m", "softprompt.cli.exchange", "export", f"prompt={prompt}",
                              "format=peft", f"out={tmp_path / 'adapter'}"], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import softprompt.train
+import softprompt.training.job
 from conftest import TINY, local_task_overrides
+from softprompt.config.precision import backbone_config_for_precision, check_precision
 from softprompt.errors import ConfigError
-from softprompt.precision import backbone_config_for_precision, check_precision
-from softprompt.train import run
+from softprompt.training.run import run
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = [*TINY, "trainer.max_steps=2", "trainer.val_check_interval=2", "data.batch_size=4", "data.eval_batch_size=16",
@@ -29,7 +29,7 @@ def built(monkeypatch) -> list[dict]:
     """Each method module `run` builds, with its trainable tensors before training and, per tensor, the
     dtype of every gradient that reached it (recorded by hooks while training)."""
     records: list[dict] = []
-    build = softprompt.train.build_method
+    build = softprompt.training.job.build_method
 
     def recording_build(*args, **kwargs):
         module = build(*args, **kwargs)
@@ -43,7 +43,7 @@ def built(monkeypatch) -> list[dict]:
         records.append(record)
         return module
 
-    monkeypatch.setattr(softprompt.train, "build_method", recording_build)
+    monkeypatch.setattr(softprompt.training.job, "build_method", recording_build)
     return records
 
 
@@ -144,8 +144,8 @@ def test_the_precision_rule():
 
 
 def softprompt_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "softprompt.train", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run([sys.executable, "-m", "softprompt.cli.train", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
 
 
 def test_nan_loss_fails_with_one_line_and_writes_no_metrics(tmp_path, local_task_files):

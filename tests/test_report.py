@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from softprompt.report import collect_runs, default_group_by, main, summarize
-from softprompt.run_results import FAILED_FILE
+from softprompt.analysis.report import collect_runs, default_group_by, summarize
+from softprompt.cli.report import main
+from softprompt.training.results import FAILED_FILE
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("metric_vs_prompt_length.png", "method_comparison.png", "metric_vs_lr.png")
@@ -176,7 +177,7 @@ def test_paired_t_test_needs_two_shared_pairs(tmp_path: Path) -> None:
 
 def test_main_writes_csv_markdown_and_plots(sweep: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "report"
-    assert main([str(sweep), "--out", str(out)]) == 0
+    assert main([str(sweep), f"out={out}"]) == 0
     runs = collect_runs([sweep]).runs
     expected = summarize(runs, default_group_by(runs), "test/acc")
 
@@ -226,7 +227,7 @@ def test_a_killed_job_names_the_configuration_missing_its_fold(sweep: Path, caps
 
 
 def test_group_by_override_and_default_out_dir(sweep: Path) -> None:
-    main([str(sweep), "--group-by", "method"])
+    main([str(sweep), "group_by=method"])
     table = pd.read_csv(sweep / "results.csv")
     assert dict(zip(table["method"], table["n"], strict=True)) == {
         "prompt_tuning": 6, "prefix_tuning": 6, "hard_prompt": 3}
@@ -244,12 +245,14 @@ def test_one_prompt_length_skips_that_plot(tmp_path: Path, capsys) -> None:
 
 
 @pytest.mark.parametrize(("args", "named", "allowed"), [
-    (["--metric", "test/bogus"], "'test/bogus'", "test/acc"),
-    (["--metric", "acc"], "'acc'", "val/acc"),
-    (["--rank-by", "val/bogus"], "'val/bogus'", "val/acc"),
-    (["--rank-by", "acc"], "'acc'", "test/acc"),
-    (["--rank-by", "train/loss"], "'train/loss'", "val/loss"),
-    (["--group-by", "method,fold"], "'fold'", "num_virtual_tokens"),
+    (["metric=test/bogus"], "metric='test/bogus'", "test/acc"),
+    (["metric=acc"], "metric='acc'", "val/acc"),
+    (["rank_by=val/bogus"], "rank_by='val/bogus'", "val/acc"),
+    (["rank_by=acc"], "rank_by='acc'", "test/acc"),
+    (["rank_by=train/loss"], "rank_by='train/loss'", "val/loss"),
+    (["group_by=method,fold"], "'fold'", "num_virtual_tokens"),
+    (["wandb=yes"], "wandb='yes'", "true, false"),
+    (["colour=red"], "'colour'", "group_by"),
 ])
 def test_bad_argument_exits_2_with_one_line(sweep: Path, capsys, args: list[str], named: str, allowed: str) -> None:
     with pytest.raises(SystemExit) as exit_info:
@@ -259,6 +262,30 @@ def test_bad_argument_exits_2_with_one_line(sweep: Path, capsys, args: list[str]
     assert err.count("\n") == 1 and err.startswith("softprompt-report: error: ")
     assert named in err and allowed in err
     assert not (sweep / "results.csv").exists()
+
+
+@pytest.mark.parametrize(("args", "flag"), [
+    (["--out", "x"], "--out"),
+    (["--group-by", "method"], "--group-by"),
+    (["--rank-by=test/acc"], "--rank-by=test/acc"),
+    (["--wandb"], "--wandb"),
+])
+def test_an_old_style_flag_is_refused_naming_the_key_value_spelling(sweep: Path, capsys, args: list[str],
+                                                                    flag: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(sweep), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"softprompt-report: error: expected key=value, got {flag!r}")
+    assert "out, group_by, metric, rank_by, wandb" in err
+    assert not (sweep / "results.csv").exists() and not (sweep / "x").exists()
+
+
+def test_a_path_is_required(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["group_by=method"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "missing PATH..." in err
 
 
 def test_no_runs_found_exits_2(tmp_path: Path, capsys) -> None:
@@ -286,7 +313,7 @@ def test_wandb_logs_table_and_plots_offline(sweep: Path, tmp_path: Path, monkeyp
     )
     monkeypatch.setitem(sys.modules, "wandb", fake)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    main([str(sweep), "--out", str(tmp_path / "out"), "--wandb"])
+    main([str(sweep), f"out={tmp_path / 'out'}", "wandb=true"])
     assert calls["init"]["mode"] == "offline" and calls["finished"]
     assert calls["log"]["results"] == ("table", len(SWEEP))
     assert {calls["log"][Path(name).stem] for name in PLOTS} == {("image", name) for name in PLOTS}
@@ -333,7 +360,7 @@ def test_the_configuration_best_on_validation_is_chosen_and_its_test_score_repor
 
 
 def test_ranking_by_test_is_possible_only_on_request_and_is_flagged(val_test_disagree: Path, capsys) -> None:
-    assert main([str(val_test_disagree), "--rank-by", "test/acc"]) == 0
+    assert main([str(val_test_disagree), "rank_by=test/acc"]) == 0
     table = pd.read_csv(val_test_disagree / "results.csv")
     assert table[table["is_best"]]["num_virtual_tokens"].tolist() == [50]  # B
     warning = "**Ranked by test/acc at the user's request: choosing on the test set overestimates the chosen " \

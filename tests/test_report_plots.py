@@ -10,8 +10,8 @@ from typing import Any
 import matplotlib
 import pytest
 
-from softprompt.report import best_per, collect_runs, default_group_by
-from softprompt.report_plots import REFERENCE_LABEL, RUNS_GID, build_figures
+from softprompt.analysis.report import best_per, collect_runs, default_group_by
+from softprompt.analysis.report.plots import REFERENCE_LABEL, RUNS_GID, build_figures
 from test_report import SWEEP, write_run
 
 matplotlib.use("Agg")
@@ -48,7 +48,7 @@ def dots(ax: Any) -> list[float]:
 
 
 def references(ax: Any) -> list[float]:
-    return [float(line.get_ydata()[0]) for line in ax.lines if line.get_label() == REFERENCE_LABEL]
+    return [float(line.get_ydata()[0]) for line in ax.lines if line.get_label().startswith(REFERENCE_LABEL)]
 
 
 def n_labels(ax: Any) -> list[str]:
@@ -113,7 +113,7 @@ def test_a_zero_shot_line_marks_hard_prompt_in_the_length_and_lr_plots(sweep_run
     for name in ("metric_vs_prompt_length.png", "metric_vs_lr.png"):
         for ax in drawn[name].axes:
             assert references(ax) == pytest.approx([hard_prompt])
-            assert REFERENCE_LABEL in [text.get_text() for text in ax.get_legend().get_texts()]
+            assert "zero-shot (hard_prompt)" in [text.get_text() for text in ax.get_legend().get_texts()]
 
 
 def test_no_zero_shot_line_without_hard_prompt_runs(sweep_runs: list[dict[str, Any]]) -> None:

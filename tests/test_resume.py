@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from conftest import local_task_overrides
-from softprompt.checkpointing import resume_checkpoint
 from softprompt.errors import ConfigError
+from softprompt.training.checkpointing import resume_checkpoint
 
 TESTS = Path(__file__).parent
 # 48 training rows at batch 8: 6 steps per epoch, so step 4 is mid-epoch and step 12 is in epoch 2.
@@ -25,7 +25,7 @@ TRAIN = ["backbone=tiny_random", "logger=none", "trainer.max_steps=12", "trainer
 
 def train(args: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "softprompt.train", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "softprompt.cli.train", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600, **kwargs)
 
 

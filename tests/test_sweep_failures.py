@@ -8,16 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from softprompt.cli.report import main as report_main
 from softprompt.errors import ConfigError
-from softprompt.job_failures import summary_line, sweep_failures, write_failure
-from softprompt.report import main as report_main
+from softprompt.training.failures import summary_line, sweep_failures, write_failure
 
 JOB = ["backbone=tiny_random", "trainer.max_steps=2", "callbacks=none", "logger=none",
        "data.max_samples={train: 16, validation: 8, test: 8}"]
 
 
 def multirun(sweep: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "softprompt.train", "-m", *JOB, *overrides,
+    return subprocess.run([sys.executable, "-m", "softprompt.cli.train", "-m", *JOB, *overrides,
                            f"hydra.sweep.dir={sweep}"], cwd=sweep.parent, capture_output=True, text=True, timeout=600)
 
 

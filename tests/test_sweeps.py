@@ -9,7 +9,7 @@ import sys
 import pandas as pd
 import pytest
 
-from softprompt.report import main as report_main
+from softprompt.cli.report import main as report_main
 
 PRESET_GRIDS = {  # preset -> swept key -> (full grid, debug=fast grid)
     "lester_ablation": {"method.num_virtual_tokens": ("1,5,20,100", "1,5"),
@@ -40,7 +40,7 @@ def test_fast_lester_ablation_runs_and_reports(tmp_path):
     """The issue's acceptance: 20 jobs (2 lengths x 2 inits x 5 folds) in one process, then softprompt-report
     gives one row per length x init, each n=5; a job killed afterwards shows up as a missing fold."""
     sweep = tmp_path / "sweep"
-    result = subprocess.run([sys.executable, "-m", "softprompt.train", "-m", "experiment=lester_ablation",
+    result = subprocess.run([sys.executable, "-m", "softprompt.cli.train", "-m", "experiment=lester_ablation",
                              "debug=fast", "backbone=tiny_random", f"hydra.sweep.dir={sweep}"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -65,7 +65,7 @@ def test_fast_lester_ablation_runs_and_reports(tmp_path):
 
 def test_a_quoted_grid_override_edits_the_grid_instead_of_sweeping_it(tmp_path):
     sweep = tmp_path / "sweep"
-    result = subprocess.run([sys.executable, "-m", "softprompt.train", "-m", "experiment=lester_ablation",
+    result = subprocess.run([sys.executable, "-m", "softprompt.cli.train", "-m", "experiment=lester_ablation",
                              "debug=fast", "backbone=tiny_random", 'sweep.lengths="1,3"', 'sweep.inits="vocab"',
                              'sweep.folds="0"', f"hydra.sweep.dir={sweep}"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=600)

@@ -12,7 +12,7 @@ from conftest import local_task_overrides
 from helpers import prompt_module, tiny_backbone
 from softprompt.backbones import fingerprint
 from softprompt.errors import BackboneModifiedError
-from softprompt.train import run
+from softprompt.training.run import run
 
 RUN = ["backbone=tiny_random", "trainer.max_steps=4", "trainer.val_check_interval=2", "data.batch_size=4",
        "data.eval_batch_size=8", "data.max_samples.validation=null"]

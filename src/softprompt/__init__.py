@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from softprompt.resolvers import register as _register_resolvers
+from softprompt.config.resolvers import register as _register_resolvers
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -12,8 +12,8 @@ if TYPE_CHECKING:
 
     import torch
 
-    from softprompt.artifacts import Predictor
-    from softprompt.mixed_prompts import MixedPredictor
+    from softprompt.artifacts.mixed import MixedPredictor
+    from softprompt.artifacts.predictor import Predictor
 
 __version__ = "0.1.0"
 __all__ = ["load", "load_many"]
@@ -22,9 +22,9 @@ _register_resolvers()
 
 def load(path: str | PathLike, force: bool = False, cache_dir: str | PathLike | None = None,
          device: str | torch.device = "cpu") -> Predictor:
-    """A trained prompt (a run's `prompt/` folder) as a `softprompt.artifacts.Predictor`; see
-    `softprompt.artifacts.load`. Imported on first use, so `import softprompt` stays light."""
-    from softprompt.artifacts import load as load_artifact
+    """A trained prompt (a run's `prompt/` folder) as a `softprompt.artifacts.predictor.Predictor`; see
+    `softprompt.artifacts.predictor.load`. Imported on first use, so `import softprompt` stays light."""
+    from softprompt.artifacts.predictor import load as load_artifact
 
     return load_artifact(path, force=force, cache_dir=cache_dir, device=device)
 
@@ -33,7 +33,7 @@ def load_many(paths: Sequence[str | PathLike] | Mapping[str, str | PathLike], fo
               cache_dir: str | PathLike | None = None, device: str | torch.device = "cpu",
               batch_size: int | None = None) -> MixedPredictor:
     """Several trained prompts on one frozen backbone, each input row with its own prompt (a list of paths,
-    named by index, or {name: path}); see `softprompt.mixed_prompts.load_many`."""
-    from softprompt.mixed_prompts import load_many as load_mixed
+    named by index, or {name: path}); see `softprompt.artifacts.mixed.load_many`."""
+    from softprompt.artifacts.mixed import load_many as load_mixed
 
     return load_mixed(paths, force=force, cache_dir=cache_dir, device=device, batch_size=batch_size)

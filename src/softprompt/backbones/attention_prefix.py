@@ -10,7 +10,7 @@ attention (prefixes have the key/value head count; SDPA repeats them with the re
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -206,3 +206,13 @@ def enable_prefix_injection(model: PreTrainedModel) -> None:
     if not getattr(model, VERIFIED_ATTRIBUTE, False):
         check_every_layer_reached(model)
         setattr(model, VERIFIED_ATTRIBUTE, True)
+
+
+def prefix_kv(grid: torch.Tensor, roles: Mapping[str, int], visible: torch.Tensor | None = None) -> PrefixKV:
+    """PrefixKV from a (layers, 2, batch or 1, kv_heads, P, head_dim) grid, whose layers are laid out role after
+    role; `visible` (batch, P) marks each row's real prefix columns (mixed-prompt batches), None = all."""
+    keys, values, start = {}, {}, 0
+    for role, count in roles.items():
+        keys[role], values[role] = list(grid[start:start + count, 0]), list(grid[start:start + count, 1])
+        start += count
+    return PrefixKV(keys=keys, values=values, visible=visible)

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from softprompt.backbones.loading import Backbone, freeze, load_backbone
+from softprompt.config.precision import backbone_config_for_precision
 from softprompt.errors import ConfigError
-from softprompt.precision import backbone_config_for_precision
 
 log = logging.getLogger("softprompt")
 
@@ -50,7 +50,7 @@ class BackboneCache:
 
     def get_for_job(self, job: Mapping, cache_dir: Path) -> Backbone:
         """A job's backbone, from its whole resolved config: the backbone config with the dtype that
-        `trainer.precision` gives the frozen weights (softprompt.precision), so the key holds the real dtype."""
+        `trainer.precision` gives the frozen weights (softprompt.config.precision), so the key holds the real dtype."""
         return self.get(backbone_config_for_precision(job), cache_dir, job["backbone_cache"]["max_entries"])
 
     def clear(self) -> None:

@@ -15,6 +15,11 @@ from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel, Pre
 from softprompt.errors import ConfigError
 
 
+def place_prompts(embeds: torch.Tensor, prompts: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """`embeds` with row `prompts[s]` wherever `slots` holds s >= 0 (-1 keeps the token's embedding)."""
+    return torch.where(slots[..., None] >= 0, prompts[slots.clamp(min=0)], embeds)
+
+
 class FamilyAdapter:
     family = ""
     needs_head = False  # True: a trainable linear head scores labels instead of a verbalizer

@@ -23,7 +23,7 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-from softprompt.backbones.assets import WheelAsset, extract_member, prepared_dir
+from softprompt.assets.wheels import WheelAsset, extract_member, prepared_dir
 from softprompt.backbones.checkpointing import checkpoint_in_any_mode
 from softprompt.backbones.gguf_conversion import convert_gguf_to_hf
 from softprompt.backbones.tiny_random import build_tiny_random
@@ -186,3 +186,12 @@ def tied_aliases(model: nn.Module) -> set[str]:
             name = name.replace(prefix, "")
         names_by_tensor.setdefault(id(param), []).append(name)
     return {alias for names in names_by_tensor.values() for alias in sorted(names)[1:]}
+
+
+def check_backbone(backbone: Mapping) -> None:
+    if backbone.get("dtype") not in DTYPES:
+        raise ConfigError("backbone.dtype", backbone.get("dtype"), f"allowed: {', '.join(DTYPES)}")
+    if backbone.get("family") not in FAMILIES:
+        raise ConfigError("backbone.family", backbone.get("family"), f"allowed: {', '.join(FAMILIES)}")
+    if not (backbone.get("name_or_path") or backbone.get("asset") or backbone.get("random_init")):
+        raise ConfigError("backbone.name_or_path", None, "set a hub id or local path")

@@ -17,17 +17,21 @@ from transformers import PreTrainedTokenizerBase
 
 from softprompt.data.collate import PadCollator
 from softprompt.data.folds import stratified_sample, train_val_indices
-from softprompt.data.sampling import ResumableLoader, ShuffledShardSampler, longest_first_shard
-from softprompt.data.sources import LABEL, load_raw_splits, select_and_map
+from softprompt.data.sampling import (
+    ResumableLoader,
+    ShuffledShardSampler,
+    evaluates_whole_splits,
+    longest_first_shard,
+)
+from softprompt.data.sources import load_raw_splits, select_and_map
+from softprompt.data.task import LABEL, TARGET, TaskConfig
 from softprompt.data.templates import Template, special_tokens_around
 from softprompt.data.verbalizer import label_token_ids, label_words
-from softprompt.distributed import evaluates_whole_splits
 from softprompt.errors import ConfigError
 
 log = logging.getLogger("softprompt")
 
 TOKENIZATION_VERSION = 4  # bump when rendering changes, to invalidate cached tokenizations
-TARGET = "target"  # the field holding a generation task's target text
 
 
 def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -40,7 +44,7 @@ def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> str:
 class PromptDataModule(L.LightningDataModule):
     """Knows tasks, templates, verbalizers and folds; nothing about how a method injects prompts."""
 
-    def __init__(self, task: Mapping, data: Mapping, cv: Mapping, template: str,
+    def __init__(self, task: TaskConfig, data: Mapping, cv: Mapping, template: str,
                  tokenizer: PreTrainedTokenizerBase, cache_dir: str | Path, seed: int,
                  num_demonstrations: int = 0, demonstration_separator: str = "\n\n",
                  answer_token_id: int | None = None, answer_must_end: bool = True) -> None:
@@ -49,7 +53,7 @@ class PromptDataModule(L.LightningDataModule):
         leading, trailing = special_tokens_around(tokenizer)
         # Causal LMs: nothing may follow the answer position (the answer or target comes next).
         self.specials = (leading, [] if answer_must_end else trailing)
-        self.generation = task.get("type", "classification") == "generation"
+        self.generation = task.is_generation
         self.num_demonstrations = num_demonstrations
         self.demonstration_separator = demonstration_separator
         self.demonstration_ids: list[int] = []
@@ -58,7 +62,7 @@ class PromptDataModule(L.LightningDataModule):
         self.truncated: dict[str, int] = {}
         self.split_sizes: dict[str, dict[str, int]] = {}
         self.task, self.data_cfg, self.cv = task, data, cv
-        self.template = Template.parse(template, list(task["text_fields"]), key="template")
+        self.template = Template.parse(template, task.text_fields, key="template")
         if answer_must_end and not self.template.answer_at_end:
             raise ConfigError("task.template", template, "{answer} must end the template for causal LMs "
                               "(the answer is the next token)")
@@ -71,7 +75,7 @@ class PromptDataModule(L.LightningDataModule):
 
     @property
     def label_names(self) -> list[str]:
-        return [] if self.generation else [str(x) for x in self.task["labels"]]
+        return self.task.label_names
 
     def _strata(self, dataset: Dataset) -> list[int]:
         """What folds and demonstrations are stratified by: the label, or nothing for generation."""
@@ -80,7 +84,7 @@ class PromptDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        raw = select_and_map(load_raw_splits(self.task["source"], self.cache_dir), self.task)
+        raw = select_and_map(load_raw_splits(self.task.source, self.cache_dir), self.task)
         tokenized = {role: self._tokenize(ds, role) for role, ds in raw.items()}
         test = tokenized.get("test", tokenized.get("validation"))
         num_folds = self.cv.get("num_folds")
@@ -104,7 +108,7 @@ class PromptDataModule(L.LightningDataModule):
                 log.info("data.max_samples.%s=%s: %s uses %d of the %d examples of %s", role, limit, role, int(limit),
                          self.split_sizes[role]["available"], where)
         self.truncated = {role: int(sum(split["truncated"])) for role, split in self.splits.items()}
-        log.info("examples whose text was cut to task.max_length=%s: %s", self.task["max_length"],
+        log.info("examples whose text was cut to task.max_length=%s: %s", self.task.max_length,
                  ", ".join(f"{role} {n} of {len(self.splits[role])}" for role, n in self.truncated.items()))
 
     def _demonstration_ids(self) -> list[int]:
@@ -115,7 +119,7 @@ class PromptDataModule(L.LightningDataModule):
         train = self.splits["train"]
         separator = self.tokenizer(self.demonstration_separator, add_special_tokens=False).input_ids
         words = None if self.generation else label_token_ids(
-            label_words(self.label_names, self.task["verbalizer"]), self.tokenizer)
+            label_words(self.label_names, self.task.verbalizer), self.tokenizer)
         ids: list[int] = []
         for i in stratified_sample(self._strata(train), self.num_demonstrations, self.seed):
             ids += self.solved_example(train[int(i)], words) + separator
@@ -124,7 +128,7 @@ class PromptDataModule(L.LightningDataModule):
     def solved_example(self, row: Mapping, words: Sequence[Sequence[Sequence[int]]] | None) -> list[int]:
         """A demonstration's tokens: the template with the example's answer in place (its label's first word, or
         its target), within task.max_length like any input; no mask, no virtual-token slots, no special tokens."""
-        max_length = int(self.task["max_length"])
+        max_length = self.task.max_length
         if self.generation:
             text = self.template.render(row, self.tokenizer, max_length, with_slots=False).input_ids
             return text + self._target_ids(str(row[TARGET]))[:-1]  # the target without its closing eos
@@ -133,13 +137,13 @@ class PromptDataModule(L.LightningDataModule):
 
     def _target_ids(self, text: str) -> list[int]:
         """The target's tokens, cut to `task.max_target_length` including the closing eos."""
-        ids = self.tokenizer(str(self.task["target_prefix"]) + text, add_special_tokens=False).input_ids
-        return [*ids[: int(self.task["max_target_length"]) - 1], self.tokenizer.eos_token_id]
+        ids = self.tokenizer(self.task.target_prefix + text, add_special_tokens=False).input_ids
+        return [*ids[: self.task.max_target_length - 1], self.tokenizer.eos_token_id]
 
     def renderer(self, with_targets: bool = True) -> Callable[[Mapping, int], dict]:
         """Renders one example (its text fields, and the target when `with_targets` on a generation task)
         into model inputs: the splits are tokenised with it, and so are new inputs at prediction time."""
-        template, tokenizer, max_length = self.template, self.tokenizer, int(self.task["max_length"])
+        template, tokenizer, max_length = self.template, self.tokenizer, self.task.max_length
         answer_ids = [] if self.answer_token_id is None else [self.answer_token_id]
         specials = self.specials
         target_ids = self._target_ids if self.generation and with_targets else None
@@ -167,10 +171,10 @@ class PromptDataModule(L.LightningDataModule):
                            target_field=TARGET if self.generation else None, insert_at=len(self.specials[0]))
 
     def _tokenize(self, dataset: Dataset, role: str) -> Dataset:
-        fields = list(self.task["text_fields"])
-        target_spec = [self.task["target_prefix"], self.task["max_target_length"]] if self.generation else None
+        fields = list(self.task.text_fields)
+        target_spec = [self.task.target_prefix, self.task.max_target_length] if self.generation else None
         spec = json.dumps([TOKENIZATION_VERSION, dataset._fingerprint, tokenizer_identity(self.tokenizer),
-                           self.template.text, fields, int(self.task["max_length"]), self.answer_token_id,
+                           self.template.text, fields, self.task.max_length, self.answer_token_id,
                            self.specials, target_spec])
         fingerprint = hashlib.sha256(spec.encode()).hexdigest()[:32]
         return dataset.map(self.renderer(), with_indices=True, new_fingerprint=fingerprint,
@@ -180,7 +184,7 @@ class PromptDataModule(L.LightningDataModule):
         """Token frequencies over the training split's text fields (for `init=vocab`)."""
         table = torch.zeros(len(self.tokenizer), dtype=torch.long)
         train = self.splits["train"]
-        for field in self.task["text_fields"]:
+        for field in self.task.text_fields:
             encoded = self.tokenizer(list(train[field]), add_special_tokens=False).input_ids
             flat = torch.as_tensor([t for ids in encoded for t in ids], dtype=torch.long)
             table += torch.bincount(flat, minlength=len(table))

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from torch.utils.data import DataLoader, Sampler
 
 
@@ -100,3 +101,11 @@ class ResumableLoader(DataLoader):
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._resumed_batches = int(state["batches"])
         self.sampler.resume(int(state["epoch"]), self._resumed_batches * int(self.batch_size))
+
+
+def evaluates_whole_splits(trainer: Any) -> bool:
+    """Under FSDP every forward pass gathers shards from every rank, so ranks must run the same number of
+    forwards (uneven evaluation shares or decoding loops that stop early would deadlock): every rank
+    evaluates the whole split instead. Synced metric states then hold each example once per rank, which
+    leaves every ratio (accuracy, F1, mean loss, ROUGE, BLEU) as it is."""
+    return trainer is not None and isinstance(trainer.strategy, FSDPStrategy) and trainer.world_size > 1

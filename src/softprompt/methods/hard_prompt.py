@@ -7,15 +7,15 @@ which makes this the few-shot in-context baseline.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from softprompt.errors import ConfigError
-from softprompt.methods.base import SoftPromptModule
+from softprompt.methods.base import NotRepresentable, PeftForm, SoftPromptModule
+from softprompt.methods.config import NoPromptConfig
 
 
 class HardPrompt(SoftPromptModule):
     """Zero-/few-shot scoring through the same template, verbalizer and metrics as the soft methods."""
 
+    Config = NoPromptConfig
     trains = False
 
     def __init__(self, **common) -> None:
@@ -25,11 +25,6 @@ class HardPrompt(SoftPromptModule):
                               "trained head, so it has no zero-shot baseline; use a soft-prompt method")
 
     @classmethod
-    def validate_config(cls, method: Mapping) -> None:
-        for key in ("init", "num_virtual_tokens"):
-            if method.get(key):
-                raise ConfigError(f"method.{key}", method[key],
-                                  f"{method.get('name')} has no trainable tensors; use null (or 0)")
-        demos = method.get("num_demonstrations", 0)
-        if isinstance(demos, bool) or not isinstance(demos, int) or demos < 0:
-            raise ConfigError("method.num_demonstrations", demos, "must be an integer >= 0")
+    def peft_form(cls, config: NoPromptConfig, family: str) -> PeftForm:
+        raise NotRepresentable(f"{config.name} has no trained tensors: there is nothing to export (its template and "
+                               "demonstrations are in softprompt.json)")

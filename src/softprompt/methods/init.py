@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from softprompt.backbones.loading import fingerprint
-from softprompt.errors import ConfigError, require_positive_int
+from softprompt.errors import ConfigError
 
 
 @dataclass
@@ -106,76 +104,6 @@ def initial_token_ids(init: str, n: int, ctx: InitContext) -> torch.Tensor:
 
 ARTIFACT_INIT = "from_artifact"  # the tensors of a trained prompt (method.init_artifact), not a strategy
 INIT_VALUES = (*INIT_STRATEGIES, ARTIFACT_INIT)
-# The reparameterisations an artifact has folded away: starting from it trains the folded tensors directly.
-FOLDED_AWAY = ("encoder", "reparam")
-
-
-def check_init_settings(method: Mapping) -> None:
-    """The init-related keys shared by every method with trainable prompt tensors."""
-    if method.get("init") not in INIT_VALUES:
-        raise ConfigError("method.init", method.get("init"), f"allowed: {', '.join(INIT_VALUES)}")
-    require_positive_int("method.init_vocab_size", method.get("init_vocab_size"))
-    if method["init"] == "text" and not method.get("init_text"):
-        raise ConfigError("method.init_text", method.get("init_text"), "init=text needs a non-empty text")
-    if not float(method.get("init_range") or 0) > 0:
-        raise ConfigError("method.init_range", method.get("init_range"), "must be > 0")
-    if method["init"] == ARTIFACT_INIT:
-        check_artifact_init(method)
-    elif method.get("init_artifact") is not None:
-        raise ConfigError("method.init_artifact", method["init_artifact"],
-                          f"is only read with method.init={ARTIFACT_INIT}; set method.init_artifact=null")
-
-
-def _read_artifact(path: object) -> tuple[Path, dict]:
-    """(folder, spec) of `method.init_artifact`; the json only, so config checks stay cheap."""
-    from softprompt.artifacts import TENSORS_FILE, ArtifactError, artifact_dir, read_spec  # imports the methods
-
-    if not path:
-        raise ConfigError("method.init_artifact", path, f"init={ARTIFACT_INIT} needs the path of a trained prompt "
-                          "(a run's prompt/ folder)")
-    try:
-        directory = artifact_dir(Path(str(path)))
-        spec = read_spec(directory)
-    except ArtifactError as error:
-        raise ConfigError("method.init_artifact", str(path), str(error)) from None
-    if not (directory / TENSORS_FILE).is_file():
-        raise ConfigError("method.init_artifact", str(path), f"has no {TENSORS_FILE}")
-    return directory, spec
-
-
-def check_artifact_init(method: Mapping) -> tuple[Path, dict]:
-    """init=from_artifact: the artifact exists and holds this method's tensors at this prompt length, and no
-    reparameterisation would be stacked on its folded tensors. Reads softprompt.json only; returns (folder, spec)."""
-    path = method.get("init_artifact")
-    directory, spec = _read_artifact(path)
-    name, stored = method.get("name"), spec["method"]["name"]
-    if stored != name:
-        raise ConfigError("method.init_artifact", str(path), f"holds a {stored} prompt; method {name} can only "
-                          f"start from a {name} prompt")
-    if spec["num_virtual_tokens"] != method.get("num_virtual_tokens"):
-        raise ConfigError("method.num_virtual_tokens", method.get("num_virtual_tokens"),
-                          f"the artifact {path} has {spec['num_virtual_tokens']} virtual tokens")
-    for key in FOLDED_AWAY:
-        if method.get(key, "none") != "none":
-            raise ConfigError(f"method.{key}", method[key], f"init={ARTIFACT_INIT} trains the artifact's folded "
-                              f"tensors directly (its {key} is folded away); set method.{key}=none")
-    return directory, spec
-
-
-def artifact_init_state(method: Mapping, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The folded tensors of `method.init_artifact`, after checking that `model` (the run's frozen backbone)
-    has the weights the prompt was trained on."""
-    from safetensors.torch import load_file
-
-    from softprompt.artifacts import TENSORS_FILE
-
-    directory, spec = check_artifact_init(method)
-    expected, found = spec["backbone"]["fingerprint"], fingerprint(model)
-    if found != expected:
-        raise ConfigError("method.init_artifact", str(method["init_artifact"]),
-                          f"was trained on a backbone with fingerprint {expected}; this run's backbone has {found} "
-                          "(its frozen weights differ)")
-    return load_file(directory / TENSORS_FILE)
 
 
 def initial_embeddings(init: str, n: int, ctx: InitContext) -> torch.Tensor:

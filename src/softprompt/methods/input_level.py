@@ -8,30 +8,33 @@ One mechanism serves two papers:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import ClassVar
 
 import torch
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
-from softprompt.errors import ConfigError, require_positive_int
-from softprompt.methods.base import SoftPromptModule
-from softprompt.methods.init import (
-    InitContext,
-    check_init_settings,
-    initial_embeddings,
-)
-from softprompt.methods.prompt_encoders import ENCODERS, build_prompt_encoder, match_output_std
-from softprompt.methods.scoring import Batch
-from softprompt.precision import full_precision
-
-
-def place_prompts(embeds: torch.Tensor, prompts: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-    """`embeds` with row `prompts[s]` wherever `slots` holds s >= 0 (-1 keeps the token's embedding)."""
-    return torch.where(slots[..., None] >= 0, prompts[slots.clamp(min=0)], embeds)
+from softprompt.backbones.families import place_prompts
+from softprompt.config.precision import full_precision
+from softprompt.methods.base import PeftForm, SoftPromptModule
+from softprompt.methods.config import InputPromptConfig
+from softprompt.methods.init import InitContext, initial_embeddings
+from softprompt.methods.inspection import nearest_tokens_report
+from softprompt.methods.prompt_encoders import build_prompt_encoder, match_output_std
+from softprompt.objectives.scoring import Batch
 
 
 class InputLevelPrompt(SoftPromptModule):
-    def __init__(self, *, num_virtual_tokens: int, init: str, init_context: InitContext, encoder: str = "none",
-                 encoder_hidden: int | None = None, encoder_dropout: float = 0.0, match_embedding_std: bool = False,
+    """Prompt tuning (front slots, no encoder) and P-tuning (slots anywhere, LSTM or MLP encoder)."""
+
+    Config = InputPromptConfig
+    injection = "input"
+    folded_config = MappingProxyType({"encoder": "none", "match_embedding_std": False})  # the encoder folded away
+    folded_away = ("encoder",)
+
+    def __init__(self, *, num_virtual_tokens: int, init: str, init_context: InitContext, encoder: str,
+                 encoder_hidden: int | None, encoder_dropout: float, match_embedding_std: bool,
                  initial_state: Mapping[str, torch.Tensor] | None = None, **base) -> None:
         super().__init__(**base)
         self.num_virtual_tokens = num_virtual_tokens
@@ -47,23 +50,34 @@ class InputLevelPrompt(SoftPromptModule):
             match_output_std(self.encoder, self.prompt, float(init_context.embeddings.float().std()))
 
     @classmethod
-    def validate_config(cls, method: Mapping) -> None:
-        require_positive_int("method.num_virtual_tokens", method.get("num_virtual_tokens"))
-        check_init_settings(method)
-        encoder = method.get("encoder", "none")
-        if encoder not in ENCODERS:
-            raise ConfigError("method.encoder", encoder, f"allowed: {', '.join(ENCODERS)}")
-        if method.get("encoder_hidden") is not None:
-            require_positive_int("method.encoder_hidden", method["encoder_hidden"])
+    def from_config(cls, config: InputPromptConfig, init_context: Callable[[], InitContext],
+                    initial_state: Mapping[str, torch.Tensor] | None = None, **common) -> InputLevelPrompt:
+        return cls(num_virtual_tokens=config.num_virtual_tokens, init=config.init, init_context=init_context(),
+                   encoder=config.encoder, encoder_hidden=config.encoder_hidden,
+                   encoder_dropout=config.encoder_dropout, match_embedding_std=config.match_embedding_std,
+                   initial_state=initial_state, **common)
 
     @classmethod
-    def from_config(cls, method: Mapping, init_context: Callable[[], InitContext], **common) -> InputLevelPrompt:
-        return cls(num_virtual_tokens=int(method["num_virtual_tokens"]), init=str(method["init"]),
-                   init_context=init_context(), encoder=str(method.get("encoder", "none")),
-                   encoder_hidden=method.get("encoder_hidden"),
-                   encoder_dropout=float(method.get("encoder_dropout") or 0.0),
-                   match_embedding_std=bool(method.get("match_embedding_std", False)),
-                   initial_state=cls.artifact_state(method, common["backbone"]), **common)
+    def peft_form(cls, config: InputPromptConfig, family: str) -> PeftForm:
+        """PROMPT_TUNING, or P_TUNING with the same encoder (PEFT stores and reads back the encoder's output)."""
+        if config.encoder == "none":
+            return PeftForm("PROMPT_TUNING", "prompt", {}, {})
+        encoder = {"encoder_reparameterization_type": config.encoder.upper(),
+                   **({"encoder_hidden_size": config.encoder_hidden} if config.encoder_hidden else {})}
+        return PeftForm("P_TUNING", "prompt", encoder, encoder)
+
+    # A foreign prompt becomes prompt tuning; a foreign P-tuning prompt (the encoder's output, as PEFT saves it)
+    # P-tuning without its encoder.
+    peft_imports: ClassVar[Mapping[str, list[str]]] = {
+        "PROMPT_TUNING": ["method=prompt_tuning"], "P_TUNING": ["method=p_tuning", "method.encoder=none"]}
+
+    def inspect(self, tokenizer: PreTrainedTokenizerBase, top_k: int) -> list[str]:
+        """Each virtual token's nearest vocabulary tokens by cosine (as Lester et al. 2021 did), its norm against
+        the vocabulary's, and the pairwise cosines between virtual tokens."""
+        embeddings = self.backbone.get_input_embeddings().weight.detach()
+        prompt = self.folded_state()["prompt"]
+        return [f"in the input embedding space (d={embeddings.shape[1]})",
+                *nearest_tokens_report(prompt, embeddings, tokenizer, top_k)]
 
     def prompt_embeddings(self) -> torch.Tensor:
         """(num_virtual_tokens, hidden), fp32; the encoder runs once per forward, shared by the whole batch."""

@@ -1,0 +1,222 @@
+"""softprompt-bench: training-step time and memory of each method against PEFT, the frozen forward pass
+and full fine-tuning, on the same backbone, batches and data.
+
+    softprompt-bench                                   # every method on the offline default, CPU
+    softprompt-bench methods=prompt_tuning data=real steps=9 out=logs/bench
+    softprompt-bench backbone=tiny_random steps=2 warmup=1 -- task.max_length=64   # smoke
+    (also: python scripts/benchmark.py ...)
+
+For each method, one group of runners takes turns on the same batch, round after round (A, B, C, A,
+B, C, ...), so machine drift hits every runner alike; the first `warmup` rounds are not counted:
+- ours (Trainer): our LightningModule inside a Lightning Trainer built from the run's trainer config
+  (precision, gradient clipping), timed from batch start to batch end (forward, backward, optimizer);
+- ours (loop): the same module's loss, backward, clipping and AdamW step in a bare loop;
+- PEFT: PEFT's equivalent adapter on a copy of the backbone in a plain PyTorch loop, as its docs train
+  it: full-vocabulary logits, cross-entropy on the label word at the answer position;
+- frozen forward: the backbone alone under `inference_mode`, over our batch's positions (virtual
+  tokens included for input-level methods), logits over the whole vocabulary;
+- full fine-tuning (first group only): every weight trainable, PEFT's loss, AdamW.
+
+Data: `synthetic` is fixed-length random tokens (`seq_len` plus the virtual tokens); `real` is the
+task's training split as the DataModule serves it (shuffled, padded per batch). PEFT gets the very
+same batches, minus our placeholder columns for virtual tokens (PEFT adds its own). On real data one
+more runner, ours (loop, length-grouped), trains on the same epoch with `data.group_by_length=true`
+(other examples per batch, less padding); tokens/s counts real tokens, so it shows the gain.
+
+Memory: the peak a step adds on top of what was resident before it (CPU: resident set size sampled
+every 2 ms after returning freed memory to the OS; CUDA: `max_memory_allocated`), so runners that
+share one process are measured apart. Writes a markdown table (stdout and bench.md) and bench.json.
+
+The modules: measure (timing, the memory probe, per-runner medians), batches, runners (ours, the
+frozen forward, full fine-tuning), peft_baseline (everything PEFT-specific). The command line is
+softprompt.cli.bench.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from softprompt.analysis.benchmark.batches import real_batches, synthetic_batches, to_device
+from softprompt.analysis.benchmark.measure import PROG, BenchError, MemoryProbe, Row, summarise
+from softprompt.analysis.benchmark.peft_baseline import peft_runner
+from softprompt.analysis.benchmark.runners import (
+    frozen_forward_runner,
+    full_finetuning_runner,
+    our_loop_runner,
+    trainer_runner,
+)
+
+DATA_KINDS = ("synthetic", "real")
+
+
+def preset_names() -> list[str]:
+    """The method presets in conf/method/ (read without importing torch, for argument checks)."""
+    from softprompt.config.compose import config_dir
+
+    return sorted(path.stem for path in (Path(config_dir()) / "method").glob("*.yaml"))
+
+
+def trainable_presets() -> list[str]:
+    """The presets whose method trains something (the benchmark's default): hard prompts have no step to time."""
+    from softprompt.methods import preset_classes
+
+    return [name for name, cls in preset_classes().items() if cls.trains]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What to benchmark: softprompt-bench's keys (its defaults live there), and the train overrides after `--`."""
+
+    backbone: str
+    methods: Sequence[str]  # empty: every preset that trains
+    data: Sequence[str]
+    batch_size: int
+    seq_len: int
+    num_virtual_tokens: int
+    steps: int
+    warmup: int
+    device: str  # cpu | gpu
+    full_ft: bool
+    overrides: Sequence[str] = ()
+
+
+@dataclass
+class Benchmark:
+    """The measured rows, the epoch estimates (real data), and the markdown table with its header."""
+
+    header: str
+    device: str
+    rows: list[Row] = field(default_factory=list)
+    epochs: list[dict] = field(default_factory=list)
+    table: str = ""
+
+
+def build_job_for(method: str, settings: Settings, out: Path) -> tuple[Any, dict]:
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from softprompt.config.compose import compose_train
+    from softprompt.training.checks import check_config
+    from softprompt.training.job import build_job, resolved_config
+
+    overrides = [f"backbone={settings.backbone}", f"method={method}",
+                 f"method.num_virtual_tokens={settings.num_virtual_tokens}", f"data.batch_size={settings.batch_size}",
+                 f"trainer={settings.device}", "trainer.devices=1", "logger=none", "callbacks=none",
+                 *settings.overrides]
+    cfg = compose_train(overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = cfg.hydra.runtime.output_dir = str(out / method)
+    HydraConfig.instance().set_config(cfg)
+    plain = resolved_config(cfg)
+    check_config(plain)
+    return build_job(plain, Path(plain["paths"]["cache_dir"]).expanduser()), plain
+
+
+def bench_method(method: str, data: str, settings: Settings, out: Path,
+                 with_full_ft: bool) -> tuple[list[Row], dict | None]:
+    """One method's group on one kind of data: its rows, and on real data the epoch estimate of ours (Trainer)."""
+    import torch
+
+    job, plain = build_job_for(method, settings, out)
+    device = torch.device("cuda" if settings.device == "gpu" else "cpu")
+    job.module.to(device)
+    clip = plain["trainer"].get("gradient_clip_val")
+    count = settings.warmup + settings.steps
+    others = [our_loop_runner(job, plain, clip)]
+    if data == "synthetic":
+        batches = synthetic_batches(job, plain, count, settings.batch_size, settings.seq_len, int(plain["seed"]))
+    else:
+        grouped = our_loop_runner(job, plain, clip)
+        grouped.name = "ours (loop, length-grouped)"
+        grouped.batches = [to_device(b, device) for b in real_batches(job, count, group_by_length=True)]
+        others.append(grouped)
+        batches = real_batches(job, count)
+    batches = [to_device(b, device) for b in batches]
+    probe = MemoryProbe(device)
+    try:
+        others.append(peft_runner(job, plain, clip, device))
+    except BenchError as error:  # a method PEFT does not have: measured against the frozen forward only
+        print(f"[{PROG}] {method}: {error}", file=sys.stderr, flush=True)
+    others.append(frozen_forward_runner(job))
+    if with_full_ft:
+        others.append(full_finetuning_runner(job, plain, clip, device))
+
+    def tokens(batch: dict) -> int:
+        return int(batch["attention_mask"].sum())
+
+    ours, fit = trainer_runner(job, plain, batches, others, probe, settings.warmup, tokens)
+    print(f"[{PROG}] {data} {method}: {count} rounds of {', '.join(r.name for r in [ours, *others])} ...",
+          file=sys.stderr, flush=True)
+    fit()
+    rows = summarise(data, method, [ours, *others])
+    epoch = None
+    if data == "real":
+        steps = math.ceil(len(job.datamodule.splits["train"]) / settings.batch_size)
+        for row in rows:
+            if row.runner == "ours (Trainer)":
+                epoch = {"data": data, "method": method, "steps_per_epoch": steps,
+                         "epoch_minutes_estimate": round(steps * row.median_s / 60, 1)}
+    return rows, epoch
+
+
+def markdown(rows: Sequence[Row], epochs: Sequence[dict], header: str) -> str:
+    lines = [header, "",
+             "| data | method | runner | step s (median, min–max) | steps/s | tokens/s | step peak MiB | "
+             "vs PEFT | vs frozen fwd |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = f"{r.vs_peft:.2f}" if r.vs_peft is not None else ""
+        frozen = f"{r.vs_frozen_forward:.2f}x" if r.vs_frozen_forward is not None else ""
+        lines.append(f"| {r.data} | {r.method} | {r.runner} | {r.median_s:.3f} ({r.min_s:.3f}–{r.max_s:.3f}) | "
+                     f"{r.steps_per_s:.2f} | {r.tokens_per_s:.0f} | {r.peak_step_mib:.0f} | {ratio} | {frozen} |")
+    if epochs:
+        lines += ["", "| method | steps per epoch | one epoch, est. (min) |", "|---|---|---|"]
+        lines += [f"| {e['method']} | {e['steps_per_epoch']} | {e['epoch_minutes_estimate']} |" for e in epochs]
+    return "\n".join(lines) + "\n"
+
+
+def run_benchmark(settings: Settings) -> Benchmark:
+    """Every method's group on every kind of data (full fine-tuning in the first group, when asked for); raises
+    BenchError (or another SoftPromptError) when it cannot run as asked."""
+    import torch
+
+    if settings.device == "gpu" and not torch.cuda.is_available():
+        raise BenchError(f"device=gpu, but CUDA is not available (torch {torch.__version__})")
+    work = Path(tempfile.mkdtemp(prefix="softprompt_bench_"))
+    rows: list[Row] = []
+    epochs: list[dict] = []
+    trainable = trainable_presets()
+    methods = list(settings.methods) or trainable
+    for method in methods:
+        if method not in trainable:
+            raise BenchError(f"methods: {method} trains nothing, so it has no training step to time; presets that "
+                             f"train: {', '.join(trainable)}")
+    for data in settings.data:
+        for index, method in enumerate(methods):
+            group, epoch = bench_method(method, data, settings, work, with_full_ft=index == 0 and settings.full_ft)
+            rows += group
+            epochs += [epoch] if epoch else []
+    device = torch.cuda.get_device_name() if settings.device == "gpu" else f"CPU, {torch.get_num_threads()} threads"
+    header = (f"softprompt-bench on {settings.backbone} ({device}; torch {torch.__version__}), batch "
+              f"{settings.batch_size}, {settings.num_virtual_tokens} virtual tokens, synthetic length "
+              f"{settings.seq_len}; median of {settings.steps} interleaved rounds after {settings.warmup} warm-up")
+    return Benchmark(header, device, rows, epochs, markdown(rows, epochs, header))
+
+
+def write_benchmark(bench: Benchmark, settings: Settings, out: Path) -> tuple[Path, Path]:
+    """out/bench.json (header, device, settings, rows, epochs) and out/bench.md (the table)."""
+    out.mkdir(parents=True, exist_ok=True)
+    args = {key: ",".join(value) if key in ("methods", "data") else str(value)
+            for key, value in asdict(settings).items()} | {"out": str(out)}
+    report = {"header": bench.header, "device": bench.device, "args": args, "rows": [asdict(r) for r in bench.rows],
+              "epochs": bench.epochs}
+    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "bench.md").write_text(bench.table)
+    return out / "bench.json", out / "bench.md"

@@ -1,0 +1,43 @@
+"""The PEFT baseline: PEFT's equivalent adapter on a copy of the backbone, trained in a plain PyTorch
+loop as PEFT's docs train it (full-vocabulary logits, cross-entropy on the label word at the answer
+position). Everything PEFT-specific in the benchmark lives here.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from softprompt.analysis.benchmark.measure import BenchError, Runner
+from softprompt.analysis.benchmark.runners import label_word_ids, lm_loss_step
+
+
+def peft_config(module: Any, method: dict, family: str) -> Any:
+    """PEFT's adapter that trains the same structure as our method (its declared `PeftForm.training_options`:
+    encoder type and width, prefix projection), at the same prompt length."""
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    from softprompt.methods.base import NotRepresentable
+
+    cls = type(module)
+    try:
+        form = cls.peft_form(cls.parse_config(method), family)
+    except NotRepresentable as error:
+        raise BenchError(f"no PEFT baseline: {error}") from None
+    return PEFT_TYPE_TO_CONFIG_MAPPING[form.peft_type](task_type="CAUSAL_LM",
+                                                       num_virtual_tokens=module.num_virtual_tokens,
+                                                       **form.training_options)
+
+
+def peft_runner(job: Any, plain: dict, clip: float | None, device: Any) -> Runner:
+    import torch
+    from peft import get_peft_model
+
+    config = peft_config(job.module, plain["method"], job.backbone.family)
+    model = get_peft_model(copy.deepcopy(job.backbone.model), config)
+    model.to(device)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=float(plain["optimizer"]["lr"]))
+    slots = job.module.num_virtual_tokens if plain["method"].get("slots") == "front" else 0
+    ahead = job.module.num_virtual_tokens if job.module.injection == "input" else 0  # PEFT's tokens go first
+    return Runner("PEFT", lm_loss_step(model, parameters, optimizer, clip, label_word_ids(job.module), slots, ahead))

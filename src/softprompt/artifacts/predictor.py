@@ -1,0 +1,232 @@
+"""Predicting with a trained prompt: `load(path)` rebuilds the frozen backbone through the loader and
+in-process cache that training uses, refuses a backbone whose fingerprint differs from the artifact's
+(unless `force=True`), rebuilds the method in its folded form and the objective, and returns a `Predictor`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from softprompt.artifacts.format import ArtifactError, artifact_dir, default_cache_dir, read_spec, read_tensors
+from softprompt.backbones.cache import BACKBONES
+from softprompt.backbones.families import FAMILY_ADAPTERS
+from softprompt.backbones.loading import Backbone, fingerprint
+from softprompt.config.precision import MIXED_BACKBONE_DTYPES
+from softprompt.data import PromptDataModule
+from softprompt.data.sampling import longest_first_shard
+from softprompt.data.task import parse_task
+from softprompt.methods import build_method, method_class
+from softprompt.methods.base import SoftPromptModule
+from softprompt.methods.init import InitContext
+from softprompt.objectives import build_objective
+from softprompt.objectives.scoring import Batch
+
+log = logging.getLogger("softprompt")
+
+# The folded form gets a cheap placeholder init that `load_folded_state` replaces (a data-dependent init such
+# as `vocab` would need the training split).
+PLACEHOLDER_INIT = "random_uniform"
+DEFAULT_BATCH_SIZE = 64
+
+
+def check_fingerprint(spec: Mapping[str, Any], backbone: Backbone, force: bool) -> str:
+    """The loaded backbone's fingerprint; a mismatch with the artifact's raises, or warns under `force`."""
+    expected, found = spec["backbone"]["fingerprint"], fingerprint(backbone.model)
+    if found != expected:
+        message = (f"backbone {backbone.name} does not match the artifact: expected fingerprint {expected}, found "
+                   f"{found} (its frozen weights differ from the ones the prompt was trained on)")
+        if not force:
+            raise ArtifactError(f"{message}; force=true loads it anyway")
+        log.warning("%s; loading anyway (force=true)", message)
+    return found
+
+
+def plain_method_config(method: Mapping[str, Any]) -> dict[str, Any]:
+    """The method config of the folded form: the method class's `folded_config` (its reparameterisation
+    computed away) and a placeholder init."""
+    plain = {**method, **method_class(method).folded_config}
+    if plain.get("init"):
+        plain["init"] = PLACEHOLDER_INIT
+    return plain
+
+
+def _placeholder_init(backbone: Backbone, method: Mapping[str, Any]) -> InitContext:
+    return InitContext(embeddings=backbone.model.get_input_embeddings().weight.detach(),
+                       tokenizer=backbone.tokenizer, token_counts=None, label_token_ids=[],
+                       generator=torch.Generator().manual_seed(0), init_range=float(method.get("init_range") or 0.5),
+                       init_std=None, init_vocab_size=1, init_text=None)
+
+
+def build_folded_module(spec: Mapping[str, Any], backbone: Backbone,
+                        tensors: Mapping[str, torch.Tensor]) -> SoftPromptModule:
+    """The method in its folded form with the artifact's tensors in, in eval mode."""
+    objective = build_objective(parse_task(spec["task"]), FAMILY_ADAPTERS[backbone.family], backbone.tokenizer,
+                                backbone.hidden_size)
+    method = plain_method_config(spec["method"]["config"])
+    module = build_method(method, backbone=backbone, objective=objective, optimizer={}, dropout=False,
+                          init_context=lambda: _placeholder_init(backbone, method))
+    expected = set(module.folded_state())
+    if set(tensors) != expected:
+        raise ArtifactError(f"the artifact's tensors are {sorted(tensors)}; {module.method_name} on this backbone "
+                            f"stores {sorted(expected)}")
+    module.load_folded_state(tensors)
+    return module.eval()
+
+
+def load(path: str | Path, force: bool = False, cache_dir: str | Path | None = None,
+         device: str | torch.device = "cpu") -> Predictor:
+    """A Predictor from an artifact folder (a run's `prompt/`, or the run dir itself).
+
+    The backbone is rebuilt from the artifact's backbone config (offline assets from `cache_dir`, default
+    `$SOFTPROMPT_CACHE` or ~/.cache/softprompt) and must have the fingerprint the prompt was trained on;
+    `force=True` loads it anyway, with a warning.
+    """
+    directory = artifact_dir(path)
+    spec = read_spec(directory)
+    tensors = read_tensors(directory)
+    cache = Path(cache_dir or default_cache_dir()).expanduser()
+    backbone = BACKBONES.get(spec["backbone"]["config"], cache, 1)
+    if backbone.family != spec["backbone"]["family"]:
+        raise ArtifactError(f"backbone {backbone.name} loads as a {backbone.family} model; the artifact was trained "
+                            f"on a {spec['backbone']['family']} one")
+    check_fingerprint(spec, backbone, force)
+    module = build_folded_module(spec, backbone, tensors).to(device)
+    return Predictor(module, input_datamodule(spec, backbone, cache), spec, directory)
+
+
+def input_datamodule(spec: Mapping[str, Any], backbone: Backbone, cache_dir: Path) -> PromptDataModule:
+    """A DataModule that renders new inputs exactly as the run rendered its splits (template, specials,
+    truncation, demonstrations); it loads no data."""
+    adapter, inputs = FAMILY_ADAPTERS[backbone.family], spec["inputs"]
+    datamodule = PromptDataModule(parse_task(spec["task"]), {"padding_side": inputs["padding_side"]}, {},
+                                  spec["prompt_template"], backbone.tokenizer, cache_dir, seed=0,
+                                  num_demonstrations=inputs["num_demonstrations"],
+                                  demonstration_separator=inputs["demonstration_separator"],
+                                  answer_token_id=adapter.answer_token_id(backbone.tokenizer),
+                                  answer_must_end=adapter.answer_is_next_token)
+    datamodule.demonstration_ids = list(inputs["demonstration_ids"])
+    return datamodule
+
+
+# -- predicting --------------------------------------------------------------------------------------
+def _lookup(row: Mapping[str, Any], path: str) -> Any:
+    """`row[path]`, or a nested value by a dotted column path (`pair.body`)."""
+    if path in row:
+        return row[path]
+    value: Any = row
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            raise KeyError(path)
+        value = value[part]
+    return value
+
+
+class Predictor:
+    """Predictions from a loaded artifact: labels and probabilities, or generated text. Batched, eval mode,
+    no gradients, longest inputs first (as the run evaluated its test split)."""
+
+    def __init__(self, module: SoftPromptModule, datamodule: PromptDataModule, spec: Mapping[str, Any],
+                 directory: Path | None = None, batch_size: int | None = None) -> None:
+        self.module, self.datamodule, self.spec, self.directory = module, datamodule, spec, directory
+        self.task = parse_task(spec["task"])
+        self.generation = self.task.is_generation
+        self.labels = self.task.label_names
+        self.text_fields = list(self.task.text_fields)
+        self.batch_size = int(batch_size or spec["inputs"].get("batch_size") or DEFAULT_BATCH_SIZE)
+
+    @property
+    def method(self) -> str:
+        return str(self.spec["method"]["name"])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.backbone.parameters()).device
+
+    def examples(self, texts: Sequence[str | Mapping[str, Any]]) -> list[dict[str, str]]:
+        """Inputs as the template's fields: a string fills the single text field; a dict gives each field by
+        its name or its dataset column (`task.columns`), or by `text` when there is one field."""
+        return [self.example(item, index) for index, item in enumerate(texts)]
+
+    def example(self, item: str | Mapping[str, Any], index: int) -> dict[str, str]:
+        """One input as the template's fields (see `examples`); `index` names it in errors."""
+        if isinstance(item, str):
+            if len(self.text_fields) != 1:
+                raise ArtifactError(f"input {index} is a string, but task {self.task.name} has the text "
+                                    f"fields {self.text_fields}: give a dict with each")
+            item = {self.text_fields[0]: item}
+        if not isinstance(item, Mapping):
+            raise ArtifactError(f"input {index} is a {type(item).__name__}; give a string or a dict")
+        columns = self.task.columns
+        return {field: str(self._field(item, field, columns.get(field), index)) for field in self.text_fields}
+
+    def _field(self, row: Mapping[str, Any], field: str, column: str | None, index: int) -> Any:
+        names = [field, *([column] if column and column != field else []),
+                 *(["text"] if len(self.text_fields) == 1 and field != "text" else [])]
+        for name in names:
+            with contextlib.suppress(KeyError):
+                return _lookup(row, name)
+        raise ArtifactError(f"input {index} has no {' or '.join(repr(n) for n in names)} key "
+                            f"(its keys: {', '.join(map(str, row)) or 'none'})")
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """The run's mixed precision, if it used one (the backbone is already in that dtype)."""
+        dtype = MIXED_BACKBONE_DTYPES.get(str(self.spec.get("precision")))
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=getattr(torch, dtype))
+
+    def batches(self, texts: Sequence[str | Mapping[str, Any]]) -> Iterator[Batch]:
+        """Padded batches on the module's device, longest inputs first; `row_index` is the input's position."""
+        rows = self.datamodule.encode(self.examples(texts))
+        order = longest_first_shard([len(r["input_ids"]) for r in rows])
+        collate = self.datamodule.collator()
+        for start in range(0, len(order), self.batch_size):
+            batch = collate([rows[i] for i in order[start:start + self.batch_size]])
+            yield {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    @torch.no_grad()
+    def _per_input(self, texts: Sequence[str | Mapping[str, Any]], compute) -> list:
+        results: list = [None] * len(texts)
+        self.module.eval()
+        with self._autocast():
+            for batch in self.batches(texts):
+                for row, value in zip(batch["row_index"].tolist(), compute(batch), strict=True):
+                    results[row] = value
+        return results
+
+    def probabilities(self, texts: Sequence[str | Mapping[str, Any]]) -> list[list[float]]:
+        """Per input, the label probabilities in label order (classification)."""
+        if self.generation:
+            raise ArtifactError(f"task {self.task.name} is a generation task: it has no label probabilities; "
+                                "use predict() for its generated text")
+        return self._per_input(texts, lambda b: self.module.objective.outputs(self.module, b).float()
+                               .softmax(-1).tolist())
+
+    def score(self, texts: Sequence[str | Mapping[str, Any]]) -> list[dict[str, float]]:
+        """Per input, {label: probability} (classification only)."""
+        return [dict(zip(self.labels, p, strict=True)) for p in self.probabilities(texts)]
+
+    def predict(self, texts: Sequence[str | Mapping[str, Any]]) -> list[str]:
+        """Label names (classification) or generated strings with the task's decoding settings (generation)."""
+        if self.generation:
+            return self._per_input(texts, lambda b: self.module.objective.generate_texts(self.module, b))
+        return [self.labels[_argmax(p)] for p in self.probabilities(texts)]
+
+    def predict_records(self, texts: Sequence[str | Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """One record per input: `row_index`, `prediction`, and `probabilities` {label: p} for classification."""
+        if self.generation:
+            return [{"row_index": i, "prediction": text} for i, text in enumerate(self.predict(texts))]
+        return [{"row_index": i, "prediction": self.labels[_argmax(p)],
+                 "probabilities": dict(zip(self.labels, p, strict=True))}
+                for i, p in enumerate(self.probabilities(texts))]
+
+
+def _argmax(values: Sequence[float]) -> int:
+    """The first largest index, as the run's test predictions pick it."""
+    return max(range(len(values)), key=values.__getitem__)

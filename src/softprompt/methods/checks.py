@@ -1,0 +1,33 @@
+"""Config checks of a method and of the task it is trained on, before anything loads: one line naming the key."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from softprompt.data.task import TaskConfig, parse_task
+from softprompt.data.templates import Template
+from softprompt.errors import ConfigError
+from softprompt.methods import MethodConfig, method_config
+from softprompt.methods.layout import prompt_template
+from softprompt.objectives import check_objective_config
+
+
+def check_method(method: Mapping) -> MethodConfig:
+    """The method group, parsed by its class's typed Config."""
+    return method_config(method)
+
+
+def check_task(task: Mapping, method: Mapping) -> TaskConfig:
+    """The task group, parsed, and checked together with the method's template (its slots) and init."""
+    config = parse_task(task)
+    check_objective_config(config)
+    settings = method_config(method)
+    key = "method.template" if settings.slots == "template" else "task.template"
+    template = Template.parse(prompt_template(settings, config.template), config.text_fields, key=key)
+    if settings.slots != "none" and template.num_virtual_tokens != settings.num_virtual_tokens:
+        raise ConfigError("method.num_virtual_tokens", settings.num_virtual_tokens,
+                          f"the template {template.text!r} has {template.num_virtual_tokens} slots")
+    if config.is_generation and settings.init == "class_labels":
+        raise ConfigError("method.init", "class_labels", "a generation task has no class labels; use vocab, "
+                          "text, random_uniform or random_normal")
+    return config

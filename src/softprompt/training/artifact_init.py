@@ -1,0 +1,60 @@
+"""init=from_artifact: a new run starts from a trained prompt's folded tensors.
+
+The config check reads softprompt.json only (cheap, before anything loads); the tensors are read once the
+backbone is loaded and has the fingerprint the prompt was trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from softprompt.artifacts.format import ArtifactError, artifact_dir, read_spec, read_tensors
+from softprompt.backbones.loading import fingerprint
+from softprompt.errors import ConfigError
+from softprompt.methods import method_class
+from softprompt.methods.init import ARTIFACT_INIT
+
+
+def check_artifact_init(method: Mapping) -> tuple[Path, dict]:
+    """The artifact exists and holds this method's tensors at this prompt length, and no reparameterisation would
+    be stacked on its folded tensors (the method class's `folded_away` keys). Returns (folder, spec)."""
+    path = method.get("init_artifact")
+    try:
+        directory = artifact_dir(Path(str(path)))
+        spec = read_spec(directory)
+    except ArtifactError as error:
+        raise ConfigError("method.init_artifact", str(path), str(error)) from None
+    name, stored = method.get("name"), spec["method"]["name"]
+    if stored != name:
+        raise ConfigError("method.init_artifact", str(path), f"holds a {stored} prompt; method {name} can only "
+                          f"start from a {name} prompt")
+    if spec["num_virtual_tokens"] != method.get("num_virtual_tokens"):
+        raise ConfigError("method.num_virtual_tokens", method.get("num_virtual_tokens"),
+                          f"the artifact {path} has {spec['num_virtual_tokens']} virtual tokens")
+    cls = method_class(method)
+    for key in cls.folded_away:
+        folded = cls.folded_config[key]
+        if method.get(key) != folded:
+            raise ConfigError(f"method.{key}", method.get(key), f"init={ARTIFACT_INIT} trains the artifact's folded "
+                              f"tensors directly (its {key} is folded away); set method.{key}={folded}")
+    return directory, spec
+
+
+def artifact_init_state(method: Mapping, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The folded tensors of `method.init_artifact` (None unless init=from_artifact), after checking that `model`
+    (the run's frozen backbone) has the weights the prompt was trained on."""
+    if method.get("init") != ARTIFACT_INIT:
+        return None
+    directory, spec = check_artifact_init(method)
+    expected, found = spec["backbone"]["fingerprint"], fingerprint(model)
+    if found != expected:
+        raise ConfigError("method.init_artifact", str(method["init_artifact"]),
+                          f"was trained on a backbone with fingerprint {expected}; this run's backbone has {found} "
+                          "(its frozen weights differ)")
+    try:
+        return read_tensors(directory)
+    except ArtifactError as error:
+        raise ConfigError("method.init_artifact", str(method["init_artifact"]), str(error)) from None

@@ -1,0 +1,59 @@
+"""Validate a composed job config before anything is loaded; each problem is one line naming the key.
+
+Each layer checks its own settings (backbones, precision, methods with their task, data and folds); this
+module runs them in the order a user reads the config, and checks what only a training job has: the
+optimizer, the step budget and a prompt to start from (init=from_artifact).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from transformers.trainer_utils import SchedulerType
+
+from softprompt.backbones.loading import check_backbone
+from softprompt.config.precision import check_hardware, check_precision
+from softprompt.data.checks import check_cv, check_data
+from softprompt.errors import ConfigError
+from softprompt.methods import method_class
+from softprompt.methods.checks import check_method, check_task
+from softprompt.methods.init import ARTIFACT_INIT
+from softprompt.training.artifact_init import check_artifact_init
+
+# transformers.get_scheduler builds these without a warmup, whatever warmup_steps says.
+SCHEDULERS_WITHOUT_WARMUP = ("constant", "reduce_lr_on_plateau", "greedy")
+
+
+def check_optimizer(optimizer: Mapping) -> None:
+    if not float(optimizer.get("lr", 0)) > 0:
+        raise ConfigError("optimizer.lr", optimizer.get("lr"), "must be > 0")
+    allowed = [s.value for s in SchedulerType]
+    schedule = optimizer.get("scheduler") or {}
+    name = schedule.get("name")
+    if name not in allowed:
+        raise ConfigError("optimizer.scheduler.name", name, f"allowed: {', '.join(allowed)}")
+    warmup = schedule.get("warmup_steps")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ConfigError("optimizer.scheduler.warmup_steps", warmup, "must be an integer >= 0")
+    if warmup and name in SCHEDULERS_WITHOUT_WARMUP:
+        raise ConfigError("optimizer.scheduler.warmup_steps", warmup, f"scheduler {name} has no warmup and would "
+                          "ignore it; use optimizer.scheduler.name=constant_with_warmup (or linear, cosine, ...), or "
+                          "warmup_steps=0")
+
+
+def check_config(cfg: Mapping) -> None:
+    """All cheap checks, in the order a user reads the config."""
+    check_backbone(cfg["backbone"])
+    check_hardware(cfg["trainer"])
+    check_precision(cfg["trainer"], cfg["backbone"])
+    check_method(cfg["method"])
+    if cfg["method"].get("init") == ARTIFACT_INIT:
+        check_artifact_init(cfg["method"])
+    check_task(cfg["task"], cfg["method"])
+    check_cv(cfg["cv"], cfg["task"]["splits"])
+    check_data(cfg["data"])
+    if method_class(cfg["method"]).trains:
+        check_optimizer(cfg["optimizer"])
+    max_steps = cfg["trainer"].get("max_steps")
+    if max_steps is not None and max_steps != -1 and (not isinstance(max_steps, int) or max_steps < 1):
+        raise ConfigError("trainer.max_steps", max_steps, "must be -1 (use max_epochs) or an integer >= 1")

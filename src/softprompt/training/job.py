@@ -1,0 +1,80 @@
+"""Job assembly: the frozen backbone, the DataModule and the method module, from a resolved, checked config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from softprompt.backbones.cache import BACKBONES
+from softprompt.backbones.families import FAMILY_ADAPTERS
+from softprompt.backbones.loading import Backbone
+from softprompt.data import PromptDataModule
+from softprompt.data.task import parse_task
+from softprompt.errors import ConfigError
+from softprompt.methods import build_method, method_config
+from softprompt.methods.base import SoftPromptModule
+from softprompt.methods.config import PromptConfig
+from softprompt.methods.init import InitContext
+from softprompt.methods.layout import prompt_template
+from softprompt.objectives import build_objective
+from softprompt.training.artifact_init import artifact_init_state
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The job config as plain containers. A `hydra` node (compose API only) is left out, unresolved."""
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+
+
+def build_init_context(method: PromptConfig, seed: int, backbone: Backbone, datamodule: PromptDataModule,
+                       token_ids: list) -> InitContext:
+    """What an initialisation may look at; token counts only for the inits that read them."""
+    return InitContext(
+        embeddings=backbone.model.get_input_embeddings().weight.detach(),
+        tokenizer=backbone.tokenizer,
+        token_counts=datamodule.token_counts() if method.init in ("vocab", "class_labels") else None,
+        label_token_ids=token_ids,
+        generator=torch.Generator().manual_seed(seed),
+        init_range=method.init_range,
+        init_std=method.init_std,
+        init_vocab_size=method.init_vocab_size,
+        init_text=method.init_text,
+    )
+
+
+@dataclass
+class Job:
+    """What a run trains: the frozen backbone, the data and the method module."""
+
+    backbone: Backbone
+    datamodule: PromptDataModule
+    module: SoftPromptModule
+
+
+def build_job(plain: dict[str, Any], cache_dir: Path) -> Job:
+    """Backbone, DataModule (set up) and method module from a resolved, checked job config."""
+    seed = int(plain["seed"])
+    method, task = method_config(plain["method"]), parse_task(plain["task"])
+    backbone = BACKBONES.get_for_job(plain, cache_dir)  # the dtype trainer.precision implies
+    # Seeded after loading, so a job draws the same numbers whether its backbone was loaded or reused.
+    L.seed_everything(seed, workers=True)
+    adapter = FAMILY_ADAPTERS[backbone.family]
+    if plain["data"]["padding_side"] == "left" and not adapter.supports_left_padding:
+        raise ConfigError("data.padding_side", "left", f"{backbone.family} backbones need right padding")
+    datamodule = PromptDataModule(task, plain["data"], plain["cv"], prompt_template(method, task.template),
+                                  backbone.tokenizer, cache_dir, seed, num_demonstrations=method.num_demonstrations,
+                                  demonstration_separator=method.demonstration_separator,
+                                  answer_token_id=adapter.answer_token_id(backbone.tokenizer),
+                                  answer_must_end=adapter.answer_is_next_token)
+    objective = build_objective(task, adapter, backbone.tokenizer, backbone.hidden_size)  # before tokenising
+    token_ids = getattr(objective, "label_token_ids", [])  # generation tasks have no label words
+    datamodule.setup()
+    module = build_method(plain["method"], backbone=backbone, objective=objective, optimizer=plain["optimizer"],
+                          dropout=bool(plain["backbone"]["dropout"]),
+                          init_context=lambda: build_init_context(method, seed, backbone, datamodule, token_ids),
+                          initial_state=artifact_init_state(plain["method"], backbone.model))
+    return Job(backbone, datamodule, module)
