@@ -35,15 +35,16 @@ COMMON = ["trainer.max_steps=10", "trainer.val_check_interval=10", "data.max_sam
           "data.max_samples.test=64", "logger=none"]
 # name -> (overrides, expected frozen-backbone dtype); the trainable tensors must be float32 in every check.
 CHECKS: dict[str, tuple[list[str], str]] = {
-    "fp32_baseline": (["trainer=gpu"], "float32"),
-    "ddp": (["trainer=ddp", "trainer.devices=1"], "float32"),
+    "fp32_baseline": (["trainer=gpu", "trainer.precision=32-true"], "float32"),
+    "auto_precision": (["trainer=gpu"], "bfloat16"),  # the default: bf16 on a GPU that has it
+    "ddp": (["trainer=ddp", "trainer.devices=1", "trainer.precision=32-true"], "float32"),
     "bf16_mixed": (["trainer=gpu", "trainer.precision=bf16-mixed"], "bfloat16"),
     "fp16_mixed": (["trainer=gpu", "trainer.precision=16-mixed"], "float16"),
-    "checkpointing_prompt_tuning": (["trainer=gpu", "backbone.gradient_checkpointing=true", "method=prompt_tuning"],
-                                    "float32"),
-    "checkpointing_prefix_tuning": (["trainer=gpu", "backbone.gradient_checkpointing=true", "method=prefix_tuning"],
-                                    "float32"),
-    "backbone_bf16": (["trainer=gpu", "backbone.dtype=bfloat16"], "bfloat16"),
+    "checkpointing_prompt_tuning": (["trainer=gpu", "trainer.precision=32-true",
+                                     "backbone.gradient_checkpointing=true", "method=prompt_tuning"], "float32"),
+    "checkpointing_prefix_tuning": (["trainer=gpu", "trainer.precision=32-true",
+                                     "backbone.gradient_checkpointing=true", "method=prefix_tuning"], "float32"),
+    "backbone_bf16": (["trainer=gpu", "trainer.precision=32-true", "backbone.dtype=bfloat16"], "bfloat16"),
     # FSDP keeps the fp32 backbone at load (it shards it; one dtype per unit) and computes in bf16.
     "fsdp_bf16_mixed": (["trainer=fsdp", "trainer.devices=1", "trainer.precision=bf16-mixed"], "float32"),
 }

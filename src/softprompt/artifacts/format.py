@@ -71,6 +71,8 @@ def artifact_spec(module: SoftPromptModule, job: Mapping[str, Any], summary: Map
                      "family": backbone.family, "fingerprint": summary["backbone_fingerprint_start"],
                      "tokenizer": tokenizer_identity(backbone.tokenizer), "config": backbone_cfg},
         "precision": precision,
+        # What the run asked for: `auto` is resolved again for the machine that loads the prompt.
+        "precision_requested": (summary.get("precision") or {}).get("requested", precision),
         # Where the training data came from is not needed to predict (and may name private files).
         "task": {**task, "source": {}, "splits": {}},
         "prompt_template": prompt_template(settings, task["template"]),
@@ -141,6 +143,7 @@ def upgrade_v1(spec: dict[str, Any]) -> dict[str, Any]:
     task.setdefault("prompt_init", "vocab" if generation else "class_labels")
     for key, value in V1_TASK.items():
         task.setdefault(key, value)
+    spec["backbone"]["config"].setdefault("attention", "sdpa")  # v1 ran PyTorch's SDPA as it chose
     inputs = spec["inputs"]
     method.setdefault("num_demonstrations", inputs["num_demonstrations"])
     method.setdefault("demonstration_separator", inputs["demonstration_separator"])

@@ -32,6 +32,7 @@ from softprompt.artifacts.format import ArtifactError, artifact_dir, read_spec
 from softprompt.artifacts.predictor import Predictor, _argmax, load
 from softprompt.backbones.attention_prefix import PREFIX_KWARG, enable_prefix_injection, prefix_kv
 from softprompt.backbones.families import place_prompts
+from softprompt.backbones.loading import fingerprint_algorithm
 from softprompt.data.collate import PadCollator, insert_demonstrations
 from softprompt.data.sampling import longest_first_shard
 from softprompt.data.task import parse_task
@@ -60,7 +61,9 @@ def check_compatible(specs: Sequence[Mapping[str, Any]], names: Sequence[str], f
     first = specs[0]["backbone"]
     for spec, name in zip(specs[1:], names[1:], strict=True):
         other = spec["backbone"]
-        if other["fingerprint"] != first["fingerprint"]:
+        # Fingerprints of two algorithms cannot be compared here; loading checks each against the one backbone.
+        comparable = fingerprint_algorithm(other["fingerprint"]) == fingerprint_algorithm(first["fingerprint"])
+        if comparable and other["fingerprint"] != first["fingerprint"]:
             message = (f"prompt {name!r} was trained on backbone {other['name']} with fingerprint "
                        f"{other['fingerprint']}, prompt {names[0]!r} on {first['name']} with fingerprint "
                        f"{first['fingerprint']}: a mixed batch runs every prompt on one backbone")

@@ -16,8 +16,8 @@ import torch
 from softprompt.artifacts.format import ArtifactError, artifact_dir, default_cache_dir, read_spec, read_tensors
 from softprompt.backbones.cache import BACKBONES
 from softprompt.backbones.families import FAMILY_ADAPTERS
-from softprompt.backbones.loading import Backbone, fingerprint
-from softprompt.config.precision import MIXED_BACKBONE_DTYPES
+from softprompt.backbones.loading import DTYPES, Backbone, fingerprint, fingerprint_algorithm
+from softprompt.config.precision import AUTO, MIXED_BACKBONE_DTYPES, resolve_auto
 from softprompt.data import PromptDataModule
 from softprompt.data.sampling import longest_first_shard
 from softprompt.data.task import parse_task
@@ -36,8 +36,12 @@ DEFAULT_BATCH_SIZE = 64
 
 
 def check_fingerprint(spec: Mapping[str, Any], backbone: Backbone, force: bool) -> str:
-    """The loaded backbone's fingerprint; a mismatch with the artifact's raises, or warns under `force`."""
-    expected, found = spec["backbone"]["fingerprint"], fingerprint(backbone.model)
+    """The loaded backbone's fingerprint, taken in the dtype the prompt was trained in; a mismatch with the
+    artifact's raises, or warns under `force`."""
+    trained = DTYPES[str(spec["backbone"]["config"]["dtype"])]
+    as_dtype = None if backbone.model.dtype == trained else trained
+    expected = spec["backbone"]["fingerprint"]
+    found = fingerprint(backbone.model, as_dtype, fingerprint_algorithm(expected))
     if found != expected:
         message = (f"backbone {backbone.name} does not match the artifact: expected fingerprint {expected}, found "
                    f"{found} (its frozen weights differ from the ones the prompt was trained on)")
@@ -91,13 +95,23 @@ def load(path: str | Path, force: bool = False, cache_dir: str | Path | None = N
     spec = read_spec(directory)
     tensors = read_tensors(directory)
     cache = Path(cache_dir or default_cache_dir()).expanduser()
-    backbone = BACKBONES.get(spec["backbone"]["config"], cache, 1)
+    backbone = BACKBONES.get(load_config(spec, torch.device(device)), cache, 1)
     if backbone.family != spec["backbone"]["family"]:
         raise ArtifactError(f"backbone {backbone.name} loads as a {backbone.family} model; the artifact was trained "
                             f"on a {spec['backbone']['family']} one")
     check_fingerprint(spec, backbone, force)
     module = build_folded_module(spec, backbone, tensors).to(device)
     return Predictor(module, input_datamodule(spec, backbone, cache), spec, directory)
+
+
+def load_config(spec: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """The backbone config to predict with: the run's, with `trainer.precision=auto` resolved again for this
+    machine and `device` (a prompt trained in bfloat16 predicts in float32 where bfloat16 is not native)."""
+    config = dict(spec["backbone"]["config"])
+    if spec.get("precision_requested") == AUTO:
+        trainer = {"precision": AUTO, "accelerator": device.type}
+        config["dtype"] = resolve_auto(trainer, {**config, "dtype": "float32"})["backbone_dtype"]
+    return config
 
 
 def input_datamodule(spec: Mapping[str, Any], backbone: Backbone, cache_dir: Path) -> PromptDataModule:

@@ -10,10 +10,12 @@ attention (prefixes have the key/value head count; SDPA repeats them with the re
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -22,7 +24,12 @@ from softprompt.errors import SoftPromptError
 
 PREFIX_KWARG = "softprompt_prefix"
 CAPTURE_KWARG = "softprompt_capture"
-IMPLEMENTATION = "softprompt_sdpa"  # our registered wrapper of SDPA
+# backbone.attention: which SDPA kernels our registered wrapper lets PyTorch use.
+#   auto: PyTorch's choice, except the math kernel where it is faster (CPU bfloat16 with gradients: the flash
+#         kernel's CPU backward is several times slower than its forward; docs/results/ has the measurement);
+#   sdpa: PyTorch's choice (flash, memory-efficient or math); math: always the math kernel.
+ATTENTION_BACKENDS = ("auto", "sdpa", "math")
+IMPLEMENTATION_PREFIX = "softprompt_"
 ROLE_ATTRIBUTE = "softprompt_role"
 VERIFIED_ATTRIBUTE = "softprompt_prefix_reaches_every_layer"
 
@@ -104,7 +111,18 @@ def _extend_mask(mask: torch.Tensor | None, module: torch.nn.Module, query: torc
     return torch.cat([prefix, mask], dim=-1)
 
 
-def _wrap(base: Callable) -> Callable:
+def uses_math_kernel(backend: str, device_type: str, dtype: torch.dtype, grad: bool) -> bool:
+    """Whether `backend` restricts an attention call to the math kernel (see ATTENTION_BACKENDS)."""
+    return backend == "math" or (backend == "auto" and device_type == "cpu" and dtype == torch.bfloat16 and grad)
+
+
+def _kernels(backend: str, query: torch.Tensor) -> contextlib.AbstractContextManager:
+    """The SDPA kernels this call may use under `backend`."""
+    math = uses_math_kernel(backend, query.device.type, query.dtype, torch.is_grad_enabled())
+    return sdpa_kernel(SDPBackend.MATH) if math else contextlib.nullcontext()
+
+
+def _wrap(base: Callable, backend: str) -> Callable:
     def attention(module, query, key, value, attention_mask, **kwargs):
         prefix: PrefixKV | None = kwargs.pop(PREFIX_KWARG, None)
         capture: KVCapture | None = kwargs.pop(CAPTURE_KWARG, None)
@@ -120,16 +138,39 @@ def _wrap(base: Callable) -> Callable:
                 kwargs["position_bias"] = torch.nn.functional.pad(kwargs["position_bias"], (length, 0))
             key = torch.cat([prefix_keys.to(key.dtype).expand(batch, -1, -1, -1), key], dim=2)
             value = torch.cat([prefix_values.to(value.dtype).expand(batch, -1, -1, -1), value], dim=2)
-        return base(module, query, key, value, attention_mask, **kwargs)
+        with _kernels(backend, query):
+            return base(module, query, key, value, attention_mask, **kwargs)
 
     return attention
 
 
-def _register() -> str:
-    if IMPLEMENTATION not in ALL_ATTENTION_FUNCTIONS.valid_keys():
-        AttentionInterface.register(IMPLEMENTATION, _wrap(ALL_ATTENTION_FUNCTIONS["sdpa"]))
-        AttentionMaskInterface.register(IMPLEMENTATION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
-    return IMPLEMENTATION
+def _register(backend: str) -> str:
+    """The name of our wrapper of SDPA for `backend`, registered with transformers' attention interface."""
+    name = IMPLEMENTATION_PREFIX + backend
+    if name not in ALL_ATTENTION_FUNCTIONS.valid_keys():
+        AttentionInterface.register(name, _wrap(ALL_ATTENTION_FUNCTIONS["sdpa"], backend))
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    return name
+
+
+def attention_backend(model: PreTrainedModel) -> str | None:
+    """The backend of our wrapper the model runs on, or None when it runs its own attention."""
+    name = str(model.config._attn_implementation)
+    return name.removeprefix(IMPLEMENTATION_PREFIX) if name.startswith(IMPLEMENTATION_PREFIX) else None
+
+
+def use_attention(model: PreTrainedModel, backend: str) -> None:
+    """Run the model's attention through our wrapper of SDPA with `backend`'s kernels (idempotent); raises
+    UnreachableAttentionError when the architecture does not take transformers' attention interface."""
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}")
+    attention_layers(model)  # tag every attention module with its role
+    if attention_backend(model) != backend:
+        try:
+            model.set_attn_implementation(_register(backend))
+        except (ValueError, ImportError) as error:
+            raise UnreachableAttentionError(f"{type(model).__name__} does not take transformers' attention "
+                                            f"interface ({error})") from None
 
 
 class UnreachableAttentionError(SoftPromptError):
@@ -190,19 +231,16 @@ def check_every_layer_reached(model: PreTrainedModel) -> None:
 
 
 def enable_prefix_injection(model: PreTrainedModel) -> None:
-    """Switch the model to our wrapper of PyTorch SDPA attention (idempotent), and check once that a prefix
-    reaches every attention layer.
+    """Make sure the model runs on our wrapper of PyTorch SDPA (loading puts every backbone on it; `auto` for a
+    model built elsewhere), and check once that a prefix reaches every attention layer.
 
     Without a prefix kwarg the wrapper calls the stock SDPA function unchanged. Eager attention is
     model-specific in transformers, so SDPA is the one wrapped for every model.
     """
-    attention_layers(model)  # tag every attention module with its role
-    if model.config._attn_implementation != IMPLEMENTATION:
-        try:
-            model.set_attn_implementation(_register())
-        except (ValueError, ImportError) as error:
-            raise UnreachableAttentionError(f"prefix methods cannot serve {type(model).__name__}: it does not take "
-                                            f"transformers' attention interface ({error})") from None
+    try:
+        use_attention(model, attention_backend(model) or "auto")
+    except UnreachableAttentionError as error:
+        raise UnreachableAttentionError(f"prefix methods cannot serve it: {error}") from None
     if not getattr(model, VERIFIED_ATTRIBUTE, False):
         check_every_layer_reached(model)
         setattr(model, VERIFIED_ATTRIBUTE, True)

@@ -99,6 +99,19 @@ class FamilyAdapter:
         session that decodes further tokens one step at a time."""
         raise NotImplementedError
 
+    @classmethod
+    def score_and_start_generation(cls, model: PreTrainedModel, inputs_embeds: torch.Tensor,
+                                   attention_mask: torch.Tensor, answer_index: torch.Tensor,
+                                   target_ids: torch.Tensor, target_mask: torch.Tensor, position_offset: int = 0,
+                                   **attention_kwargs) -> tuple[torch.Tensor, torch.Tensor, GenerationSession]:
+        """Evaluation's two reads of the source in one: (`target_hidden`'s teacher-forced states, the first
+        step's logits, a decoding session). Families override it to read the source once."""
+        hidden = cls.target_hidden(model, inputs_embeds, attention_mask, answer_index, target_ids, target_mask,
+                                   position_offset, **attention_kwargs)
+        first, session = cls.start_generation(model, inputs_embeds, attention_mask, answer_index, position_offset,
+                                              **attention_kwargs)
+        return hidden, first, session
+
 
 class GenerationSession:
     """Cached decoding state of one batch; the method's attention kwargs reach every step."""
@@ -184,17 +197,46 @@ class CausalLMAdapter(FamilyAdapter):
         return hidden[torch.arange(len(hidden), device=hidden.device)[:, None], positions]
 
     @classmethod
-    def start_generation(cls, model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                         answer_index: torch.Tensor, position_offset: int = 0, **attention_kwargs
-                         ) -> tuple[torch.Tensor, GenerationSession]:
+    def _prefill(cls, model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                 answer_index: torch.Tensor, position_offset: int, attention_kwargs: dict
+                 ) -> tuple[torch.Tensor, CausalSession]:
+        """The source read once into a KV cache: (the hidden state at the answer position, the session)."""
         session = CausalSession(model, cls, attention_kwargs)
         session.cache = DynamicCache(config=model.config)
         hidden = cls.hidden_states(model, inputs_embeds, attention_mask, position_offset, cache=session.cache,
                                    **attention_kwargs)
         session.rows = {"attention_mask": attention_mask,
                         "next_position": (attention_mask.sum(-1, keepdim=True) + position_offset)[:, 0]}
-        last = hidden[torch.arange(len(answer_index), device=answer_index.device), answer_index]
+        return hidden[torch.arange(len(answer_index), device=answer_index.device), answer_index], session
+
+    @classmethod
+    def start_generation(cls, model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                         answer_index: torch.Tensor, position_offset: int = 0, **attention_kwargs
+                         ) -> tuple[torch.Tensor, GenerationSession]:
+        last, session = cls._prefill(model, inputs_embeds, attention_mask, answer_index, position_offset,
+                                     attention_kwargs)
         return cls.vocab_logits(model, last), session
+
+    @classmethod
+    def score_and_start_generation(cls, model: PreTrainedModel, inputs_embeds: torch.Tensor,
+                                   attention_mask: torch.Tensor, answer_index: torch.Tensor,
+                                   target_ids: torch.Tensor, target_mask: torch.Tensor, position_offset: int = 0,
+                                   **attention_kwargs) -> tuple[torch.Tensor, torch.Tensor, GenerationSession]:
+        """The source is read once: the prefill's cache also serves the teacher-forced target tokens, which are
+        then cropped off so decoding starts from the source alone."""
+        last, session = cls._prefill(model, inputs_embeds, attention_mask, answer_index, position_offset,
+                                     attention_kwargs)
+        states = [last[:, None]]
+        fed = target_ids.shape[1] - 1  # the last target token is never an input
+        if fed:
+            mask = torch.cat([attention_mask, target_mask[:, :-1].to(attention_mask.dtype)], dim=1)
+            positions = session.rows["next_position"][:, None] + torch.arange(fed, device=target_ids.device)
+            output = model.base_model(inputs_embeds=cls.embed(model, target_ids[:, :-1]).to(inputs_embeds.dtype),
+                                      attention_mask=mask, position_ids=positions, cache=session.cache,
+                                      use_cache=True, **attention_kwargs)
+            states.append(output.last_hidden_state)
+            session.cache.crop(-fed)
+        return torch.cat(states, dim=1), cls.vocab_logits(model, last), session
 
 
 class MaskedLMAdapter(FamilyAdapter):
@@ -293,6 +335,11 @@ class Seq2SeqAdapter(FamilyAdapter):
                       position_offset: int = 0, **attention_kwargs) -> torch.Tensor:
         """The decoder reads the start token and the target shifted right (targets are right-padded)."""
         encoded = cls._encode(model, inputs_embeds, attention_mask, attention_kwargs)
+        return cls._teacher_forced(model, encoded, attention_mask, target_ids, target_mask, attention_kwargs)
+
+    @classmethod
+    def _teacher_forced(cls, model: PreTrainedModel, encoded: torch.Tensor, attention_mask: torch.Tensor,
+                        target_ids: torch.Tensor, target_mask: torch.Tensor, attention_kwargs: dict) -> torch.Tensor:
         start = cls._start_tokens(model, len(target_ids), target_ids.device)
         decoder_ids = torch.cat([start, target_ids[:, :-1]], dim=1)
         decoder_mask = torch.cat([torch.ones_like(start), target_mask[:, :-1].long()], dim=1)
@@ -301,15 +348,32 @@ class Seq2SeqAdapter(FamilyAdapter):
                                    **attention_kwargs).last_hidden_state
 
     @classmethod
+    def _session(cls, model: PreTrainedModel, encoded: torch.Tensor, attention_mask: torch.Tensor,
+                 attention_kwargs: dict) -> tuple[torch.Tensor, GenerationSession]:
+        """(the first step's logits, a decoding session) over an encoded source."""
+        session = Seq2SeqSession(model, cls, attention_kwargs)
+        session.cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        session.rows = {"encoded": encoded, "encoder_mask": attention_mask}
+        start = cls._start_tokens(model, len(encoded), encoded.device)
+        return session.step(start[:, 0]), session
+
+    @classmethod
     def start_generation(cls, model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                          answer_index: torch.Tensor, position_offset: int = 0, **attention_kwargs
                          ) -> tuple[torch.Tensor, GenerationSession]:
-        session = Seq2SeqSession(model, cls, attention_kwargs)
-        session.cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
         encoded = cls._encode(model, inputs_embeds, attention_mask, attention_kwargs)
-        session.rows = {"encoded": encoded, "encoder_mask": attention_mask}
-        start = cls._start_tokens(model, len(inputs_embeds), inputs_embeds.device)
-        return session.step(start[:, 0]), session
+        return cls._session(model, encoded, attention_mask, attention_kwargs)
+
+    @classmethod
+    def score_and_start_generation(cls, model: PreTrainedModel, inputs_embeds: torch.Tensor,
+                                   attention_mask: torch.Tensor, answer_index: torch.Tensor,
+                                   target_ids: torch.Tensor, target_mask: torch.Tensor, position_offset: int = 0,
+                                   **attention_kwargs) -> tuple[torch.Tensor, torch.Tensor, GenerationSession]:
+        """The encoder reads the source once, for the teacher-forced decoder pass and for decoding."""
+        encoded = cls._encode(model, inputs_embeds, attention_mask, attention_kwargs)
+        hidden = cls._teacher_forced(model, encoded, attention_mask, target_ids, target_mask, attention_kwargs)
+        first, session = cls._session(model, encoded, attention_mask, attention_kwargs)
+        return hidden, first, session
 
 
 FAMILY_ADAPTERS: dict[str, type[FamilyAdapter]] = {

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import transformers
+import xxhash
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -24,10 +26,13 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from softprompt.assets.wheels import WheelAsset, extract_member, prepared_dir
+from softprompt.backbones.attention_prefix import ATTENTION_BACKENDS, UnreachableAttentionError, use_attention
 from softprompt.backbones.checkpointing import checkpoint_in_any_mode
 from softprompt.backbones.gguf_conversion import convert_gguf_to_hf
 from softprompt.backbones.tiny_random import build_tiny_random
 from softprompt.errors import ConfigError
+
+log = logging.getLogger("softprompt")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FAMILY_MODEL_CLASSES = {"causal_lm": AutoModelForCausalLM, "masked_lm": AutoModelForMaskedLM,
@@ -108,8 +113,12 @@ def load_backbone(cfg: Mapping, cache_dir: Path) -> Backbone:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     freeze(model)
-    if cfg.get("gradient_checkpointing"):
+    if cfg["gradient_checkpointing"]:
         enable_gradient_checkpointing(model)
+    try:
+        use_attention(model, str(cfg["attention"]))
+    except UnreachableAttentionError as error:  # input-level methods still work; prefix methods refuse it
+        log.warning("backbone %s keeps its own attention implementation: %s", cfg["name"], error)
     return Backbone(model, tokenizer, str(cfg["name"]), source, revision, family)
 
 
@@ -155,23 +164,41 @@ def detect_family(config: PretrainedConfig, requested: str) -> str:
                       f"{config.model_type} {architectures}; supported: {', '.join(FAMILIES[1:])}")
 
 
-def fingerprint(model: nn.Module) -> str:
-    """blake2b over every parameter and persistent buffer, in name order (tied weights once)."""
-    return fingerprint_state(model.state_dict(keep_vars=True), skip=tied_aliases(model))
+# Fingerprints hash every byte of every weight. xxh3-128 reads memory about as fast as it can be read;
+# blake2b (fingerprints written before, with no prefix) is kept to check those.
+XXH3 = "xxh3"
+BLAKE2B = "blake2b"
 
 
-def fingerprint_state(state: Mapping[str, torch.Tensor], skip: Set[str] = frozenset()) -> str:
+def fingerprint_algorithm(value: str) -> str:
+    """The algorithm a fingerprint was taken with: `xxh3:<hex>`, or bare hex for blake2b."""
+    return XXH3 if value.startswith(f"{XXH3}:") else BLAKE2B
+
+
+def fingerprint(model: nn.Module, as_dtype: torch.dtype | None = None, algorithm: str = XXH3) -> str:
+    """A hash of every parameter and persistent buffer, in name order (tied weights once). `as_dtype`: the
+    fingerprint the weights would have loaded in that floating dtype (a bfloat16-trained prompt checked on
+    float32 weights); `algorithm`: that of the fingerprint it is compared with (`fingerprint_algorithm`)."""
+    return fingerprint_state(model.state_dict(keep_vars=True), skip=tied_aliases(model), as_dtype=as_dtype,
+                             algorithm=algorithm)
+
+
+def fingerprint_state(state: Mapping[str, torch.Tensor], skip: Set[str] = frozenset(),
+                      as_dtype: torch.dtype | None = None, algorithm: str = XXH3) -> str:
     """`fingerprint` of a model whose state dict is `state` (gathered under FSDP, say); `skip`: its
     `tied_aliases`."""
-    digest = hashlib.blake2b(digest_size=16)
+    digest = xxhash.xxh3_128() if algorithm == XXH3 else hashlib.blake2b(digest_size=16)
     for name, tensor in sorted(state.items()):
         if name in skip:
             continue
-        data = tensor.detach().cpu().contiguous()
+        data = tensor.detach()
+        if as_dtype is not None and data.is_floating_point():
+            data = data.to(as_dtype)  # rounds as loading in that dtype does
+        data = data.cpu().contiguous()
         digest.update(name.encode())
         digest.update(str(data.dtype).encode())
         digest.update(data.view(torch.uint8).numpy() if data.numel() else b"")
-    return digest.hexdigest()
+    return f"{XXH3}:{digest.hexdigest()}" if algorithm == XXH3 else digest.hexdigest()
 
 
 # Wrappers FSDP and activation checkpointing insert into parameter names, and leave out of state dicts.
@@ -191,6 +218,8 @@ def tied_aliases(model: nn.Module) -> set[str]:
 def check_backbone(backbone: Mapping) -> None:
     if backbone.get("dtype") not in DTYPES:
         raise ConfigError("backbone.dtype", backbone.get("dtype"), f"allowed: {', '.join(DTYPES)}")
+    if backbone.get("attention") not in ATTENTION_BACKENDS:
+        raise ConfigError("backbone.attention", backbone.get("attention"), f"allowed: {', '.join(ATTENTION_BACKENDS)}")
     if backbone.get("family") not in FAMILIES:
         raise ConfigError("backbone.family", backbone.get("family"), f"allowed: {', '.join(FAMILIES)}")
     if not (backbone.get("name_or_path") or backbone.get("asset") or backbone.get("random_init")):

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from softprompt.analysis.benchmark import (  # light: torch imports when a run starts
     DATA_KINDS,
+    PRECISION_OVERRIDES,
     Settings,
     preset_names,
     run_benchmark,
@@ -39,6 +40,8 @@ TOOL = Tool("softprompt-bench", {
     "warmup": Key("uncounted rounds first", integer(0), default=1),
     "device": Key("cpu or gpu", choice("cpu", "gpu"), default="cpu"),
     "full_ft": Key("false skips full fine-tuning", boolean, default=True),
+    "precision": Key("the frozen backbone's dtype for every runner: fp32, bf16, or auto (what training picks on "
+                     "this machine)", choice(*PRECISION_OVERRIDES), default="auto"),
     "out": Key("write DIR/bench.json and DIR/bench.md", path),
 }, takes_overrides=True)
 
@@ -55,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings(backbone=args["backbone"], methods=_listed(args["methods"]), data=_listed(args["data"]),
                         batch_size=args["batch_size"], seq_len=args["seq_len"],
                         num_virtual_tokens=args["num_virtual_tokens"], steps=args["steps"], warmup=args["warmup"],
-                        device=args["device"], full_ft=args["full_ft"], overrides=args.overrides)
+                        device=args["device"], full_ft=args["full_ft"], precision=args["precision"],
+                        overrides=args.overrides)
     try:
         bench = run_benchmark(settings)
     except SoftPromptError as error:

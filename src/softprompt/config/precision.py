@@ -3,9 +3,18 @@
 The rule, explicit and logged at the start of every run:
 
     trainer.precision     frozen backbone                                  trainable  compute
-    32-true (default)     backbone.dtype as set (float32/bfloat16/float16) float32    in the backbone's dtype
+    auto (default)        backbone.dtype=float32 becomes bfloat16 where    float32    in the backbone's dtype
+                          the hardware runs it natively (a CUDA device
+                          with bf16; a CPU with avx512_bf16 or amx_bf16);
+                          any other backbone.dtype is kept
+    32-true               backbone.dtype as set (float32/bfloat16/float16) float32    in the backbone's dtype
     bf16-mixed            bfloat16 (cast from backbone.dtype=float32)      float32    autocast to bfloat16
     16-mixed (GPU only)   float16 (cast from backbone.dtype=float32)       float32    autocast to float16, loss scaling
+
+`auto` is resolved once per run, before anything loads (`resolve_auto`): to `32-true` with the frozen
+backbone in bfloat16 where bf16 is native, and to `32-true` as configured elsewhere. Under FSDP (which
+does not cast the backbone) it resolves to `bf16-mixed` on a bf16 device. Without native support
+bfloat16 is emulated and many times slower than float32, which is why `auto` checks the hardware.
 
 Frozen weights get no optimizer update, so they need no fp32 master copy: under mixed precision they
 are loaded in the compute dtype, which halves their memory. The trainable tensors (prompt embeddings,
@@ -30,8 +39,10 @@ from softprompt.errors import ConfigError
 
 log = logging.getLogger("softprompt")
 
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
-CPU_PRECISIONS = ("32-true", "bf16-mixed")
+AUTO = "auto"
+PRECISIONS = (AUTO, "32-true", "bf16-mixed", "16-mixed")
+CPU_PRECISIONS = (AUTO, "32-true", "bf16-mixed")
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bfloat16 arithmetic
 ALIASES = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}  # Lightning's short spellings
 MIXED_BACKBONE_DTYPES = {"bf16-mixed": "bfloat16", "16-mixed": "float16"}
 
@@ -83,6 +94,46 @@ def check_precision(trainer: Mapping[str, Any], backbone: Mapping[str, Any]) -> 
     if compute is not None and dtype not in ("float32", compute):
         raise ConfigError("backbone.dtype", dtype, f"trainer.precision={precision} computes in {compute}; "
                           f"allowed: float32 (cast to {compute}) or {compute}")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo); empty where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(on_cpu: bool) -> tuple[bool, str]:
+    """(whether the training device runs bfloat16 natively, what was found): a CUDA device with bf16, or a CPU
+    with avx512_bf16 / amx_bf16."""
+    if not on_cpu:
+        if torch.cuda.is_available():
+            name = torch.cuda.get_device_name()
+            native = torch.cuda.is_bf16_supported()
+            return native, f"CUDA device {name} {'supports' if native else 'lacks'} bfloat16"
+        return False, "no CUDA device"
+    found = sorted(set(CPU_BF16_FLAGS) & cpu_flags())
+    return bool(found), (f"CPU with {', '.join(found)}" if found else
+                         f"CPU without {' or '.join(CPU_BF16_FLAGS)} (bfloat16 would be emulated)")
+
+
+def resolve_auto(trainer: Mapping[str, Any], backbone: Mapping[str, Any]) -> dict[str, str]:
+    """What `trainer.precision=auto` means on this machine: {"trainer": the Lightning precision, "backbone_dtype":
+    the frozen backbone's dtype, "why": what was found}. Any other precision is returned as configured."""
+    precision, dtype = trainer_precision(trainer), str(backbone.get("dtype"))
+    if precision != AUTO:
+        return {"trainer": precision, "backbone_dtype": dtype, "why": "as configured"}
+    native, why = native_bf16(runs_on_cpu(trainer))
+    if not native:
+        return {"trainer": "32-true", "backbone_dtype": dtype, "why": why}
+    if uses_fsdp(trainer):  # FSDP keeps one dtype per unit: autocast instead of casting the backbone
+        return {"trainer": "bf16-mixed", "backbone_dtype": dtype, "why": why}
+    return {"trainer": "32-true", "backbone_dtype": "bfloat16" if dtype == "float32" else dtype, "why": why}
 
 
 def backbone_config_for_precision(cfg: Mapping[str, Any]) -> dict[str, Any]:

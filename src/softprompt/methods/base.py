@@ -179,6 +179,16 @@ class SoftPromptModule(L.LightningModule):
                                                        self.position_offset, **self.attention_kwargs())
         return decode(first.float(), session, eos_token_id, config)
 
+    @torch.no_grad()
+    def score_and_generate(self, batch: Batch, config: DecodingConfig, eos_token_id: int
+                           ) -> tuple[torch.Tensor, list[list[int]]]:
+        """Evaluation of a generation task with the prompted source read once: the teacher-forced hidden states
+        predicting each target token, and the decoded token ids per row (as `generate` gives them)."""
+        hidden, first, session = self.adapter.score_and_start_generation(
+            self.backbone, self.embed_inputs(batch), batch["attention_mask"], batch["answer_index"],
+            batch["target_ids"], batch["target_mask"], self.position_offset, **self.attention_kwargs())
+        return hidden, decode(first.float(), session, eos_token_id, config)
+
     def forward(self, batch: Batch) -> torch.Tensor:
         """The objective's outputs: (batch, num_labels) label scores, or target-token logits."""
         return self.objective.outputs(self, batch)

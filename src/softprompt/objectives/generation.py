@@ -62,14 +62,22 @@ class GenerationObjective(Objective):
     def outputs(self, module: PromptedModel, batch: Batch) -> torch.Tensor:
         return module.adapter.vocab_logits(module.backbone, module.target_hidden(batch)).float()
 
-    def loss(self, module: PromptedModel, batch: Batch) -> torch.Tensor:
+    @staticmethod
+    def target_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Cross-entropy over the real target tokens (padding left out)."""
         mask = batch["target_mask"].bool()
-        return F.cross_entropy(self.outputs(module, batch)[mask], batch["target_ids"][mask])
+        return F.cross_entropy(logits[mask], batch["target_ids"][mask])
+
+    def loss(self, module: PromptedModel, batch: Batch) -> torch.Tensor:
+        return self.target_loss(self.outputs(module, batch), batch)
 
     def evaluate(self, module: PromptedModel, batch: Batch, stage: str) -> list[dict[str, Any]]:
         size = len(batch["target_ids"])
-        self.log_loss(module, stage, self.loss(module, batch), size)
-        texts = self.generate_texts(module, batch)
+        # One read of the source serves the teacher-forced loss and decoding (the prefill is shared).
+        hidden, tokens = module.score_and_generate(batch, self.decoding, self.eos_token_id)
+        logits = module.adapter.vocab_logits(module.backbone, hidden).float()
+        self.log_loss(module, stage, self.target_loss(logits, batch), size)
+        texts = self.texts(tokens)
         references = list(batch["target_text"])
         self.metrics[stage].update(texts, references)
         return [{"row_index": row, "prediction": text, "reference": reference}

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from softprompt.artifacts.format import ArtifactError, artifact_dir, read_spec, read_tensors
-from softprompt.backbones.loading import fingerprint
+from softprompt.backbones.loading import fingerprint, fingerprint_algorithm
 from softprompt.errors import ConfigError
 from softprompt.methods import method_class
 from softprompt.methods.init import ARTIFACT_INIT
@@ -49,7 +49,8 @@ def artifact_init_state(method: Mapping, model: torch.nn.Module) -> dict[str, to
     if method.get("init") != ARTIFACT_INIT:
         return None
     directory, spec = check_artifact_init(method)
-    expected, found = spec["backbone"]["fingerprint"], fingerprint(model)
+    expected = spec["backbone"]["fingerprint"]
+    found = fingerprint(model, algorithm=fingerprint_algorithm(expected))
     if found != expected:
         raise ConfigError("method.init_artifact", str(method["init_artifact"]),
                           f"was trained on a backbone with fingerprint {expected}; this run's backbone has {found} "

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from softprompt.backbones.cache import BACKBONES
 from softprompt.backbones.families import FAMILY_ADAPTERS
 from softprompt.backbones.loading import Backbone
+from softprompt.config.precision import AUTO, resolve_auto, trainer_precision
 from softprompt.data import PromptDataModule
 from softprompt.data.task import parse_task
 from softprompt.errors import ConfigError
@@ -24,10 +26,25 @@ from softprompt.methods.layout import prompt_template
 from softprompt.objectives import build_objective
 from softprompt.training.artifact_init import artifact_init_state
 
+log = logging.getLogger("softprompt")
+
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     """The job config as plain containers. A `hydra` node (compose API only) is left out, unresolved."""
     return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+
+
+def settle_precision(cfg: DictConfig) -> dict[str, str]:
+    """Resolve `trainer.precision=auto` for this machine in the config itself (the Trainer and the backbone
+    loader read it) and log it; returns what metrics.json and the artifact record."""
+    requested = trainer_precision(cfg.trainer)
+    resolution = resolve_auto(cfg.trainer, cfg.backbone)
+    with open_dict(cfg):
+        cfg.trainer.precision, cfg.backbone.dtype = resolution["trainer"], resolution["backbone_dtype"]
+    if requested == AUTO:
+        log.info("trainer.precision=auto: %s, frozen backbone in %s (%s); trainable tensors stay float32",
+                 resolution["trainer"], resolution["backbone_dtype"], resolution["why"])
+    return {"requested": requested, **resolution}
 
 
 def build_init_context(method: PromptConfig, seed: int, backbone: Backbone, datamodule: PromptDataModule,

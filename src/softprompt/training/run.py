@@ -21,7 +21,7 @@ from softprompt.methods.base import SoftPromptModule
 from softprompt.training.checkpointing import ValidationHistory, resume_checkpoint
 from softprompt.training.checks import check_config
 from softprompt.training.distributed import gather_objects, keep_frozen_out_of_ddp
-from softprompt.training.job import build_job, resolved_config
+from softprompt.training.job import build_job, resolved_config, settle_precision
 from softprompt.training.loggers import finish_wandb, instantiate_all, prepare_wandb_env
 from softprompt.training.results import METRICS_FILE, stage_metrics, write_run_results
 
@@ -61,8 +61,9 @@ def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: PromptD
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The whole job; returns the metrics.json content."""
     started = time.perf_counter()
+    check_config(resolved_config(cfg))
+    precision = settle_precision(cfg)
     plain = resolved_config(cfg)
-    check_config(plain)
     cache_dir = Path(cfg.paths.cache_dir).expanduser()
     output_dir = Path(cfg.paths.output_dir)
     finished = output_dir / METRICS_FILE
@@ -111,6 +112,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "best_step": int(val["step"]),
         "best_checkpoint": best_path,
         "wall_seconds": round(time.perf_counter() - started, 3),
+        "precision": precision,
         # Examples whose text task.max_length cut, and split sizes before and after data.max_samples.
         "truncated": datamodule.truncated,
         "split_sizes": datamodule.split_sizes,

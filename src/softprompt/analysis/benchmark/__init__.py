@@ -45,7 +45,7 @@ from typing import Any
 
 from softprompt.analysis.benchmark.batches import real_batches, synthetic_batches, to_device
 from softprompt.analysis.benchmark.measure import PROG, BenchError, MemoryProbe, Row, summarise
-from softprompt.analysis.benchmark.peft_baseline import peft_runner
+from softprompt.analysis.benchmark.peft_baseline import peft_runners
 from softprompt.analysis.benchmark.runners import (
     frozen_forward_runner,
     full_finetuning_runner,
@@ -54,6 +54,10 @@ from softprompt.analysis.benchmark.runners import (
 )
 
 DATA_KINDS = ("synthetic", "real")
+# softprompt-bench precision= -> softprompt-train overrides (auto: the run's rule, softprompt.config.precision)
+PRECISION_OVERRIDES = {"fp32": ["trainer.precision=32-true", "backbone.dtype=float32"],
+                       "bf16": ["trainer.precision=32-true", "backbone.dtype=bfloat16"],
+                       "auto": ["trainer.precision=auto", "backbone.dtype=float32"]}
 
 
 def preset_names() -> list[str]:
@@ -83,6 +87,7 @@ class Settings:
     steps: int
     warmup: int
     device: str  # cpu | gpu
+    precision: str  # fp32 | bf16 | auto: the frozen backbone's dtype for every runner (PEFT's copy included)
     full_ft: bool
     overrides: Sequence[str] = ()
 
@@ -104,24 +109,26 @@ def build_job_for(method: str, settings: Settings, out: Path) -> tuple[Any, dict
 
     from softprompt.config.compose import compose_train
     from softprompt.training.checks import check_config
-    from softprompt.training.job import build_job, resolved_config
+    from softprompt.training.job import build_job, resolved_config, settle_precision
 
     overrides = [f"backbone={settings.backbone}", f"method={method}",
                  f"method.num_virtual_tokens={settings.num_virtual_tokens}", f"data.batch_size={settings.batch_size}",
                  f"trainer={settings.device}", "trainer.devices=1", "logger=none", "callbacks=none",
-                 *settings.overrides]
+                 *PRECISION_OVERRIDES[settings.precision], *settings.overrides]
     cfg = compose_train(overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.paths.output_dir = cfg.hydra.runtime.output_dir = str(out / method)
     HydraConfig.instance().set_config(cfg)
+    check_config(resolved_config(cfg))
+    settle_precision(cfg)  # precision=auto: what a run on this machine would use
     plain = resolved_config(cfg)
-    check_config(plain)
     return build_job(plain, Path(plain["paths"]["cache_dir"]).expanduser()), plain
 
 
 def bench_method(method: str, data: str, settings: Settings, out: Path,
-                 with_full_ft: bool) -> tuple[list[Row], dict | None]:
-    """One method's group on one kind of data: its rows, and on real data the epoch estimate of ours (Trainer)."""
+                 with_full_ft: bool) -> tuple[list[Row], dict | None, str]:
+    """One method's group on one kind of data: its rows, on real data the epoch estimate of ours (Trainer), and
+    the frozen backbone's dtype."""
     import torch
 
     job, plain = build_job_for(method, settings, out)
@@ -141,7 +148,7 @@ def bench_method(method: str, data: str, settings: Settings, out: Path,
     batches = [to_device(b, device) for b in batches]
     probe = MemoryProbe(device)
     try:
-        others.append(peft_runner(job, plain, clip, device))
+        others += peft_runners(job, plain, clip, device)
     except BenchError as error:  # a method PEFT does not have: measured against the frozen forward only
         print(f"[{PROG}] {method}: {error}", file=sys.stderr, flush=True)
     others.append(frozen_forward_runner(job))
@@ -163,19 +170,21 @@ def bench_method(method: str, data: str, settings: Settings, out: Path,
             if row.runner == "ours (Trainer)":
                 epoch = {"data": data, "method": method, "steps_per_epoch": steps,
                          "epoch_minutes_estimate": round(steps * row.median_s / 60, 1)}
-    return rows, epoch
+    return rows, epoch, str(job.backbone.model.dtype).removeprefix("torch.")
 
 
 def markdown(rows: Sequence[Row], epochs: Sequence[dict], header: str) -> str:
     lines = [header, "",
              "| data | method | runner | step s (median, min–max) | steps/s | tokens/s | step peak MiB | "
-             "vs PEFT | vs frozen fwd |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "vs PEFT | vs PEFT, same kernels | vs frozen fwd |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = f"{r.vs_peft:.2f}" if r.vs_peft is not None else ""
+        same = f"{r.vs_peft_same_kernels:.2f}" if r.vs_peft_same_kernels is not None else ""
         frozen = f"{r.vs_frozen_forward:.2f}x" if r.vs_frozen_forward is not None else ""
         lines.append(f"| {r.data} | {r.method} | {r.runner} | {r.median_s:.3f} ({r.min_s:.3f}–{r.max_s:.3f}) | "
-                     f"{r.steps_per_s:.2f} | {r.tokens_per_s:.0f} | {r.peak_step_mib:.0f} | {ratio} | {frozen} |")
+                     f"{r.steps_per_s:.2f} | {r.tokens_per_s:.0f} | {r.peak_step_mib:.0f} | {ratio} | {same} | "
+                     f"{frozen} |")
     if epochs:
         lines += ["", "| method | steps per epoch | one epoch, est. (min) |", "|---|---|---|"]
         lines += [f"| {e['method']} | {e['steps_per_epoch']} | {e['epoch_minutes_estimate']} |" for e in epochs]
@@ -192,6 +201,7 @@ def run_benchmark(settings: Settings) -> Benchmark:
     work = Path(tempfile.mkdtemp(prefix="softprompt_bench_"))
     rows: list[Row] = []
     epochs: list[dict] = []
+    precision_note = "no job ran"
     trainable = trainable_presets()
     methods = list(settings.methods) or trainable
     for method in methods:
@@ -200,11 +210,14 @@ def run_benchmark(settings: Settings) -> Benchmark:
                              f"train: {', '.join(trainable)}")
     for data in settings.data:
         for index, method in enumerate(methods):
-            group, epoch = bench_method(method, data, settings, work, with_full_ft=index == 0 and settings.full_ft)
+            group, epoch, dtype = bench_method(method, data, settings, work,
+                                               with_full_ft=index == 0 and settings.full_ft)
+            precision_note = f"frozen backbone in {dtype}"
             rows += group
             epochs += [epoch] if epoch else []
     device = torch.cuda.get_device_name() if settings.device == "gpu" else f"CPU, {torch.get_num_threads()} threads"
-    header = (f"softprompt-bench on {settings.backbone} ({device}; torch {torch.__version__}), batch "
+    header = (f"softprompt-bench on {settings.backbone} ({device}; torch {torch.__version__}), precision "
+              f"{settings.precision} ({precision_note}), batch "
               f"{settings.batch_size}, {settings.num_virtual_tokens} virtual tokens, synthetic length "
               f"{settings.seq_len}; median of {settings.steps} interleaved rounds after {settings.warmup} warm-up")
     return Benchmark(header, device, rows, epochs, markdown(rows, epochs, header))

@@ -39,6 +39,9 @@ class Runner:
     tokens: list[int] = field(default_factory=list)
 
 
+PEFT_SAME_KERNELS = "PEFT (our attention kernels)"
+
+
 @dataclass
 class Row:
     data: str
@@ -51,6 +54,7 @@ class Row:
     tokens_per_s: float
     peak_step_mib: float
     vs_peft: float | None = None
+    vs_peft_same_kernels: float | None = None  # against PEFT on our attention kernels, where they differ
     vs_frozen_forward: float | None = None
     seconds: list[float] = field(default_factory=list)
 
@@ -135,6 +139,8 @@ def summarise(data: str, method: str, runners: Sequence[Runner]) -> list[Row]:
     for row in rows:
         if "PEFT" in by_name and row.runner.startswith("ours"):
             row.vs_peft = round(row.median_s / by_name["PEFT"].median_s, 3)
+        if PEFT_SAME_KERNELS in by_name and row.runner.startswith("ours"):
+            row.vs_peft_same_kernels = round(row.median_s / by_name[PEFT_SAME_KERNELS].median_s, 3)
         if "frozen forward" in by_name and row.runner != "frozen forward":
             row.vs_frozen_forward = round(row.median_s / by_name["frozen forward"].median_s, 3)
     return rows

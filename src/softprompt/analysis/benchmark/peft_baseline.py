@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from softprompt.analysis.benchmark.measure import BenchError, Runner
+from softprompt.analysis.benchmark.measure import PEFT_SAME_KERNELS, BenchError, Runner
 from softprompt.analysis.benchmark.runners import label_word_ids, lm_loss_step
 
 
@@ -29,15 +29,34 @@ def peft_config(module: Any, method: dict, family: str) -> Any:
                                                        **form.training_options)
 
 
-def peft_runner(job: Any, plain: dict, clip: float | None, device: Any) -> Runner:
+def peft_runners(job: Any, plain: dict, clip: float | None, device: Any) -> list[Runner]:
+    """PEFT at its default attention (stock SDPA), and, where our backbone restricts the training step's
+    attention kernels (softprompt.backbones.attention_prefix), PEFT on those same kernels too: fair both ways."""
+    import torch
+
+    from softprompt.backbones.attention_prefix import attention_backend, uses_math_kernel
+
+    backend = attention_backend(job.backbone.model)
+    runners = [_peft_runner(job, plain, clip, device, "PEFT", "sdpa")]
+    if backend and uses_math_kernel(backend, torch.device(device).type, job.backbone.model.dtype, grad=True):
+        runners.append(_peft_runner(job, plain, clip, device, PEFT_SAME_KERNELS, None))
+    return runners
+
+
+def _peft_runner(job: Any, plain: dict, clip: float | None, device: Any, name: str,
+                 attention: str | None) -> Runner:
+    """PEFT on a copy of the backbone; `attention`: the implementation to give the copy (None keeps ours)."""
     import torch
     from peft import get_peft_model
 
     config = peft_config(job.module, plain["method"], job.backbone.family)
-    model = get_peft_model(copy.deepcopy(job.backbone.model), config)
+    model = copy.deepcopy(job.backbone.model)
+    if attention is not None:
+        model.set_attn_implementation(attention)
+    model = get_peft_model(model, config)
     model.to(device)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=float(plain["optimizer"]["lr"]))
     slots = job.module.num_virtual_tokens if plain["method"].get("slots") == "front" else 0
     ahead = job.module.num_virtual_tokens if job.module.injection == "input" else 0  # PEFT's tokens go first
-    return Runner("PEFT", lm_loss_step(model, parameters, optimizer, clip, label_word_ids(job.module), slots, ahead))
+    return Runner(name, lm_loss_step(model, parameters, optimizer, clip, label_word_ids(job.module), slots, ahead))

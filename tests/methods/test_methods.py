@@ -1,0 +1,255 @@
+"""Every method: parameter-count formulas, folding, gradient checkpointing, padding invariance, configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from softprompt.backbones.attention_prefix import PREFIX_KWARG
+from softprompt.backbones.loading import enable_gradient_checkpointing
+from softprompt.config.compose import compose_train
+from softprompt.errors import ConfigError, SoftPromptError
+from softprompt.methods import method_class
+from softprompt.methods.checks import check_method
+
+METHODS = ["p_tuning_lstm", "p_tuning_mlp", "p_tuning_v2", "prefix_tuning", "prompt_tuning"]  # method_settings
+TEXTS = ["ok", "a much longer review that goes on and on", "mid-length text here"]
+WORDS = [[" bad"], [" good"]]  # multi-token words with the byte-level tokenizer
+N = 4
+
+
+def lstm_params(d: int, h: int) -> int:
+    first = 2 * (4 * h * d + 4 * h * h + 8 * h)
+    second = 2 * (4 * h * 2 * h + 4 * h * h + 8 * h)
+    return first + second + (2 * h * 2 * h + 2 * h) + (2 * h * d + d)
+
+
+@pytest.fixture(scope="module")
+def expected_counts(method_settings):
+    """`expected_counts(method)`: (trainable, folded) for tiny_random: hidden 32, 2 layers, 2 kv heads of dim 8."""
+    return lambda method: _expected_counts(method, method_settings[method])
+
+
+def _expected_counts(method: str, settings: dict) -> tuple[int, int]:
+    d, layers, kv_dim = 32, 2, 16
+    flat = layers * 2 * kv_dim
+    h = settings.get("encoder_hidden") or settings.get("reparam_hidden") or 0
+    return {
+        "prompt_tuning": (N * d, N * d),
+        "p_tuning_mlp": (N * d + (d * h + h) + (h * h + h) + (h * d + d), N * d),
+        "p_tuning_lstm": (N * d + lstm_params(d, h), N * d),
+        "prefix_tuning": (N * kv_dim + (kv_dim * h + h) + (h * flat + flat), N * flat),
+        "p_tuning_v2": (N * flat, N * flat),
+    }[method]
+
+
+@pytest.fixture(scope="module")
+def backbone(tiny_backbone):
+    return tiny_backbone()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_parameter_counts_match_their_formulas(backbone, method, method_module, expected_counts):
+    module = method_module(method, backbone, WORDS, n=N)
+    assert (module.num_trainable_params(), module.num_folded_params()) == expected_counts(method)
+    assert all(not n.startswith("backbone.") for n, p in module.named_parameters() if p.requires_grad)
+
+
+@pytest.fixture(scope="module")
+def train_a_little(make_batch, template_for):
+    """`train_a_little(module, backbone, method, steps=3)`: a few Adam steps on TEXTS."""
+
+    def train(module, backbone, method, steps: int = 3) -> None:
+        optimizer = torch.optim.Adam(module.trainable_parameters(), lr=0.05)
+        batch = make_batch(backbone, TEXTS, template_for(method, N), labels=[0, 1, 1])
+        for _ in range(steps):
+            optimizer.zero_grad()
+            F.cross_entropy(module(batch), batch["labels"]).backward()
+            optimizer.step()
+
+    return train
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fold_then_reload_gives_identical_outputs(backbone, method, make_batch, method_module, template_for,
+                                                  train_a_little):
+    module = method_module(method, backbone, WORDS, n=N)
+    module.train()
+    train_a_little(module, backbone, method)
+    module.eval()
+    batch = make_batch(backbone, TEXTS, template_for(method, N), padding_side="left")
+    with torch.no_grad():
+        trained = module(batch)
+    folded = module.folded_state()
+    # A fresh module of the folded form (no encoder / no MLP), other init, loaded with the folded tensors.
+    plain = {"prompt_tuning": {}, "p_tuning_mlp": {"encoder": "none"}, "p_tuning_lstm": {"encoder": "none"},
+             "prefix_tuning": {"reparam": "none"}, "p_tuning_v2": {}}[method]
+    fresh = method_module(method, backbone, WORDS, n=N, seed=7, **plain)
+    fresh.load_folded_state(folded)
+    fresh.eval()
+    assert fresh.num_trainable_params() == module.num_folded_params()
+    with torch.no_grad():
+        assert torch.allclose(fresh(batch), trained, atol=1e-6)
+    wrong = {k: v[:-1] if k in ("prompt", "prefix") else v for k, v in folded.items()}
+    with pytest.raises(SoftPromptError, match="expects"):
+        method_module(method, backbone, WORDS, n=N).load_folded_state(wrong)
+    module.load_folded_state(folded)  # folding in place
+    with torch.no_grad():
+        assert torch.allclose(module(batch), trained, atol=1e-6)
+
+
+def first_attention(model):
+    return next(m for m in model.modules() if getattr(m, "layer_idx", None) == 0 and hasattr(m, "is_causal"))
+
+
+def words_for(backbone) -> list[list[str]]:
+    return [["n"], ["p"]] if backbone.family in ("masked_lm", "seq2seq") else WORDS  # one-token answers there
+
+
+@pytest.mark.parametrize("architecture", ["llama", "bert", "t5"])
+@pytest.mark.parametrize("method", METHODS)
+def test_gradient_checkpointing_gives_the_same_gradients(method, architecture, make_batch, method_module, template_for,
+                                                         tiny_backbone):
+    def gradients(checkpointing: bool):
+        backbone = tiny_backbone(architecture, fresh=True)  # checkpointing, and a hook on its first attention
+        if checkpointing:
+            enable_gradient_checkpointing(backbone.model)
+        module = method_module(method, backbone, words_for(backbone), n=N)
+        module.train()
+        calls = []
+        first_attention(backbone.model).register_forward_hook(lambda *args: calls.append(1))
+        batch = make_batch(backbone, TEXTS, template_for(method, N), labels=[0, 1, 1])
+        F.cross_entropy(module(batch), batch["labels"]).backward()
+        return {n: p.grad.clone() for n, p in module.named_parameters() if p.requires_grad}, len(calls)
+
+    plain, plain_calls = gradients(False)
+    checkpointed, checkpointed_calls = gradients(True)
+    assert checkpointed_calls == 2 * plain_calls  # the layer really was recomputed in backward
+    assert plain.keys() == checkpointed.keys() and plain
+    for name in plain:
+        assert torch.allclose(plain[name], checkpointed[name], atol=1e-6), name
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2", "bert", "roberta"])
+@pytest.mark.parametrize("method", METHODS)
+def test_padding_invariance(method, architecture, make_batch, method_module, template_for, tiny_backbone):
+    backbone = tiny_backbone(architecture)
+    module = method_module(method, backbone, words_for(backbone), n=N, init="random_normal")
+    module.eval()
+    template = template_for(method, N)
+    with torch.no_grad():
+        alone = torch.cat([module(make_batch(backbone, [t], template)) for t in TEXTS])
+        for side in ("right", "left"):
+            assert torch.allclose(alone, module(make_batch(backbone, TEXTS, template, padding_side=side)), atol=1e-5)
+
+
+def test_p_tuning_places_the_prompt_at_slots_between_anchors(backbone, make_batch, method_module):
+    module = method_module("p_tuning_lstm", backbone, WORDS, n=3)
+    batch = make_batch(backbone, ["fine"], "[P:2]{text} ?[P:1] It was")
+    with torch.no_grad():
+        embeds = module.embed_inputs(batch)[0]
+        prompt = module.prompt_embeddings()
+    slots = batch["slot_ids"][0]
+    assert slots.tolist().index(2) > slots.tolist().index(1) + 1  # anchor text between the slots
+    for position, slot in enumerate(slots.tolist()):
+        expected = prompt[slot] if slot >= 0 else backbone.model.get_input_embeddings().weight[
+            batch["input_ids"][0, position]]
+        assert torch.equal(embeds[position], expected)
+
+
+def test_prefix_text_init_is_the_words_own_activations(backbone, make_batch, method_module):
+    """A prefix initialised from real words acts exactly like those words preceding the input."""
+    text = "so it goes"
+    module = method_module("p_tuning_v2", backbone, WORDS, n=len(text), init="text", init_text=text)
+    words = backbone.tokenizer(text, add_special_tokens=False).input_ids
+    assert len(words) == len(text)  # byte-level: one token per character
+    batch = make_batch(backbone, ["fine"], "{text}")
+    with torch.no_grad():
+        ours = module.hidden_states(batch)
+        reference = backbone.model.base_model(input_ids=torch.cat([torch.tensor([words]), batch["input_ids"]], 1))
+    assert torch.allclose(ours[0], reference.last_hidden_state[0, len(words):], atol=1e-5)
+
+
+def test_prefix_is_computed_once_per_forward(backbone, monkeypatch, make_batch, method_module, template_for):
+    module = method_module("prefix_tuning", backbone, WORDS, n=N)
+    calls = []
+    original = module.reparam.forward
+    monkeypatch.setattr(module.reparam, "forward", lambda x: calls.append(1) or original(x))
+    module(make_batch(backbone, TEXTS, template_for("prefix_tuning", N)))
+    assert len(calls) == 1
+    assert PREFIX_KWARG in module.attention_kwargs()
+
+
+def preset(name: str, **changes) -> dict:
+    """A method preset as softprompt-train composes it, with some settings changed."""
+    method = OmegaConf.to_container(compose_train([f"method={name}"]).method, resolve=True)
+    return {**method, **changes}
+
+
+DROPPED = object()  # a setting left out of the preset
+
+
+@pytest.mark.parametrize(
+    ("name", "changes", "key", "message"),  # a preset (composed in the test) with some settings changed
+    [
+        ("hard_prompt", {"init": "class_labels"}, "method.init", "hard_prompt has no trainable tensors"),
+        ("hard_prompt", {"num_demonstrations": -1}, "method.num_demonstrations", ">= 0"),
+        ("p_tuning", {"encoder": "gru"}, "method.encoder", "none, mlp, lstm"),
+        ("prefix_tuning", {"reparam": "lora"}, "method.reparam", "mlp, none"),
+        ("prompt_tuning", {"num_virtual_tokens": 0}, "method.num_virtual_tokens", "integer >= 1"),
+        ("prompt_tuning", {"init_range": float("nan")}, "method.init_range", "finite number > 0"),
+        ("prompt_tuning", {"slots": "none"}, "method.slots", "allowed: front, template"),
+        ("p_tuning", {"slots": "template"}, "method.template", "slots=template needs a template"),
+        ("p_tuning", {"encoder_dropout": 1.0}, "method.encoder_dropout", ">= 0 and < 1"),
+        ("prefix_tuning", {"encoder": "lstm"}, "method.encoder", "is not a setting of prefix_tuning"),
+        ("prefix_tuning", {"zero_init": DROPPED}, "method.zero_init", "is missing"),
+        (None, {"name": "x", "_target_": "softprompt.methods.nope.Nope", "slots": "none"}, "method._target_",
+         "importable"),  # no preset: these settings alone
+    ],
+)
+def test_nonsensical_method_settings_are_rejected(name, changes, key, message):
+    method = {**(preset(name) if name else {}), **changes}
+    method = {k: v for k, v in method.items() if v is not DROPPED}
+    with pytest.raises(ConfigError) as raised:
+        check_method(method)
+    assert str(raised.value).startswith(key) and message in str(raised.value)
+
+
+def test_every_preset_parses_into_its_typed_config():
+    for name in ("prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2", "hard_prompt"):
+        settings = preset(name)
+        config = check_method(settings)
+        assert config.name == name and isinstance(config, method_class(settings).Config)
+
+
+def test_zero_init_starts_prefix_tuning_from_an_all_zero_prefix(backbone, method_module, train_a_little):
+    module = method_module("prefix_tuning", backbone, WORDS, n=N, zero_init=True)
+    assert torch.count_nonzero(module.flat_prefix()) == 0
+    train_a_little(module, backbone, "prefix_tuning", steps=2)
+    assert torch.count_nonzero(module.flat_prefix()) > 0  # and it trains away from zero
+
+
+def test_p_tuning_encoder_starts_at_word_embedding_scale(backbone, method_module):
+    module = method_module("p_tuning_lstm", backbone, WORDS, n=8, match_embedding_std=True)
+    target = backbone.model.get_input_embeddings().weight.std()
+    assert torch.allclose(module.prompt_embeddings().std(), target, rtol=1e-4)
+
+
+def test_non_finite_loss_stops_training_with_a_clear_error(backbone, make_batch, method_module, template_for):
+    module = method_module("prompt_tuning", backbone, WORDS, n=N)
+    with torch.no_grad():
+        module.prompt[0, 0] = float("nan")
+    batch = make_batch(backbone, TEXTS, template_for("prompt_tuning", N), labels=[0, 1, 1])
+    with pytest.raises(SoftPromptError, match=r"train/loss is nan at step 0 of prompt_tuning"):
+        module.training_step(batch, 0)
+
+
+def test_prefix_mlp_starts_from_the_words_activations(backbone, method_module, expected_counts):
+    """With reparam=mlp, word-based inits solve the MLP's last layer to output the activations exactly."""
+    mlp = method_module("prefix_tuning", backbone, WORDS, n=N, init="text", init_text="so it goes")
+    direct = method_module("p_tuning_v2", backbone, WORDS, n=N, init="text", init_text="so it goes")
+    with torch.no_grad():
+        assert torch.allclose(mlp.flat_prefix(), direct.prefix, atol=1e-5)
+    assert mlp.num_trainable_params() == expected_counts("prefix_tuning")[0]
