@@ -218,3 +218,45 @@ def test_generation_prompts_decode_greedily_next_to_classification_rows(artifact
     with pytest.raises(ArtifactError, match=r"^prompt '1' decodes with task.generation.num_beams=2: mixed "
                                             "batches decode greedily"):
         softprompt.load_many([paths["prefix"], beams])
+
+
+def test_an_ensemble_combines_every_prompt_in_the_same_batches(artifacts, sentiment_texts):
+    names = ["sentiment_pt", "sentiment_v2", "sentiment_hard"]
+    mixed = softprompt.load_many({name: artifacts[name] for name in names})
+    alone = {name: softprompt.load(artifacts[name]).score(sentiment_texts) for name in names}
+    calls, records = forwards_of(mixed, lambda: mixed.ensemble_records(sentiment_texts, vote="mean"))
+    assert len(calls) == math.ceil(3 * len(sentiment_texts) / mixed.batch_size)  # every prompt, mixed batches
+    labels = ["negative", "positive"]
+    for row, record in enumerate(records):
+        mean = {label: sum(alone[n][row][label] for n in names) / 3 for label in labels}
+        assert record["probabilities"] == pytest.approx(mean, abs=1e-5)
+        assert record["prediction"] == max(labels, key=lambda label: (mean[label], -labels.index(label)))
+        members = {n: max(labels, key=lambda label: alone[n][row][label]) for n in names}
+        assert record["members"] == members
+        assert record["votes"] == {label: list(members.values()).count(label) for label in labels}
+    assert mixed.ensemble(sentiment_texts, vote="mean") == [r["prediction"] for r in records]
+    majority = mixed.ensemble(sentiment_texts, vote="majority")
+    assert majority == [max(labels, key=lambda label: (r["votes"][label], r["probabilities"][label]))
+                        for r in records]
+
+
+def test_majority_vote_breaks_ties_by_mean_probability():
+    from softprompt.artifacts.ensemble import combine
+
+    members = [[[0.9, 0.1]], [[0.4, 0.6]]]  # one vote each; label 0 has the higher mean
+    assert [c.label for c in combine(members, "majority")] == [0]
+    assert combine(members, "majority")[0].votes == [1, 1]
+    assert [c.label for c in combine([[[0.2, 0.8]], [[0.3, 0.7]], [[0.9, 0.1]]], "majority")] == [1]
+    assert [c.label for c in combine([[[0.45, 0.55]], [[0.45, 0.55]], [[0.99, 0.01]]], "majority")] == [1]
+    assert [c.label for c in combine([[[0.45, 0.55]], [[0.45, 0.55]], [[0.99, 0.01]]], "mean")] == [0]
+
+
+def test_prompts_of_other_tasks_or_an_unknown_vote_cannot_ensemble(artifacts, sentiment_texts):
+    from softprompt.artifacts.ensemble import EnsembleError
+
+    mixed = softprompt.load_many({"a": artifacts["sentiment_pt"], "b": artifacts["topic_prefix"]})
+    with pytest.raises(EnsembleError, match=r"prompt 'b' cannot join an ensemble with prompt 'a': it has labels "
+                                            r"\['business', .*the ensemble needs one classification task"):
+        mixed.ensemble(sentiment_texts)
+    with pytest.raises(EnsembleError, match=r"vote='avg' is invalid: allowed: mean, majority"):
+        softprompt.load_many([artifacts["sentiment_pt"], artifacts["sentiment_v2"]]).ensemble(sentiment_texts, "avg")

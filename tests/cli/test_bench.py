@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from softprompt.analysis.benchmark import DATA_KINDS, Benchmark, Settings
 from softprompt.cli import bench
 from softprompt.cli.bench import main
+from softprompt.config.compose import config_dir
+
+CONF = Path(config_dir())
 
 
 @pytest.fixture
@@ -42,7 +47,7 @@ def test_keys_and_train_overrides_reach_the_benchmark(settings_seen):
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["methods=prompt_tuning,lora"], "methods='prompt_tuning,lora' is invalid: give a comma-separated list of "
-                                     "hard_prompt, p_tuning, p_tuning_v2, prefix_tuning, prompt_tuning"),
+                                     + ", ".join(sorted(p.stem for p in (CONF / "method").glob("*.yaml")))),
     (["data=fake"], "data='fake' is invalid: give a comma-separated list of synthetic, real"),
     (["steps=0"], "steps='0' is invalid: must be an integer >= 1"),
     (["batch_size=0"], "batch_size='0' is invalid: must be an integer >= 1"),

@@ -8,10 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from safetensors.torch import save_file
 
 import softprompt
-from softprompt.artifacts.format import TENSORS_FILE
+from softprompt.artifacts.format import read_spec, write_artifact
 from softprompt.cli import inspect as inspect_prompt
 from softprompt.cli import predict
 
@@ -65,7 +64,7 @@ def test_inspect_names_the_vocabulary_tokens_a_prompt_copies(trained_run, tmp_pa
     embeddings = predictor.module.backbone.get_input_embeddings().weight.detach()
     tokenizer = predictor.datamodule.tokenizer
     ids = [tokenizer.convert_tokens_to_ids(t) for t in ("a", "Z", "!")]
-    save_file({"prompt": embeddings[ids].clone()}, copy / TENSORS_FILE)  # exact copies of three words
+    write_artifact(copy, {"prompt": embeddings[ids].clone()}, read_spec(copy))  # exact copies of three words
 
     inspect_prompt.main([f"prompt={copy}", "top_k=2"])
     lines = capsys.readouterr().out.splitlines()

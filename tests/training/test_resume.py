@@ -4,7 +4,6 @@ sweep reruns that skip finished jobs."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 
@@ -14,17 +13,9 @@ import torch
 from softprompt.errors import ConfigError
 from softprompt.training.checkpointing import resume_checkpoint
 
-HERE = Path(__file__).parent  # kill_callback.py: the crash, a callback the training process imports
 # 48 training rows at batch 8: 6 steps per epoch, so step 4 is mid-epoch and step 12 is in epoch 2.
 TRAIN = ["backbone=tiny_random", "logger=none", "trainer.max_steps=12", "trainer.val_check_interval=4",
          "data.batch_size=8", "method.num_virtual_tokens=3"]
-
-
-@pytest.fixture
-def train(softprompt_train):
-    """`train(args, cwd)`: softprompt-train in a process that can import kill_callback."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-    return lambda args, cwd: softprompt_train(*args, cwd=cwd, env=env)
 
 
 def final_prompt(run_dir: Path) -> torch.Tensor:
@@ -65,7 +56,7 @@ def test_ckpt_path_last_needs_a_checkpoint_and_null_starts_fresh(tmp_path):
     assert str(raised.value).startswith("ckpt_path") and "checkpoints/last.ckpt" in str(raised.value)
     assert resume_checkpoint("auto", tmp_path) is None
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    torch.save({}, tmp_path / "checkpoints" / "last.ckpt")
     assert resume_checkpoint("auto", tmp_path) == resume_checkpoint("last", tmp_path) == \
         str(tmp_path / "checkpoints" / "last.ckpt")
     assert resume_checkpoint(None, tmp_path) is None

@@ -1,5 +1,10 @@
 """The artifact format: a run's `prompt/` folder, written atomically and read back with checks.
 
+Written as a temporary sibling folder renamed into place, so a run killed at any moment leaves the old folder,
+no folder, or the whole new one. Reading refuses, in one line naming the file, a spec that is not JSON, lacks or
+contradicts a field, or comes from a newer format, and a tensors file whose sha256 is not the one the spec
+records (truncated or edited) or whose tensors are not the ones the spec lists.
+
 - `softprompt.safetensors`: the method's folded tensors (`folded_state()`: P-tuning's encoder and prefix
   tuning's MLP computed away), never a backbone weight; empty for `hard_prompt`;
 - `softprompt.json`: the format version, the method and its resolved config, the backbone config and
@@ -10,6 +15,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -17,18 +23,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
 from softprompt.backbones.loading import Backbone
+from softprompt.config.atomic import atomic_directory, atomic_write_bytes, atomic_write_text
 from softprompt.config.precision import backbone_dtype, trainer_precision, uses_fsdp
 from softprompt.data.datamodule import tokenizer_identity
+from softprompt.data.task import parse_task
 from softprompt.errors import SoftPromptError
 from softprompt.methods import method_config
 from softprompt.methods.base import SoftPromptModule
 from softprompt.methods.layout import prompt_template
 
 FORMAT = "softprompt-artifact"
-FORMAT_VERSION = 2  # 2: the whole task config, and every method setting (typed configs)
+# 2: the whole task config, and every method setting (typed configs); 3: the tensors file's sha256
+FORMAT_VERSION = 3
+DIGEST_KEY = "tensors_sha256"  # format 3 on: the sha256 of softprompt.safetensors, checked on every read
 ARTIFACT_DIR = "prompt"  # in a run's output dir
 TENSORS_FILE = "softprompt.safetensors"
 SPEC_FILE = "softprompt.json"
@@ -96,12 +108,18 @@ def save_artifact(directory: str | Path, module: SoftPromptModule, job: Mapping[
 
 
 def write_artifact(directory: str | Path, tensors: Mapping[str, torch.Tensor], spec: Mapping[str, Any]) -> Path:
-    """softprompt.safetensors (`tensors`, contiguous) and softprompt.json (`spec`) in `directory`."""
+    """softprompt.safetensors (`tensors`, contiguous) and softprompt.json (`spec`, with the tensors file's sha256)
+    as the folder `directory`, atomically: built beside it, then renamed into place (replacing an old one)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({key: t.contiguous() for key, t in tensors.items()}, directory / TENSORS_FILE,
-              metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION), "method": spec["method"]["name"]})
-    (directory / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+    # One metadata key: safetensors writes a metadata map in random order, and the same tensors must give the same
+    # bytes (the sha256 in the spec; an exported and re-imported prompt gets the spec it had).
+    about = json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "method": spec["method"]["name"]},
+                       sort_keys=True)
+    data = save_safetensors({key: t.contiguous() for key, t in tensors.items()}, metadata={"softprompt": about})
+    spec = {**spec, "format_version": FORMAT_VERSION, DIGEST_KEY: hashlib.sha256(data).hexdigest()}
+    with atomic_directory(directory) as building:
+        atomic_write_bytes(building / TENSORS_FILE, data)
+        atomic_write_text(building / SPEC_FILE, json.dumps(spec, indent=2) + "\n")
     return directory
 
 
@@ -116,16 +134,85 @@ def artifact_dir(path: str | Path) -> Path:
 
 
 def read_spec(directory: Path) -> dict[str, Any]:
+    """softprompt.json, upgraded to this format version and checked: every field a prediction reads is there,
+    of its type, and agrees with the others."""
+    path = directory / SPEC_FILE
     try:
-        spec = json.loads((directory / SPEC_FILE).read_text())
-    except json.JSONDecodeError as error:
-        raise ArtifactError(f"{directory / SPEC_FILE} is not valid JSON ({error})") from None
-    if spec.get("format") != FORMAT or not isinstance(spec.get("format_version"), int):
-        raise ArtifactError(f"{directory / SPEC_FILE} is not a softprompt artifact")
-    if spec["format_version"] > FORMAT_VERSION:
-        raise ArtifactError(f"{directory / SPEC_FILE} has format version {spec['format_version']}; this softprompt "
-                            f"reads up to {FORMAT_VERSION}")
-    return upgrade_v1(spec) if spec["format_version"] == 1 else spec
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ArtifactError(f"{path} is not valid JSON ({error}); expected the {SPEC_FILE} a run writes") from None
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+        found = f"format {spec.get('format')!r}" if isinstance(spec, dict) else f"a JSON {type(spec).__name__}"
+        raise ArtifactError(f"{path} is not a softprompt artifact spec: it holds {found}; expected an object with "
+                            f"format {FORMAT!r}")
+    version = spec.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ArtifactError(f"{path}: format_version is {version!r}; expected an integer from 1 to {FORMAT_VERSION}")
+    if version > FORMAT_VERSION:
+        raise ArtifactError(f"{path} has format_version {version}, from a newer softprompt; this softprompt reads "
+                            f"format versions 1 to {FORMAT_VERSION}: upgrade softprompt (pip install -U softprompt)")
+    try:
+        if version == 1:
+            spec = upgrade_v1(spec)
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ArtifactError(f"{path} lacks the field {error} that format_version 1 had; the file is incomplete "
+                            "or was edited") from None
+    check_spec(spec, path, version)
+    spec["format_version"] = FORMAT_VERSION
+    return spec
+
+
+# Fields a prediction reads: (dotted name, type, what it holds).
+REQUIRED_FIELDS = (
+    ("method", dict, "the method and its config"), ("method.name", str, "the method's name"),
+    ("method.config", dict, "the method's resolved config"), ("num_virtual_tokens", int, "the prompt length"),
+    ("tensors", dict, "each tensor's shape and dtype"), ("backbone", dict, "the backbone"),
+    ("backbone.name", str, "the backbone's name"), ("backbone.family", str, "the backbone's family"),
+    ("backbone.fingerprint", str, "the fingerprint of its frozen weights"),
+    ("backbone.config", dict, "the backbone config"), ("task", dict, "the task config"),
+    ("prompt_template", str, "the rendered prompt template"), ("inputs", dict, "how inputs are batched"),
+    ("inputs.padding_side", str, "left or right"), ("inputs.num_demonstrations", int, "a count"),
+    ("inputs.demonstration_separator", str, "a string"), ("inputs.demonstration_ids", list, "token ids"),
+)
+
+
+def _field(spec: Mapping[str, Any], dotted: str) -> Any:
+    value: Any = spec
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def check_spec(spec: Mapping[str, Any], path: Path, version: int) -> None:
+    """One line naming `path`, the field and what was expected, for a field that is missing, of the wrong type,
+    or contradicts another one (the method's name or prompt length, the tensor listing, the typed configs)."""
+    required = [*REQUIRED_FIELDS, *([(DIGEST_KEY, str, "the sha256 of " + TENSORS_FILE)] if version >= 3 else [])]
+    for dotted, kind, what in required:
+        try:
+            value = _field(spec, dotted)
+        except (KeyError, TypeError):
+            raise ArtifactError(f"{path} lacks the field {dotted} ({what}); the file is incomplete or was "
+                                "edited") from None
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise ArtifactError(f"{path}: {dotted} is {value!r}; expected {what} ({kind.__name__})")
+    method, config = spec["method"]["name"], spec["method"]["config"]
+    if config.get("name", method) != method:
+        raise ArtifactError(f"{path}: method.name is {method!r} but method.config.name is {config['name']!r}; "
+                            "they must agree")
+    length = config.get("num_virtual_tokens", spec["num_virtual_tokens"])
+    if spec["num_virtual_tokens"] != (length or 0):
+        raise ArtifactError(f"{path}: num_virtual_tokens is {spec['num_virtual_tokens']} but "
+                            f"method.config.num_virtual_tokens is {length}; they must agree")
+    for key, entry in spec["tensors"].items():
+        shape = entry.get("shape") if isinstance(entry, Mapping) else None
+        if not (isinstance(shape, list) and all(isinstance(n, int) and n >= 0 for n in shape)
+                and isinstance(entry.get("dtype"), str)):
+            raise ArtifactError(f"{path}: tensors.{key} is {entry!r}; expected {{'shape': [sizes], 'dtype': name}}")
+    try:
+        method_config(config)
+        parse_task(spec["task"])
+    except SoftPromptError as error:
+        raise ArtifactError(f"{path}: {error}") from None
 
 
 # Settings format version 1 did not store, and the only values version-1 runs could have had.
@@ -159,8 +246,34 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SOFTPROMPT_CACHE") or Path.home() / ".cache" / "softprompt")
 
 
-def read_tensors(directory: Path) -> dict[str, torch.Tensor]:
-    """The folded tensors of an artifact folder."""
-    if not (directory / TENSORS_FILE).is_file():
-        raise ArtifactError(f"{directory} has {SPEC_FILE} but no {TENSORS_FILE}")
-    return load_file(directory / TENSORS_FILE)
+def read_tensors(directory: Path, spec: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """The folded tensors of an artifact folder, after checking the file against its spec (`read_spec(directory)`
+    unless given): the sha256 it records (format 3 on), then the tensors' names, shapes and dtypes."""
+    spec = read_spec(directory) if spec is None else spec
+    path = directory / TENSORS_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{directory} has {SPEC_FILE} but no {TENSORS_FILE}; expected both (a run writes them "
+                            "together)")
+    data = path.read_bytes()
+    expected = spec.get(DIGEST_KEY)
+    if expected is not None:
+        found = hashlib.sha256(data).hexdigest()
+        if found != expected:
+            raise ArtifactError(f"{path} ({len(data)} bytes) has sha256 {found[:16]}..., but {SPEC_FILE} records "
+                                f"{str(expected)[:16]}...: the file is truncated or was edited; restore it or "
+                                "rerun the job")
+    try:
+        tensors = load_safetensors(data)
+    except (SafetensorError, ValueError, OSError) as error:
+        raise ArtifactError(f"{path} is not a readable safetensors file ({' '.join(str(error).split())}); the file "
+                            "is truncated or was edited") from None
+    listed = spec["tensors"]
+    if set(tensors) != set(listed):
+        raise ArtifactError(f"{path} holds the tensors {sorted(tensors)}; {SPEC_FILE} lists {sorted(listed)}")
+    for key, tensor in tensors.items():
+        found_entry = {"shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch.")}
+        want = {"shape": listed[key]["shape"], "dtype": listed[key]["dtype"]}
+        if found_entry != want:
+            raise ArtifactError(f"{path}: {key} has shape {found_entry['shape']} ({found_entry['dtype']}); "
+                                f"{SPEC_FILE} records {want['shape']} ({want['dtype']})")
+    return tensors

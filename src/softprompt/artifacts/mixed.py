@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from softprompt.artifacts.ensemble import EnsembleError, check_vote, combine
 from softprompt.artifacts.format import ArtifactError, artifact_dir, read_spec
 from softprompt.artifacts.predictor import Predictor, _argmax, load
 from softprompt.backbones.attention_prefix import PREFIX_KWARG, enable_prefix_injection, prefix_kv
@@ -306,6 +307,31 @@ class MixedPredictor:
         """{prompt name: {label: probability} for every input} (classification prompts only)."""
         scores = self.score(*self._each(texts))
         return {name: scores[p * len(texts):(p + 1) * len(texts)] for p, name in enumerate(self.names)}
+
+    def ensemble(self, texts: Sequence[Input], vote: str = "mean") -> list[str]:
+        """Per input, the label the prompts agree on (`vote`: mean or majority, see softprompt.artifacts.ensemble);
+        every prompt sees every input, all in the same mixed batches."""
+        return [record["prediction"] for record in self.ensemble_records(texts, vote)]
+
+    def ensemble_records(self, texts: Sequence[Input], vote: str = "mean") -> list[dict[str, Any]]:
+        """Per input: `prediction`, the mean `probabilities` {label: p}, the `votes` {label: n} and each prompt's
+        own prediction (`members`: {name: label})."""
+        check_vote(vote)
+        labels = self.predictors[0].labels
+        for name, predictor in zip(self.names, self.predictors, strict=True):
+            if predictor.generation or predictor.labels != labels:
+                found = "a generation prompt" if predictor.generation else f"labels {predictor.labels}"
+                raise EnsembleError(f"prompt {name!r} cannot join an ensemble with prompt {self.names[0]!r}: it has "
+                                    f"{found}, the ensemble needs one classification task with labels {labels}")
+        texts = list(texts)
+        probabilities = self.probabilities(*self._each(texts))
+        members = [probabilities[p * len(texts):(p + 1) * len(texts)] for p in range(len(self.names))]
+        return [{"row_index": row, "prediction": labels[c.label],
+                 "probabilities": dict(zip(labels, c.probabilities, strict=True)),
+                 "votes": dict(zip(labels, c.votes, strict=True)),
+                 "members": {name: labels[_argmax(member[row])] for name, member in zip(self.names, members,
+                                                                                     strict=True)}}
+                for row, c in enumerate(combine(members, vote))]
 
 
 def _stack(parts: Sequence[Batch]) -> Batch:

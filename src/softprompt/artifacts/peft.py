@@ -30,6 +30,7 @@ from softprompt.artifacts.format import (
     artifact_spec,
     default_cache_dir,
     read_spec,
+    read_tensors,
     write_artifact,
 )
 from softprompt.artifacts.predictor import build_folded_module, check_fingerprint
@@ -66,7 +67,7 @@ def _peft():
 
 
 def _load_tensors(directory: Path) -> dict[str, torch.Tensor]:
-    return load_file(directory / TENSORS_FILE) if (directory / TENSORS_FILE).is_file() else {}
+    return read_tensors(directory) if (directory / TENSORS_FILE).is_file() else {}  # checked against the spec
 
 
 def peft_form_of(spec: Mapping[str, Any]) -> tuple[type[SoftPromptModule], PeftForm]:
@@ -197,7 +198,11 @@ def read_adapter(directory: Path) -> tuple[dict[str, Any], torch.Tensor]:
     if not weights_file.is_file():
         raise InteropError(f"dir={str(directory)!r} holds no {PEFT_WEIGHTS_FILE} (re-save the adapter with "
                            "safe_serialization=True)")
-    weights = load_file(weights_file)
+    try:
+        weights = load_file(weights_file)
+    except Exception as error:  # safetensors raises its own error type for a truncated or foreign file
+        raise InteropError(f"{weights_file} is not a readable safetensors file ({' '.join(str(error).split())}); "
+                           "the file is truncated or was edited") from None
     if set(weights) != {PEFT_KEY}:
         raise InteropError(f"{weights_file} holds {sorted(weights)}; a {peft_type} adapter holds [{PEFT_KEY!r}]")
     tensor = weights[PEFT_KEY]

@@ -13,7 +13,14 @@ from typing import Any
 
 import torch
 
-from softprompt.artifacts.format import ArtifactError, artifact_dir, default_cache_dir, read_spec, read_tensors
+from softprompt.artifacts.format import (
+    TENSORS_FILE,
+    ArtifactError,
+    artifact_dir,
+    default_cache_dir,
+    read_spec,
+    read_tensors,
+)
 from softprompt.backbones.cache import BACKBONES
 from softprompt.backbones.families import FAMILY_ADAPTERS
 from softprompt.backbones.loading import DTYPES, Backbone, fingerprint, fingerprint_algorithm
@@ -67,20 +74,33 @@ def _placeholder_init(backbone: Backbone, method: Mapping[str, Any]) -> InitCont
                        init_std=None, init_vocab_size=1, init_text=None)
 
 
-def build_folded_module(spec: Mapping[str, Any], backbone: Backbone,
-                        tensors: Mapping[str, torch.Tensor]) -> SoftPromptModule:
-    """The method in its folded form with the artifact's tensors in, in eval mode."""
+def build_folded_module(spec: Mapping[str, Any], backbone: Backbone, tensors: Mapping[str, torch.Tensor],
+                        source: Path | None = None) -> SoftPromptModule:
+    """The method in its folded form with the artifact's tensors in, in eval mode. Given `source` (the tensors'
+    file), tensors that are not the ones this method stores on this backbone are one line naming it."""
     objective = build_objective(parse_task(spec["task"]), FAMILY_ADAPTERS[backbone.family], backbone.tokenizer,
                                 backbone.hidden_size)
     method = plain_method_config(spec["method"]["config"])
     module = build_method(method, backbone=backbone, objective=objective, optimizer={}, dropout=False,
                           init_context=lambda: _placeholder_init(backbone, method))
-    expected = set(module.folded_state())
-    if set(tensors) != expected:
-        raise ArtifactError(f"the artifact's tensors are {sorted(tensors)}; {module.method_name} on this backbone "
-                            f"stores {sorted(expected)}")
+    expected = {key: list(t.shape) for key, t in module.folded_state().items()}
+    if set(tensors) != set(expected):
+        raise ArtifactError(f"{source or 'the artifact'} holds the tensors {sorted(tensors)}; {module.method_name} "
+                            f"on backbone {backbone.name} stores {sorted(expected)}")
+    for key, tensor in tensors.items():
+        if source is not None and list(tensor.shape) != expected[key]:
+            raise ArtifactError(f"{source}: {key} has shape {list(tensor.shape)}; {module.method_name} with "
+                                f"num_virtual_tokens={method.get('num_virtual_tokens')} on backbone {backbone.name} "
+                                f"({geometry(backbone)}) expects {expected[key]}: the prompt was trained on "
+                                "another backbone, or the file was edited")
     module.load_folded_state(tensors)
     return module.eval()
+
+
+def geometry(backbone: Backbone) -> str:
+    """`hidden size 32, 2 layers`: what a prompt's tensor shapes depend on."""
+    layers = getattr(backbone.model.config.get_text_config(), "num_hidden_layers", None)
+    return f"hidden size {backbone.hidden_size}" + (f", {layers} layers" if layers else "")
 
 
 def load(path: str | Path, force: bool = False, cache_dir: str | Path | None = None,
@@ -93,14 +113,14 @@ def load(path: str | Path, force: bool = False, cache_dir: str | Path | None = N
     """
     directory = artifact_dir(path)
     spec = read_spec(directory)
-    tensors = read_tensors(directory)
+    tensors = read_tensors(directory, spec)
     cache = Path(cache_dir or default_cache_dir()).expanduser()
     backbone = BACKBONES.get(load_config(spec, torch.device(device)), cache, 1)
     if backbone.family != spec["backbone"]["family"]:
         raise ArtifactError(f"backbone {backbone.name} loads as a {backbone.family} model; the artifact was trained "
                             f"on a {spec['backbone']['family']} one")
     check_fingerprint(spec, backbone, force)
-    module = build_folded_module(spec, backbone, tensors).to(device)
+    module = build_folded_module(spec, backbone, tensors, directory / TENSORS_FILE).to(device)
     return Predictor(module, input_datamodule(spec, backbone, cache), spec, directory)
 
 
@@ -167,25 +187,27 @@ class Predictor:
         its name or its dataset column (`task.columns`), or by `text` when there is one field."""
         return [self.example(item, index) for index, item in enumerate(texts)]
 
-    def example(self, item: str | Mapping[str, Any], index: int) -> dict[str, str]:
-        """One input as the template's fields (see `examples`); `index` names it in errors."""
+    def example(self, item: str | Mapping[str, Any], index: int | str) -> dict[str, str]:
+        """One input as the template's fields (see `examples`); `index` names it in errors (a position, or a
+        name such as `file.jsonl:3`)."""
+        name = f"input {index}" if isinstance(index, int) else str(index)
         if isinstance(item, str):
             if len(self.text_fields) != 1:
-                raise ArtifactError(f"input {index} is a string, but task {self.task.name} has the text "
+                raise ArtifactError(f"{name} is a string, but task {self.task.name} has the text "
                                     f"fields {self.text_fields}: give a dict with each")
             item = {self.text_fields[0]: item}
         if not isinstance(item, Mapping):
-            raise ArtifactError(f"input {index} is a {type(item).__name__}; give a string or a dict")
+            raise ArtifactError(f"{name} is a {type(item).__name__}; give a string or a dict")
         columns = self.task.columns
-        return {field: str(self._field(item, field, columns.get(field), index)) for field in self.text_fields}
+        return {field: str(self._field(item, field, columns.get(field), name)) for field in self.text_fields}
 
-    def _field(self, row: Mapping[str, Any], field: str, column: str | None, index: int) -> Any:
+    def _field(self, row: Mapping[str, Any], field: str, column: str | None, input_name: str) -> Any:
         names = [field, *([column] if column and column != field else []),
                  *(["text"] if len(self.text_fields) == 1 and field != "text" else [])]
         for name in names:
             with contextlib.suppress(KeyError):
                 return _lookup(row, name)
-        raise ArtifactError(f"input {index} has no {' or '.join(repr(n) for n in names)} key "
+        raise ArtifactError(f"{input_name} has no {' or '.join(repr(n) for n in names)} key "
                             f"(its keys: {', '.join(map(str, row)) or 'none'})")
 
     def _autocast(self) -> contextlib.AbstractContextManager:

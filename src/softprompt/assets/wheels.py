@@ -1,4 +1,9 @@
-"""Offline assets carried by PyPI wheels: fetched with `pip download --no-deps`, pinned by sha256."""
+"""Offline assets carried by PyPI wheels: fetched with `pip download --no-deps`, pinned by sha256.
+
+Several runs may share one cache folder and start together: every download, extraction and preparation
+happens under a file lock (flock, released by the kernel if its holder is killed) into a temporary name that
+is renamed into place, so a reader sees a whole file or folder, or none.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from softprompt.config.atomic import atomic_write_text
 from softprompt.errors import AssetError
 
 WHEELHOUSE_ENV = "SOFTPROMPT_WHEELHOUSE"
@@ -57,26 +63,37 @@ def _find_wheel(directory: Path, asset: WheelAsset) -> Path | None:
 
 
 def _download_wheel(asset: WheelAsset, wheel_dir: Path) -> Path:
+    """pip download into a private folder, then a rename into `wheel_dir` (no half-downloaded wheel is seen)."""
     wheel_dir.mkdir(parents=True, exist_ok=True)
+    private = wheel_dir / f".download-{os.getpid()}"
+    shutil.rmtree(private, ignore_errors=True)
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "--quiet", asset.requirement, "-d", str(wheel_dir)]
+               "--quiet", asset.requirement, "-d", str(private)]
     print(f"[softprompt] downloading {asset.requirement} (no dependencies) ...", file=sys.stderr, flush=True)
-    result = subprocess.run(command, capture_output=True, text=True)
-    wheel = _find_wheel(wheel_dir, asset)
-    if result.returncode != 0 or wheel is None:
-        reason = (result.stderr.strip().splitlines() or ["no wheel was produced"])[-1]
-        raise AssetError(
-            f"could not get {asset.requirement}: tried `pip download --no-deps {asset.requirement}` "
-            f"({reason}); download the wheel by hand and set {WHEELHOUSE_ENV}=DIR to its folder"
-        )
-    return wheel
+    try:
+        result = subprocess.run(command, capture_output=True, text=True)
+        wheel = _find_wheel(private, asset)
+        if result.returncode != 0 or wheel is None:
+            reason = (result.stderr.strip().splitlines() or ["no wheel was produced"])[-1]
+            raise AssetError(
+                f"could not get {asset.requirement}: tried `pip download --no-deps {asset.requirement}` "
+                f"({reason}); download the wheel by hand and set {WHEELHOUSE_ENV}=DIR to its folder"
+            )
+        return wheel.replace(wheel_dir / wheel.name)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def obtain_wheel(asset: WheelAsset, cache_dir: Path) -> Path:
-    """Return a verified local copy of the asset's wheel, downloading it once."""
+    """Return a verified local copy of the asset's wheel, downloading it once (one process at a time)."""
     wheelhouse = os.environ.get(WHEELHOUSE_ENV)
     wheel = _find_wheel(Path(wheelhouse), asset) if wheelhouse else None
-    wheel = wheel or _find_wheel(cache_dir / "wheels", asset) or _download_wheel(asset, cache_dir / "wheels")
+    wheel_dir = cache_dir / "wheels"
+    wheel = wheel or _find_wheel(wheel_dir, asset)
+    if wheel is None:
+        wheel_dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(wheel_dir / f".{asset.wheel_prefix}lock")):
+            wheel = _find_wheel(wheel_dir, asset) or _download_wheel(asset, wheel_dir)
     actual = sha256_of(wheel)
     if actual != asset.sha256:
         raise AssetError(
@@ -151,7 +168,7 @@ def prepared_dir(cache_dir: Path, key: str, build, description: str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         build(tmp)
-        (tmp / ".complete").write_text("ok\n")
+        atomic_write_text(tmp / ".complete", "ok\n")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         print(f"[softprompt] {description} ready.", file=sys.stderr, flush=True)

@@ -6,12 +6,15 @@ prefix travels as a forward keyword argument, which transformers passes down to 
 call, so it works under gradient checkpointing (the kwarg is part of the recomputed call), for
 encoder, decoder and cross-attention modules (each tagged with its role), and with grouped-query
 attention (prefixes have the key/value head count; SDPA repeats them with the real keys).
+
+The same wrapper adds an optional gated attention term over extra positions (`AttentionAddend`, its own
+kwarg): a separately normalised softmax whose output joins the attention output before the output projection.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -19,11 +22,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import logging as transformers_logging
 
 from softprompt.errors import SoftPromptError
 
 PREFIX_KWARG = "softprompt_prefix"
 CAPTURE_KWARG = "softprompt_capture"
+ADDEND_KWARG = "softprompt_addend"
 # backbone.attention: which SDPA kernels our registered wrapper lets PyTorch use.
 #   auto: PyTorch's choice, except the math kernel where it is faster (CPU bfloat16 with gradients: the flash
 #         kernel's CPU backward is several times slower than its forward; docs/results/ has the measurement);
@@ -64,16 +69,24 @@ def attention_role(name: str, encoder_decoder: bool) -> str:
     return "decoder" if "decoder" in name else "encoder"
 
 
-def attention_layers(model: PreTrainedModel) -> dict[str, int]:
-    """How many attention layers each role has (tagging the modules with their role on the way)."""
+def attention_modules(model: PreTrainedModel) -> dict[tuple[str, int], torch.nn.Module]:
+    """Every attention module by (role, layer index), tagged with its role."""
     encoder_decoder = bool(model.config.is_encoder_decoder)
-    counts: dict[str, int] = {}
+    found = {}
     for name, module in model.named_modules():
         if isinstance(getattr(module, "layer_idx", None), int) and hasattr(module, "is_causal"):
             role = attention_role(name, encoder_decoder)
             setattr(module, ROLE_ATTRIBUTE, role)
-            counts[role] = max(counts.get(role, 0), module.layer_idx + 1)
-    if not encoder_decoder:
+            found[role, module.layer_idx] = module
+    return found
+
+
+def attention_layers(model: PreTrainedModel) -> dict[str, int]:
+    """How many attention layers each role has (tagging the modules with their role on the way)."""
+    counts: dict[str, int] = {}
+    for role, layer in attention_modules(model):
+        counts[role] = max(counts.get(role, 0), layer + 1)
+    if not model.config.is_encoder_decoder:
         counts.pop("cross", None)  # decoder-only cross-attention is unused here
     return counts
 
@@ -85,6 +98,53 @@ class KVCapture:
 
     keys: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
     values: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class AttentionAddend:
+    """A gated attention term over extra positions, added to chosen layers' attention output (before the output
+    projection): gate * softmax(q K^T * scaling) V, normalised on its own, so the real positions' attention is
+    untouched. K and V are `states` (P, hidden) through the layer's own key and value projections, with no position
+    encoding; every query sees all P positions (no mask, so padding cannot matter). Keyed by (role, layer index);
+    a gate is (1,) for every head, or (heads,)."""
+
+    states: dict[tuple[str, int], torch.Tensor]
+    gates: dict[tuple[str, int], torch.Tensor]
+
+    def for_module(self, module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+        where = (getattr(module, ROLE_ATTRIBUTE, None), module.layer_idx)
+        return (self.states[where], self.gates[where]) if where in self.states else None
+
+
+def projects_keys_values(module: torch.nn.Module) -> bool:
+    """Whether `key_value_states` can use the module's own projections: separate k_proj / v_proj (Llama, Mistral,
+    Qwen2, ...) or GPT-2's fused c_attn self-attention."""
+    separate = all(isinstance(getattr(module, name, None), torch.nn.Module) for name in ("k_proj", "v_proj"))
+    fused = isinstance(getattr(module, "c_attn", None), torch.nn.Module) and hasattr(module, "split_size") \
+        and not getattr(module, "is_cross_attention", False)
+    return separate or fused
+
+
+def key_value_states(module: torch.nn.Module, states: torch.Tensor, head_dim: int, dtype: torch.dtype
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`states` (P, hidden) as keys and values (1, kv_heads, P, head_dim) through the module's own projections."""
+    x = states.to(dtype)
+    if hasattr(module, "k_proj"):
+        key, value = module.k_proj(x), module.v_proj(x)
+    else:
+        _, key, value = module.c_attn(x).split(module.split_size, dim=-1)
+    return tuple(t.view(1, len(x), -1, head_dim).transpose(1, 2) for t in (key, value))
+
+
+def _gated_term(module: torch.nn.Module, query: torch.Tensor, states: torch.Tensor, gate: torch.Tensor,
+                scaling: float | None) -> torch.Tensor:
+    """(batch, q_len, heads, head_dim), as SDPA returns its output."""
+    heads, head_dim, dtype = query.shape[1], query.shape[-1], query.dtype
+    key, value = key_value_states(module, states, head_dim, dtype)
+    key, value = (t.repeat_interleave(heads // t.shape[1], dim=1) for t in (key, value))  # grouped-query heads
+    scores = torch.matmul(query, key.transpose(2, 3)) * (head_dim ** -0.5 if scaling is None else scaling)
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype) * gate.to(dtype).view(1, -1, 1, 1)
+    return torch.matmul(weights, value).transpose(1, 2)
 
 
 def _extend_mask(mask: torch.Tensor | None, module: torch.nn.Module, query: torch.Tensor, key_len: int,
@@ -126,6 +186,10 @@ def _wrap(base: Callable, backend: str) -> Callable:
     def attention(module, query, key, value, attention_mask, **kwargs):
         prefix: PrefixKV | None = kwargs.pop(PREFIX_KWARG, None)
         capture: KVCapture | None = kwargs.pop(CAPTURE_KWARG, None)
+        addend: AttentionAddend | None = kwargs.pop(ADDEND_KWARG, None)
+        term = addend.for_module(module) if addend is not None else None
+        # From the query before the prefix and the kernel see it (SDPA may pack grouped heads while decoding).
+        extra = _gated_term(module, query, *term, kwargs.get("scaling")) if term is not None else None
         if capture is not None:
             where = (getattr(module, ROLE_ATTRIBUTE, "self"), module.layer_idx)
             capture.keys[where], capture.values[where] = key, value
@@ -139,7 +203,8 @@ def _wrap(base: Callable, backend: str) -> Callable:
             key = torch.cat([prefix_keys.to(key.dtype).expand(batch, -1, -1, -1), key], dim=2)
             value = torch.cat([prefix_values.to(value.dtype).expand(batch, -1, -1, -1), value], dim=2)
         with _kernels(backend, query):
-            return base(module, query, key, value, attention_mask, **kwargs)
+            output, weights = base(module, query, key, value, attention_mask, **kwargs)
+        return (output, weights) if extra is None else (output + extra.to(output.dtype), weights)
 
     return attention
 
@@ -151,6 +216,18 @@ def _register(backend: str) -> str:
         AttentionInterface.register(name, _wrap(ALL_ATTENTION_FUNCTIONS["sdpa"], backend))
         AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
     return name
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' warnings off meanwhile: what it says while we probe an architecture (unused masks, slow
+    kernels, attention it cannot switch) must not bury a one-line refusal."""
+    level = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(level)
 
 
 def attention_backend(model: PreTrainedModel) -> str | None:
@@ -167,7 +244,8 @@ def use_attention(model: PreTrainedModel, backend: str) -> None:
     attention_layers(model)  # tag every attention module with its role
     if attention_backend(model) != backend:
         try:
-            model.set_attn_implementation(_register(backend))
+            with quiet_transformers():
+                model.set_attn_implementation(_register(backend))
         except (ValueError, ImportError) as error:
             raise UnreachableAttentionError(f"{type(model).__name__} does not take transformers' attention "
                                             f"interface ({error})") from None
@@ -201,7 +279,7 @@ def reached_layers(model: PreTrainedModel) -> dict[str, set[int]]:
     capture = KVCapture()
     ids = torch.zeros((1, 2), dtype=torch.long, device=next(model.parameters()).device)
     inputs = {"decoder_input_ids": ids} if model.config.is_encoder_decoder else {}
-    with torch.no_grad():
+    with torch.no_grad(), quiet_transformers():
         model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **inputs,
                          **{CAPTURE_KWARG: capture})
     reached: dict[str, set[int]] = {}

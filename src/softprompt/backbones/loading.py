@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
-from collections.abc import Mapping, Set
+from collections.abc import Iterator, Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import transformers
 import xxhash
+from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -92,12 +94,98 @@ def resolve_source(cfg: Mapping, cache_dir: Path) -> str | None:
     raise ConfigError("backbone.name_or_path", None, "set a hub id or local path (or an asset / random_init)")
 
 
+class BackboneError(ConfigError):
+    """The backbone `backbone.name_or_path` names cannot be loaded or served: the value and why, in one line."""
+
+
+
+
+def offline_hint(source: str) -> str:
+    return (f"download it where there is network (huggingface-cli download {source} --local-dir FOLDER) and set "
+            "backbone.name_or_path=FOLDER, or use the offline default (backbone=smollm2_135m)")
+
+
+def looks_local(source: str) -> bool:
+    """A path rather than a hub id (`org/name`): absolute, relative with ./ or ../, ~, deeper, or existing."""
+    return (source.startswith(("/", "./", "../", "~", ".\\")) or source.count("/") > 1 or "\\" in source
+            or Path(source).expanduser().exists())
+
+
+def check_model_source(source: str) -> None:
+    """A local `backbone.name_or_path` is a saved model's folder (config.json); hub ids are left to the loader."""
+    if not looks_local(source):
+        return
+    folder = Path(source).expanduser()
+    if not folder.exists():
+        raise BackboneError("backbone.name_or_path", source, "no such folder; point it at a model folder saved with "
+                            "save_pretrained (config.json, tokenizer files, weights) or give a hub id (org/name)")
+    if not folder.is_dir():
+        raise BackboneError("backbone.name_or_path", source, "it is a file; point it at the model's folder "
+                            "(config.json, tokenizer files, weights)")
+    if not (folder / "config.json").is_file():
+        raise BackboneError("backbone.name_or_path", source, "the folder has no config.json, so it is not a saved "
+                            "Hugging Face model; save one there with model.save_pretrained(folder) and "
+                            "tokenizer.save_pretrained(folder)")
+
+
+def _fetch_failure(source: str, error: BaseException) -> str | None:
+    """Why a hub id could not be fetched, or None when `error` is no fetch failure."""
+    chain = [error]
+    while chain[-1].__cause__ or chain[-1].__context__:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+        if len(chain) > 8:
+            break
+    if any(isinstance(e, GatedRepoError) for e in chain):
+        return "the model is gated: accept its license on the hub and set HF_TOKEN, or " + offline_hint(source)
+    if any(isinstance(e, RevisionNotFoundError) for e in chain):
+        return "backbone.revision names no revision of it on the hub"
+    if any(isinstance(e, RepositoryNotFoundError) for e in chain):
+        return "there is no such model on the hub (a private one needs HF_TOKEN) and no such local folder"
+    text = " ".join(str(e) for e in chain).lower()
+    if any(word in text for word in ("connect", "offline", "cached files", "network")):
+        return ("it could not be fetched from the Hugging Face hub (no network, or HF_HUB_OFFLINE=1) and is not in "
+                "the local cache; " + offline_hint(source))
+    return None
+
+
+@contextlib.contextmanager
+def one_line_load_errors(key: str, source: str, part: str) -> Iterator[None]:
+    """transformers' loading errors for `source` (its `part`: config.json, tokenizer, weights) as one line naming
+    `key`, the setting it came from."""
+    try:
+        yield
+    except (OSError, ValueError) as error:
+        reason = None if looks_local(source) else _fetch_failure(source, error)
+        if reason is None:
+            first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+            reason = f"its {part} could not be loaded ({first.rstrip(':.')})"
+            if part == "tokenizer":
+                reason += "; the model folder needs its tokenizer's files: save them there with " \
+                          "tokenizer.save_pretrained(folder)"
+        raise BackboneError(key, source, reason) from None
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, key: str, source: str) -> None:
+    """Batches are padded: without a pad token the eos token pads (attention masks hide it); without either the
+    backbone is refused, with where to set one."""
+    if tokenizer.pad_token_id is not None:
+        return
+    if tokenizer.eos_token_id is None:
+        where = Path(source) / "tokenizer_config.json" if looks_local(source) else "the model folder's " \
+            "tokenizer_config.json"
+        raise BackboneError(key, source, "its tokenizer has neither a pad token nor an eos token, "
+                            f"and batches need one to pad with; set \"pad_token\" in {where} to a token of its "
+                            "vocabulary (its unk token, say)")
+    tokenizer.pad_token = tokenizer.eos_token
+
+
 def load_backbone(cfg: Mapping, cache_dir: Path) -> Backbone:
     """Load, freeze and put the backbone in eval mode (dropout off)."""
     dtype = torch_dtype(str(cfg["dtype"]))
     source = resolve_source(cfg, cache_dir)
     revision = cfg.get("revision")
     requested = str(cfg.get("family", "auto"))
+    key = "backbone.name_or_path" if cfg.get("name_or_path") else "backbone.asset"
     if source is None:
         init = cfg["random_init"]
         config = AutoConfig.for_model(**init["config"])
@@ -107,11 +195,17 @@ def load_backbone(cfg: Mapping, cache_dir: Path) -> Backbone:
         source = f"random:{cfg['name']}:seed{init['seed']}"
     else:
         kwargs = {"revision": revision, "trust_remote_code": bool(cfg.get("trust_remote_code", False))}
-        family = detect_family(AutoConfig.from_pretrained(source, **kwargs), requested)
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = FAMILY_MODEL_CLASSES[family].from_pretrained(source, dtype=dtype, **kwargs)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+        model = None  # loaded once the tokenizer passed
+        check_model_source(source)
+        with one_line_load_errors(key, source, "config.json"):
+            config = AutoConfig.from_pretrained(source, **kwargs)
+        family = detect_family(config, requested)
+        with one_line_load_errors(key, source, "tokenizer"):
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    ensure_pad_token(tokenizer, key, source)  # before the weights load: a tokenizer we cannot pad with is refused
+    if model is None:
+        with one_line_load_errors(key, source, "weights"):
+            model = FAMILY_MODEL_CLASSES[family].from_pretrained(source, dtype=dtype, **kwargs)
     freeze(model)
     if cfg["gradient_checkpointing"]:
         enable_gradient_checkpointing(model)
@@ -216,7 +310,7 @@ def tied_aliases(model: nn.Module) -> set[str]:
 
 
 def check_backbone(backbone: Mapping) -> None:
-    if backbone.get("dtype") not in DTYPES:
+    if not isinstance(backbone.get("dtype"), str) or backbone.get("dtype") not in DTYPES:
         raise ConfigError("backbone.dtype", backbone.get("dtype"), f"allowed: {', '.join(DTYPES)}")
     if backbone.get("attention") not in ATTENTION_BACKENDS:
         raise ConfigError("backbone.attention", backbone.get("attention"), f"allowed: {', '.join(ATTENTION_BACKENDS)}")
@@ -224,3 +318,5 @@ def check_backbone(backbone: Mapping) -> None:
         raise ConfigError("backbone.family", backbone.get("family"), f"allowed: {', '.join(FAMILIES)}")
     if not (backbone.get("name_or_path") or backbone.get("asset") or backbone.get("random_init")):
         raise ConfigError("backbone.name_or_path", None, "set a hub id or local path")
+    if backbone.get("name_or_path"):
+        check_model_source(str(backbone["name_or_path"]))

@@ -26,42 +26,55 @@ TOOL = Tool("softprompt-predict", {
 })
 
 
-def read_inputs(file: Path) -> list[Any]:
-    """The jsonl rows (blank lines skipped): objects or strings."""
+def read_inputs(file: Path) -> list[tuple[int, Any]]:
+    """(line number, row) for each jsonl row (blank lines skipped): objects or strings. A line that is not one,
+    or a file with none, is one line naming `file:line`."""
     rows = []
-    for number, line in enumerate(file.read_text().splitlines(), start=1):
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise UsageError(f"input={str(file)!r} is not UTF-8 text ({error})") from None
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            raise UsageError(f"input={str(file)!r} line {number} is not JSON ({error})") from None
+            raise UsageError(f"input {file}:{number} is not JSON ({error}); expected one JSON object (or string) "
+                             "per line") from None
         if not isinstance(row, dict | str):
-            raise UsageError(f"input={str(file)!r} line {number} is a {type(row).__name__}; give an object with "
-                             "the text field(s) or a string")
-        rows.append(row)
+            raise UsageError(f"input {file}:{number} is a JSON {type(row).__name__}; expected an object with the "
+                             "text field(s), or a string")
+        rows.append((number, row))
+    if not rows:
+        raise UsageError(f"input={str(file)!r} holds no inputs (it is empty or blank); expected one JSON object "
+                         "per line")
     return rows
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = TOOL.parse_or_exit(argv)
     try:
-        rows = read_inputs(args["input"])
+        numbered = read_inputs(args["input"])
     except UsageError as error:
         TOOL.fail(error)
     from softprompt.artifacts.predictor import load  # heavy: torch, transformers, lightning
+    from softprompt.config.atomic import atomic_write_text
     from softprompt.errors import SoftPromptError
 
+    file = args["input"]
     try:
         predictor = load(args["prompt"], force=args["force"], cache_dir=args["cache_dir"])
         if args["batch_size"]:
             predictor.batch_size = args["batch_size"]
-        records = predictor.predict_records(rows)
+        for number, row in numbered:  # every input checked before the first prediction
+            predictor.example(row, f"input {file}:{number}")
+        records = predictor.predict_records([row for _, row in numbered])
     except SoftPromptError as error:
         TOOL.fail(error)
     output = args["output"]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text("".join(json.dumps(record) + "\n" for record in records))
+    # Written whole or not at all: a killed or failed run leaves no partial predictions file.
+    atomic_write_text(output, "".join(json.dumps(record) + "\n" for record in records))
     print(f"{TOOL.prog}: {len(records)} predictions ({predictor.method}, task {predictor.task.name}) -> {output}")
 
 

@@ -1,6 +1,7 @@
 """softprompt-report: aggregate the metrics.json files of a sweep into tables, paired tests and plots.
 
     softprompt-report PATH... [out=DIR] [group_by=KEY,KEY] [metric=STAGE/NAME] [rank_by=STAGE/NAME] [wandb=true]
+                      [ensemble=mean|majority]
 
 PATH: a run dir, a sweep dir (searched recursively) or a metrics.json file; give one or more. Writes results.csv,
 results.md and the plots the data supports into `out` (default the first PATH), and prints the table, the jobs
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from softprompt.cli.args import Key, Tool, boolean, comma_list, path, text
+from softprompt.cli.args import Key, Tool, boolean, choice, comma_list, path, text
 
 TOOL = Tool("softprompt-report", {
     "out": Key("output dir (default: the first PATH, or the current dir if it is a file)", path),
@@ -22,6 +23,8 @@ TOOL = Tool("softprompt-report", {
     "rank_by": Key("stage/name that ranks and chooses configurations (default: the runs' validation selection "
                    "metric, e.g. val/acc; a test metric is flagged as optimistic)", text),
     "wandb": Key("true also logs the table and plots to wandb", boolean, default=False),
+    "ensemble": Key("mean or majority: also each configuration's runs (every seed and fold) alone against their "
+                    "ensemble on the test split (ensemble.md, ensemble.csv)", choice("mean", "majority")),
 }, positional="PATH")
 
 
@@ -32,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         run_report(args.positional, out=args["out"], group_by=args["group_by"], metric=args["metric"],
-                   rank_by=args["rank_by"], wandb=args["wandb"])
+                   rank_by=args["rank_by"], wandb=args["wandb"], ensemble=args["ensemble"])
     except ReportError as error:
         TOOL.fail(error)
     return 0

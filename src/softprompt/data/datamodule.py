@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import lightning as L
 import numpy as np
 import torch
 from datasets import Dataset
+from filelock import FileLock
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
@@ -39,6 +42,16 @@ def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     payload = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _tokenization_lock(dataset: Dataset, fingerprint: str) -> contextlib.AbstractContextManager:
+    """Runs sharing a datasets cache tokenise a split one at a time: the second one waits, then reads the first
+    one's cache file (datasets writes it under a temporary name and renames it). In-memory datasets and read-only
+    caches (datasets writes no cache file there): no lock."""
+    folder = Path(dataset.cache_files[0]["filename"]).parent if dataset.cache_files else None
+    if folder is None or not os.access(folder, os.W_OK):
+        return contextlib.nullcontext()
+    return FileLock(str(folder / f"softprompt-tokenize-{fingerprint}.lock"))
 
 
 class PromptDataModule(L.LightningDataModule):
@@ -177,8 +190,9 @@ class PromptDataModule(L.LightningDataModule):
                            self.template.text, fields, self.task.max_length, self.answer_token_id,
                            self.specials, target_spec])
         fingerprint = hashlib.sha256(spec.encode()).hexdigest()[:32]
-        return dataset.map(self.renderer(), with_indices=True, new_fingerprint=fingerprint,
-                           desc=f"tokenizing {role}")
+        with _tokenization_lock(dataset, fingerprint):
+            return dataset.map(self.renderer(), with_indices=True, new_fingerprint=fingerprint,
+                               desc=f"tokenizing {role}")
 
     def token_counts(self) -> torch.Tensor:
         """Token frequencies over the training split's text fields (for `init=vocab`)."""

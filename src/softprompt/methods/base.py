@@ -238,6 +238,11 @@ class SoftPromptModule(L.LightningModule):
     def num_trainable_params(self) -> int:
         return sum(p.numel() for p in self.trainable_parameters())
 
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: by default one, at the optimizer's lr; a method whose tensors train
+        at different rates gives a group its own `lr` (the scheduler scales each group's lr alike)."""
+        return [{"params": self.trainable_parameters()}]
+
     def sharded_root(self) -> FSDP | None:
         """The root FSDP unit this module runs in, if any (its ranks each hold a shard of its tensors)."""
         root = self._trainer.strategy.model if self._trainer is not None else None
@@ -311,7 +316,8 @@ class SoftPromptModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         settings = dict(self.optimizer_cfg)
         schedule = settings.pop("scheduler")
-        optimizer = instantiate(settings, params=self.trainable_parameters())
+        # Partial: Hydra would turn the groups (dicts of tensors) into DictConfigs, which torch refuses.
+        optimizer = instantiate(settings, _partial_=True)(params=self.parameter_groups())
         scheduler = get_scheduler(str(schedule["name"]), optimizer,
                                   num_warmup_steps=int(schedule["warmup_steps"]),
                                   num_training_steps=int(self.trainer.estimated_stepping_batches))

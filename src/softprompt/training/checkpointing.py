@@ -1,16 +1,32 @@
 """What makes a run resumable: last.ckpt after every validation, validation history kept in checkpoints,
-and the `ckpt_path` rule."""
+checkpoints written atomically, and the `ckpt_path` rule."""
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from softprompt.config.atomic import atomic_open
 from softprompt.errors import ConfigError
 from softprompt.training.results import LAST_CHECKPOINT, stage_metrics
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save into a temporary file in the checkpoint's folder, fsync, rename: a run killed while saving
+    leaves the previous checkpoint whole (Lightning's own temporary goes to /tmp, is not fsynced, and across
+    filesystems its move is a copy)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        with atomic_open(Path(path), "wb") as handle:
+            torch.save(checkpoint, handle)
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -52,10 +68,13 @@ def resume_checkpoint(setting: str | None, output_dir: Path) -> str | None:
     last = output_dir / LAST_CHECKPOINT
     if setting is None:
         return None
-    if setting == "auto":
-        return str(last) if last.is_file() else None
-    path = last if setting == "last" else Path(setting)
-    if not path.is_file():
-        raise ConfigError("ckpt_path", setting, f"no checkpoint at {path}; use auto (resume only when "
-                          f"{LAST_CHECKPOINT} exists), null, or an existing .ckpt path")
-    return str(path)
+    if setting == "auto" and not last.is_file():
+        return None
+    path = last if setting in ("auto", "last") else Path(setting)
+    if path.is_file():
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut one lacks its directory
+            raise ConfigError("ckpt_path", setting, f"{path} is not a whole checkpoint (truncated, or not written by "
+                              "torch.save); delete it to start fresh, or give ckpt_path=null or another .ckpt path")
+        return str(path)
+    raise ConfigError("ckpt_path", setting, f"no checkpoint at {path}; use auto (resume only when "
+                      f"{LAST_CHECKPOINT} exists), null, or an existing .ckpt path")

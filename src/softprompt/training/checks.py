@@ -7,10 +7,12 @@ optimizer, the step budget and a prompt to start from (init=from_artifact).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from transformers.trainer_utils import SchedulerType
 
+from softprompt.artifacts.ensemble import VOTES
 from softprompt.backbones.loading import check_backbone
 from softprompt.config.precision import check_hardware, check_precision
 from softprompt.data.checks import check_cv, check_data
@@ -19,14 +21,16 @@ from softprompt.methods import method_class
 from softprompt.methods.checks import check_method, check_task
 from softprompt.methods.init import ARTIFACT_INIT
 from softprompt.training.artifact_init import check_artifact_init
+from softprompt.training.transfer import check_transfer
 
 # transformers.get_scheduler builds these without a warmup, whatever warmup_steps says.
 SCHEDULERS_WITHOUT_WARMUP = ("constant", "reduce_lr_on_plateau", "greedy")
 
 
 def check_optimizer(optimizer: Mapping) -> None:
-    if not float(optimizer.get("lr", 0)) > 0:
-        raise ConfigError("optimizer.lr", optimizer.get("lr"), "must be > 0")
+    lr = optimizer.get("lr")
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf:
+        raise ConfigError("optimizer.lr", lr, "must be a finite number > 0")
     allowed = [s.value for s in SchedulerType]
     schedule = optimizer.get("scheduler") or {}
     name = schedule.get("name")
@@ -47,6 +51,7 @@ def check_config(cfg: Mapping) -> None:
     check_hardware(cfg["trainer"])
     check_precision(cfg["trainer"], cfg["backbone"])
     check_method(cfg["method"])
+    check_transfer(cfg)
     if cfg["method"].get("init") == ARTIFACT_INIT:
         check_artifact_init(cfg["method"])
     check_task(cfg["task"], cfg["method"])
@@ -54,6 +59,10 @@ def check_config(cfg: Mapping) -> None:
     check_data(cfg["data"])
     if method_class(cfg["method"]).trains:
         check_optimizer(cfg["optimizer"])
+    vote = (cfg.get("sweep") or {}).get("ensemble_vote")
+    if vote not in VOTES:  # experiment=prompt_ensemble reads it when the multirun ends: refuse it before training
+        raise ConfigError("sweep.ensemble_vote", vote, f"allowed: {', '.join(VOTES)}")
     max_steps = cfg["trainer"].get("max_steps")
-    if max_steps is not None and max_steps != -1 and (not isinstance(max_steps, int) or max_steps < 1):
+    if isinstance(max_steps, bool) or (max_steps is not None and max_steps != -1
+                                       and (not isinstance(max_steps, int) or max_steps < 1)):
         raise ConfigError("trainer.max_steps", max_steps, "must be -1 (use max_epochs) or an integer >= 1")

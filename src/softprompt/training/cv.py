@@ -18,6 +18,7 @@ import numpy as np
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
+from softprompt.config.atomic import atomic_write_text
 from softprompt.training.results import CV_METRICS_FILE, FOLD_DIR_PREFIX
 
 log = logging.getLogger("softprompt")
@@ -62,7 +63,7 @@ def run_job(cfg: DictConfig, run_one: Callable[[DictConfig], dict[str, Any]]) ->
     result = summarize_folds(summaries)
     if rank_zero_only.rank == 0:  # DDP workers run the same folds; one of them writes
         path = Path(cfg.paths.output_dir) / CV_METRICS_FILE
-        path.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(path, json.dumps(result, indent=2) + "\n")
         log.info("cv.mode=all: mean %s over %d folds = %.4f (test %s); wrote %s", result["selection_metric"],
                  len(summaries), result["score"], result["test"], path)
     return result["score"]

@@ -6,12 +6,21 @@
 - Frozen backbone tensors are kept out of DDP's initial broadcast, buffer broadcasts and gradient
   all-reduce: only the trainable prompt is synchronised.
 - FSDP wraps each transformer layer. `CPUFSDPStrategy` runs Lightning's FSDP over CPU processes.
+- A worker that dies fails the job in one line from rank 0, never a hang: a collective that loses its peer
+  (at once) or waits past `trainer.strategy.timeout` raises, and `distributed_job` turns that into
+  `WorkerFailed`; `WorkerObserver` (instead of Lightning's observer, which kill -9s rank 0 without a word)
+  reports a dead worker itself when rank 0 is stuck where no collective can fail.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import signal
+import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -26,6 +35,12 @@ from torch.distributed.fsdp import (
     StateDictType,
 )
 from transformers.modeling_layers import GradientCheckpointingLayer
+
+from softprompt.errors import SoftPromptError
+
+
+class WorkerFailed(SoftPromptError):
+    """A process of a multi-process job died or stopped answering."""
 
 
 def job_worker_command(local_rank: int) -> tuple[list[str], str]:
@@ -45,22 +60,112 @@ def job_worker_command(local_rank: int) -> tuple[list[str], str]:
 
 
 def use_job_worker_command() -> None:
-    """Make Lightning's DDP launchers start workers with `job_worker_command`: their Hydra hook is a
-    module-level function, looked up at launch time (Fabric's, and the copy the Trainer's imports)."""
+    """Make Lightning's DDP launchers start workers with `job_worker_command` (their Hydra hook is a module-level
+    function, looked up at launch time: Fabric's, and the copy the Trainer's imports) and watch them with
+    `WorkerObserver`."""
     from lightning.fabric.strategies.launchers import subprocess_script as fabric_launcher
     from lightning.pytorch.strategies.launchers import subprocess_script as trainer_launcher
 
-    fabric_launcher._hydra_subprocess_cmd = job_worker_command
-    trainer_launcher._hydra_subprocess_cmd = job_worker_command
+    for launcher in (fabric_launcher, trainer_launcher):
+        launcher._hydra_subprocess_cmd = job_worker_command
+        launcher._launch_process_observer = observe_workers
+
+
+_WORKERS: list[subprocess.Popen] = []  # the worker processes this process (rank 0) started for the current job
+_REPORTED = threading.Event()  # rank 0 has raised WorkerFailed: the observer says nothing more
+
+
+def observe_workers(workers: list[subprocess.Popen]) -> None:
+    """Watch the workers rank 0 just started (Lightning's launcher calls this)."""
+    _WORKERS[:] = workers
+    _REPORTED.clear()
+    WorkerObserver(workers).start()
+
+
+def stop_workers() -> None:
+    """kill -9 the workers still running (one stuck in a collective ignores anything gentler)."""
+    for worker in _WORKERS:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGKILL)
+
+
+def exit_description(returncode: int) -> str:
+    if returncode < 0:
+        with_name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else -returncode
+        return f"was killed by signal {with_name}"
+    return f"exited with status {returncode}"
+
+
+class WorkerObserver(threading.Thread):
+    """Polls the workers; when one exits non-zero, rank 0 has `grace` seconds to fail with its own one-line error
+    (a collective that lost its peer raises at once). If it has not, it is stuck where nothing can fail: this
+    thread prints the one line, stops the other workers and ends the process."""
+
+    def __init__(self, workers: list[subprocess.Popen], period: float = 1.0, grace: float = 20.0) -> None:
+        super().__init__(daemon=True, name="softprompt-worker-observer")  # ends with the main process
+        self.workers, self.period, self.grace = list(workers), period, grace
+
+    def run(self) -> None:
+        while True:
+            time.sleep(self.period)
+            codes = [worker.poll() for worker in self.workers]
+            if all(code == 0 for code in codes):
+                return
+            failed = [(rank, code) for rank, code in enumerate(codes, start=1) if code]
+            if failed:
+                break
+        deadline = time.monotonic() + self.grace
+        while time.monotonic() < deadline and not _REPORTED.is_set():
+            time.sleep(0.2)
+        stop_workers()
+        if _REPORTED.is_set():
+            return
+        rank, code = failed[0]
+        sys.stdout.flush()
+        sys.stderr.write(f"softprompt: error: worker process rank {rank} {exit_description(code)}; rank 0 was stuck "
+                         f"and stopped the job after {self.grace:.0f} s (see rank{rank}.log in the output dir)\n")
+        sys.stderr.flush()
+        os._exit(2)
+
+
+# What torch's collectives say when a peer is gone or silent (gloo, NCCL; the store), past their source location.
+COLLECTIVE_FAILURE = re.compile(r"Connection closed by peer|Connection reset|Broken pipe|Timed out|timed out|"
+                                r"[Tt]imeout|NCCL error|ProcessGroup|DistBackendError|DistNetworkError")
+
+
+def worker_failure(error: BaseException) -> WorkerFailed | None:
+    """`error` as one line when it is a collective that lost a worker (in a multi-process job), else None."""
+    initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
+    multiprocess = initialized or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    dist_error = getattr(torch.distributed, "DistError", ())
+    text = str(error)
+    if not multiprocess or not (isinstance(error, dist_error) or
+                                (isinstance(error, RuntimeError) and COLLECTIVE_FAILURE.search(text))):
+        return None
+    reason = re.sub(r"^\[[^\]]*\]\s*", "", " ".join(text.split()))  # gloo's "[file.cc:553] " prefix
+    reason = reason.split(". ")[0].rstrip(".")[:200]
+    rank = torch.distributed.get_rank() if initialized else os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))
+    return WorkerFailed(f"a worker process of this multi-process job died or stopped answering: rank {rank} got "
+                        f"'{reason}' in a collective and "
+                        "stopped the job instead of waiting (a silent worker fails it after "
+                        "trainer.strategy.timeout); see each worker's rank<N>.log in the output dir")
 
 
 @contextmanager
 def distributed_job() -> Iterator[None]:
     """One Hydra job's process group: torn down when the job ends, with the launcher's environment
-    variables (LOCAL_RANK, MASTER_PORT, ...), so the next job of a multirun starts its own workers."""
+    variables (LOCAL_RANK, MASTER_PORT, ...), so the next job of a multirun starts its own workers. A collective
+    that lost a worker is `WorkerFailed` (one line), and the other workers are stopped."""
     environment = dict(os.environ)
     try:
         yield
+    except Exception as error:
+        failure = worker_failure(error)
+        if failure is None:
+            raise
+        _REPORTED.set()
+        stop_workers()
+        raise failure from None
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -19,6 +19,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from softprompt.config.atomic import atomic_write_text
 from softprompt.errors import SoftPromptError
 from softprompt.training.results import FAILED_FILE
 
@@ -40,10 +41,7 @@ def write_failure(output_dir: Path, error: BaseException, overrides: list[str], 
               "job_num": job_num}
     if not isinstance(error, SoftPromptError):
         record["traceback"] = "".join(traceback.format_exception(error))
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(record, indent=2) + "\n")
-    temporary.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(record, indent=2) + "\n")
 
 
 def clear_failure(output_dir: Path) -> None:

@@ -11,14 +11,16 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from softprompt.backbones.attention_prefix import enable_prefix_injection
 from softprompt.backbones.cache import BACKBONES
 from softprompt.backbones.families import FAMILY_ADAPTERS
 from softprompt.backbones.loading import Backbone
 from softprompt.config.precision import AUTO, resolve_auto, trainer_precision
 from softprompt.data import PromptDataModule
+from softprompt.data.sources import read_splits
 from softprompt.data.task import parse_task
 from softprompt.errors import ConfigError
-from softprompt.methods import build_method, method_config
+from softprompt.methods import build_method, method_class, method_config
 from softprompt.methods.base import SoftPromptModule
 from softprompt.methods.config import PromptConfig
 from softprompt.methods.init import InitContext
@@ -76,9 +78,15 @@ def build_job(plain: dict[str, Any], cache_dir: Path) -> Job:
     """Backbone, DataModule (set up) and method module from a resolved, checked job config."""
     seed = int(plain["seed"])
     method, task = method_config(plain["method"]), parse_task(plain["task"])
+    # Bad data fails here, in one line, before the backbone loads; the DataModule reads the same splits again
+    # from datasets' cache.
+    read_splits(task, plain["cv"], cache_dir)
     backbone = BACKBONES.get_for_job(plain, cache_dir)  # the dtype trainer.precision implies
-    # Seeded after loading, so a job draws the same numbers whether its backbone was loaded or reused.
-    L.seed_everything(seed, workers=True)
+    # Seeded after loading, so a job draws the same numbers whether its backbone was loaded or reused. Quietly:
+    # Lightning says so on stderr, where a refusal must stay the one line (the seed is in metrics.json).
+    L.seed_everything(seed, workers=True, verbose=False)
+    if method_class(plain["method"]).injection == "attention":
+        enable_prefix_injection(backbone.model)  # an architecture a prefix cannot reach fails before tokenising
     adapter = FAMILY_ADAPTERS[backbone.family]
     if plain["data"]["padding_side"] == "left" and not adapter.supports_left_padding:
         raise ConfigError("data.padding_side", "left", f"{backbone.family} backbones need right padding")

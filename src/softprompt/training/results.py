@@ -1,4 +1,5 @@
-"""What a finished run writes next to its logs: metrics.json and test predictions."""
+"""What a finished run writes next to its logs: metrics.json and test predictions, each atomically (a killed run
+leaves the old file or none, never half of one)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from softprompt.config.atomic import atomic_open, atomic_write_text
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "test_predictions.jsonl"
@@ -27,10 +30,9 @@ def stage_metrics(metrics: Mapping[str, Any], stage: str) -> dict[str, float]:
 
 
 def write_run_results(output_dir: Path, summary: Mapping[str, Any], predictions: list[dict]) -> Path:
+    """test_predictions.jsonl, then metrics.json: the last file a run writes marks it finished (resume_sweep)."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / METRICS_FILE
-    path.write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")
-    with open(output_dir / PREDICTIONS_FILE, "w") as handle:
+    with atomic_open(output_dir / PREDICTIONS_FILE, "w", encoding="utf-8") as handle:
         for row in sorted(predictions, key=lambda r: r["row_index"]):  # dataset order
             handle.write(json.dumps(row) + "\n")
-    return path
+    return atomic_write_text(output_dir / METRICS_FILE, json.dumps(summary, indent=2, sort_keys=False) + "\n")

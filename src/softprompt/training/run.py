@@ -18,12 +18,13 @@ from softprompt.artifacts.format import ARTIFACT_DIR, save_artifact
 from softprompt.data import PromptDataModule
 from softprompt.data.sampling import evaluates_whole_splits
 from softprompt.methods.base import SoftPromptModule
-from softprompt.training.checkpointing import ValidationHistory, resume_checkpoint
+from softprompt.training.checkpointing import AtomicCheckpointIO, ValidationHistory, resume_checkpoint
 from softprompt.training.checks import check_config
 from softprompt.training.distributed import gather_objects, keep_frozen_out_of_ddp
 from softprompt.training.job import build_job, resolved_config, settle_precision
 from softprompt.training.loggers import finish_wandb, instantiate_all, prepare_wandb_env
 from softprompt.training.results import METRICS_FILE, stage_metrics, write_run_results
+from softprompt.training.transfer import prepare_transfer
 
 log = logging.getLogger("softprompt")
 # The frozen backbone is in eval mode on purpose (dropout off); Lightning warns about it on every fit.
@@ -36,7 +37,8 @@ def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: PromptD
     checkpoint by the objective's metric."""
     history = ValidationHistory()
     callbacks = [*instantiate_all(cfg.get("callbacks")), history]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.get("logger")))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.get("logger")),
+                                     plugins=[AtomicCheckpointIO()])  # a kill mid-save keeps the last whole ckpt
     for logger in trainer.loggers:  # the resolved config and parameter counts, in every logger
         logger.log_hyperparams(hyperparameters)
     checkpoint = trainer.checkpoint_callback
@@ -62,6 +64,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """The whole job; returns the metrics.json content."""
     started = time.perf_counter()
     check_config(resolved_config(cfg))
+    transfer = prepare_transfer(cfg, run)  # a source prompt first (SPoT); the target then starts from it
     precision = settle_precision(cfg)
     plain = resolved_config(cfg)
     cache_dir = Path(cfg.paths.cache_dir).expanduser()
@@ -113,6 +116,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "best_checkpoint": best_path,
         "wall_seconds": round(time.perf_counter() - started, 3),
         "precision": precision,
+        "transfer_source": transfer["source_task"] if transfer else None,
+        "transfer": transfer,
         # Examples whose text task.max_length cut, and split sizes before and after data.max_samples.
         "truncated": datamodule.truncated,
         "split_sizes": datamodule.split_sizes,

@@ -132,9 +132,10 @@ def summarise(data: str, method: str, runners: Sequence[Runner]) -> list[Row]:
             continue
         median = statistics.median(runner.seconds)
         tokens = statistics.median(t / s for t, s in zip(runner.tokens, runner.seconds, strict=True))
-        rows.append(Row(data, method, runner.name, round(median, 4), round(min(runner.seconds), 4),
-                        round(max(runner.seconds), 4), round(1 / median, 3), round(tokens, 1),
-                        round(statistics.median(runner.peak_mib), 1), seconds=[round(s, 4) for s in runner.seconds]))
+        # Microseconds kept: a tiny backbone's steps take milliseconds, and ratios are taken of these values.
+        rows.append(Row(data, method, runner.name, round(median, 6), round(min(runner.seconds), 6),
+                        round(max(runner.seconds), 6), round(1 / median, 3), round(tokens, 1),
+                        round(statistics.median(runner.peak_mib), 1), seconds=[round(s, 6) for s in runner.seconds]))
     by_name = {row.runner: row for row in rows}
     for row in rows:
         if "PEFT" in by_name and row.runner.startswith("ours"):

@@ -13,7 +13,7 @@ from typing import Any
 from softprompt.errors import SoftPromptError
 from softprompt.training.results import CV_METRICS_FILE, FAILED_FILE, FOLD_DIR_PREFIX, METRICS_FILE
 
-SETTING_KEYS = ("method", "backbone", "task", "num_virtual_tokens", "init", "lr")
+SETTING_KEYS = ("method", "backbone", "task", "num_virtual_tokens", "init", "lr", "transfer_source")
 PAIR_KEYS = ("fold", "seed")
 STAGES = ("val", "test")
 METHOD_CONFIG = "method_config"

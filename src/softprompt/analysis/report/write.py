@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from softprompt.analysis.report.collect import Collection, ReportError, collect_runs
+from softprompt.analysis.report.ensemble import ensemble_markdown, ensemble_table
 from softprompt.analysis.report.plots import write_plots
 from softprompt.analysis.report.statistics import (
     check_group_by,
@@ -74,13 +75,16 @@ def print_summary(collection: Collection, summary: pd.DataFrame, group_by: Seque
 
 
 def run_report(paths: Sequence[str | Path], out: Path | None = None, group_by: str | Sequence[str] | None = None,
-               metric: str | None = None, rank_by: str | None = None, wandb: bool = False) -> Report:
+               metric: str | None = None, rank_by: str | None = None, wandb: bool = False,
+               ensemble: str | None = None) -> Report:
     """The whole report, as softprompt-report makes it; raises ReportError on bad input.
 
     paths: run dirs, sweep dirs (searched recursively) or metrics.json files. out: the output dir (None: the first
     path, or the current dir if it is a file). group_by: keys (None: the settings that vary). metric: reported and
     paired-tested (None: test/<selection metric>). rank_by: ranks and chooses (None: the runs' validation selection
-    metric; a test metric is flagged as optimistic). wandb: also log the table and plots to wandb."""
+    metric; a test metric is flagged as optimistic). wandb: also log the table and plots to wandb. ensemble: a vote
+    (mean, majority): also each configuration's runs alone against their ensemble (softprompt.analysis.report.ensemble).
+    """
     collection = collect_runs(paths)
     if not collection.runs:
         raise ReportError(f"no runs found: no readable {METRICS_FILE} under {', '.join(map(str, paths))} "
@@ -94,6 +98,13 @@ def run_report(paths: Sequence[str | Path], out: Path | None = None, group_by: s
     summary = summarize(runs, group_by, metric, rank_by)
     report = write_report(collection, summary, out_dir, group_by, metric)
     print_summary(collection, summary, group_by, metric, report)
+    if ensemble:
+        table = ensemble_table(runs, group_by, ensemble)
+        text = ensemble_markdown(table, group_by, ensemble)
+        table.to_csv(out_dir / "ensemble.csv", index=False)
+        (out_dir / "ensemble.md").write_text(text)
+        report.written += [out_dir / "ensemble.csv", out_dir / "ensemble.md"]
+        print(f"\n{text}wrote {out_dir / 'ensemble.csv'}\nwrote {out_dir / 'ensemble.md'}")
     if wandb:
         log_to_wandb(summary, report.plots, out_dir)
     return report

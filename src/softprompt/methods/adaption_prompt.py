@@ -1,0 +1,166 @@
+"""Adaption prompts (LLaMA-Adapter, Zhang et al. 2023, section 3: "zero-init attention").
+
+Each of the top `adapter_layers` attention layers gets its own `num_virtual_tokens` learnable prompt vectors in
+the hidden space. The layer projects them through its own key/value projections (no position encoding), every
+query attends to them in a separate softmax, and a zero-initialised gate scales that term before it joins the
+attention output (ahead of the output projection), so training starts from the unprompted model:
+
+    out_l = softmax(q K^T / sqrt(d)) V + g_l * softmax(q (W_k P_l)^T / sqrt(d)) (W_v P_l)
+
+This is PEFT's ADAPTION_PROMPT on Llama/Mistral (`gate=layer`: one scalar per layer; `gate=head` is LLaMA-Adapter
+V2's gate per head). The term enters through the attention wrapper's generic `AttentionAddend` kwarg, never through
+`past_key_values`, so it works under gradient checkpointing and with the KV cache while decoding. The trained
+tensors are the folded form: the prompts and the gates, nothing to compute away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from softprompt.backbones.attention_prefix import (
+    ADDEND_KWARG,
+    AttentionAddend,
+    UnreachableAttentionError,
+    attention_modules,
+    enable_prefix_injection,
+    projects_keys_values,
+)
+from softprompt.config.typed import at_least
+from softprompt.errors import ConfigError, SoftPromptError
+from softprompt.methods.base import NotRepresentable, PeftForm, SoftPromptModule
+from softprompt.methods.config import PromptConfig
+from softprompt.methods.init import RANDOM_INITS, InitContext, initial_embeddings, random_values
+from softprompt.methods.inspection import input_level_report
+
+FAMILY = "causal_lm"  # the paper's and PEFT's setting: decoder-only self-attention
+ROLE = "self"
+TENSORS = ("prompt", "gate")
+
+
+@dataclass(frozen=True)
+class AdaptionPromptConfig(PromptConfig):
+    """Gated adaption prompts in the top `adapter_layers` layers (null: every layer); `gate`: one per layer or
+    one per head."""
+
+    slots: Literal["none"]
+    adapter_layers: int | None = field(metadata=at_least(1))
+    gate: Literal["layer", "head"]
+
+
+class AdaptionPrompt(SoftPromptModule):
+    """LLaMA-Adapter's gated adaption prompts: per layer, prompts (P, hidden) and a zero-initialised gate."""
+
+    Config = AdaptionPromptConfig
+    injection = "attention"
+
+    def __init__(self, *, num_virtual_tokens: int, adapter_layers: int | None, gate: str, init: str,
+                 init_context: InitContext, initial_state: Mapping[str, torch.Tensor] | None = None, **base) -> None:
+        super().__init__(**base)
+        architecture = type(self.backbone).__name__
+        if self.adapter.family != FAMILY:
+            raise ConfigError("backbone.family", self.adapter.family, f"{self.method_name} needs a {FAMILY} backbone "
+                              f"({architecture} is not): its prompts enter decoder-only self-attention, as in the "
+                              "paper and PEFT; use prefix_tuning or p_tuning_v2 on this backbone")
+        enable_prefix_injection(self.backbone)
+        modules = {layer: m for (role, layer), m in attention_modules(self.backbone).items() if role == ROLE}
+        total = len(modules)
+        count = total if adapter_layers is None else adapter_layers
+        if count > total:
+            raise ConfigError("method.adapter_layers", adapter_layers, f"{architecture} has {total} attention layers "
+                              f"(null: every layer)")
+        self.layers = sorted(modules)[total - count:]
+        unreachable = [layer for layer in self.layers if not projects_keys_values(modules[layer])]
+        if unreachable:
+            raise UnreachableAttentionError(
+                f"{self.method_name} cannot serve {architecture}: attention layers {unreachable} have no separate "
+                "k_proj/v_proj (nor GPT-2's c_attn) to project the prompts with; use prefix_tuning or p_tuning_v2")
+        config = self.backbone.config.get_text_config()
+        self.num_virtual_tokens = num_virtual_tokens
+        self.init = init
+        self.gate_kind = gate
+        self.prompt_shape = (count, num_virtual_tokens, config.hidden_size)
+        self.gate_shape = (count, config.num_attention_heads if gate == "head" else 1)
+        # Trainable tensors stay fp32 whatever the backbone dtype; the attention wrapper casts them.
+        if initial_state is not None:  # init=from_artifact: a trained prompt's tensors
+            self._load_own(initial_state)
+        else:
+            self.prompt = nn.Parameter(self._initial_prompt(init, init_context))
+            self.gate = nn.Parameter(torch.zeros(self.gate_shape))  # zero-init: the frozen model's outputs
+
+    @classmethod
+    def from_config(cls, config: AdaptionPromptConfig, init_context: Callable[[], InitContext],
+                    initial_state: Mapping[str, torch.Tensor] | None = None, **common) -> AdaptionPrompt:
+        return cls(num_virtual_tokens=config.num_virtual_tokens, adapter_layers=config.adapter_layers,
+                   gate=config.gate, init=config.init, init_context=init_context(), initial_state=initial_state,
+                   **common)
+
+    @classmethod
+    def peft_form(cls, config: AdaptionPromptConfig, family: str) -> PeftForm:
+        """None: PEFT's ADAPTION_PROMPT is no prompt-learning adapter (it saves an adaption_prompt and an
+        adaption_gate under each wrapped attention module's path, which our exporter does not write), and it is
+        equivalent only on Llama/Mistral with a gate per layer (on GPT-2 PEFT adds the term after c_proj,
+        unprojected; Qwen2 it refuses)."""
+        raise NotRepresentable(f"{config.name} has no PEFT export: PEFT's ADAPTION_PROMPT is not a prompt-learning "
+                               "adapter (it stores adaption_prompt and adaption_gate per wrapped attention module), "
+                               "and it matches ours only on Llama/Mistral with method.gate=layer")
+
+    @classmethod
+    def mixed_batch_kind(cls) -> str | None:
+        """None: mixed batches carry key/value prefixes per row, not gated adaption prompts."""
+        return None
+
+    def inspect(self, tokenizer: PreTrainedTokenizerBase, top_k: int) -> list[str]:
+        """Per layer: its gate(s) and the prompt's norms and nearest vocabulary tokens (the prompts live in the
+        hidden space the layer's key/value projections read, where the input embeddings also live)."""
+        state = self.folded_state()
+        embeddings = self.backbone.get_input_embeddings().weight.detach()
+        total = len(self.layers) + self.layers[0]
+        lines = [f"as gated adaption prompts in the top {len(self.layers)} of {total} attention layers "
+                 f"(a gate per {self.gate_kind}; a zero gate leaves its layer as the frozen model's)"]
+        for index, layer in enumerate(self.layers):
+            report = input_level_report(state["prompt"][index], embeddings, tokenizer, top_k)
+            gates = ", ".join(f"{g:+.4f}" for g in state["gate"][index].tolist())
+            norm = sum(report.norms) / len(report.norms)
+            lines.append(f"layer {layer}: gate {gates} | prompt L2 norm mean {norm:.4f} (vocabulary "
+                         f"{report.vocab_mean_norm:.4f})")
+            lines += [f"  virtual token {k}: nearest by cosine: "
+                      + ", ".join(f"{text!r} (id {i}) {cos:.4f}" for i, text, cos in nearest)
+                      for k, nearest in enumerate(report.nearest)]
+        return lines
+
+    def _initial_prompt(self, init: str, ctx: InitContext) -> torch.Tensor:
+        """Random values (PEFT and the paper: standard normal), or each layer's own draw of real words'
+        embeddings."""
+        if init in RANDOM_INITS:
+            return random_values(init, self.prompt_shape, ctx)
+        return torch.stack([initial_embeddings(init, self.num_virtual_tokens, ctx) for _ in self.layers])
+
+    def attention_kwargs(self) -> dict[str, AttentionAddend]:
+        return {ADDEND_KWARG: AttentionAddend(
+            states={(ROLE, layer): self.prompt[i] for i, layer in enumerate(self.layers)},
+            gates={(ROLE, layer): self.gate[i] for i, layer in enumerate(self.layers)})}
+
+    # -- folding: the prompts and gates are already the folded form -------------------------------
+    def folded_state(self) -> dict[str, torch.Tensor]:
+        return {**super().folded_state(), "prompt": self.prompt.detach().clone(), "gate": self.gate.detach().clone()}
+
+    def load_folded_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        self._load_own(state)
+
+    def _load_own(self, state: Mapping[str, torch.Tensor]) -> None:
+        missing = [key for key in TENSORS if key not in state]
+        if missing:
+            raise SoftPromptError(f"{self.method_name} needs tensors {list(TENSORS)}; {sorted(missing)} missing")
+        for key, shape in zip(TENSORS, (self.prompt_shape, self.gate_shape), strict=True):
+            if tuple(state[key].shape) != shape:
+                raise SoftPromptError(f"folded {key} has shape {tuple(state[key].shape)}; {self.method_name} "
+                                      f"expects {shape}")
+        SoftPromptModule.load_folded_state(self, {k: v for k, v in state.items() if k not in TENSORS})
+        self.prompt = nn.Parameter(state["prompt"].detach().clone().float())
+        self.gate = nn.Parameter(state["gate"].detach().clone().float())
