@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import xxhash
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from softprompt.backbones.loading import tied_aliases
@@ -53,9 +54,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("logs/fixed_costs.json"))
     args = parser.parse_args()
     cfg = compose_train(["task=bbc_headline", "logger=none", "callbacks=none", "data.eval_batch_size=16",
-                         f"data.max_samples.validation={16 * args.eval_batches}"])
+                         f"data.max_samples.validation={16 * args.eval_batches}"], return_hydra_config=True)
     OmegaConf.set_struct(cfg, False)
-    cfg.paths.output_dir = "/tmp/fixed_costs"
+    cfg.paths.output_dir = cfg.hydra.runtime.output_dir = "/tmp/fixed_costs"
+    HydraConfig.instance().set_config(cfg)
     settle_precision(cfg)
     job = build_job(resolved_config(cfg), Path(cfg.paths.cache_dir).expanduser())
     model, module = job.backbone.model, job.module.eval()

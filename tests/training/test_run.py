@@ -29,6 +29,9 @@ def test_run_trains_prompt_only_and_writes_metrics(make_cfg, local_task_override
     assert written["truncated"] == {"train": 0, "validation": 0, "test": 0}  # short reviews: nothing was cut
     assert written["split_sizes"]["test"] == {"available": 10, "used": 10}
     assert written["backbone_fingerprint_start"] == written["backbone_fingerprint_end"]
+    steps = written["step_seconds"]  # time inside the steps; the rest of the wall time is the job's fixed cost
+    assert set(steps) == {"train", "validation", "test"} and all(seconds > 0 for seconds in steps.values())
+    assert sum(steps.values()) < written["wall_seconds"]
     assert set(written["val"]) >= {"acc", "f1"} and set(written["test"]) >= {"acc", "f1"}
     predictions = [json.loads(line) for line in (out / "test_predictions.jsonl").read_text().splitlines()]
     assert [p["row_index"] for p in predictions] == list(range(10))  # the test split, in dataset order

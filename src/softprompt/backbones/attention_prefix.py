@@ -37,6 +37,7 @@ ATTENTION_BACKENDS = ("auto", "sdpa", "math")
 IMPLEMENTATION_PREFIX = "softprompt_"
 ROLE_ATTRIBUTE = "softprompt_role"
 VERIFIED_ATTRIBUTE = "softprompt_prefix_reaches_every_layer"
+BACKEND_ATTRIBUTE = "softprompt_attention_backend"  # backbone.attention, as loading set it
 
 
 @dataclass
@@ -236,6 +237,17 @@ def attention_backend(model: PreTrainedModel) -> str | None:
     return name.removeprefix(IMPLEMENTATION_PREFIX) if name.startswith(IMPLEMENTATION_PREFIX) else None
 
 
+def configure_attention(model: PreTrainedModel, backend: str) -> None:
+    """Loading: remember `backend` for the prefix methods, and switch to our wrapper now only where it changes the
+    kernels (math; auto on a bfloat16 CPU model). Elsewhere the model keeps transformers' own SDPA path, whose
+    causal-mask shortcuts give bit-for-bit the numbers of a plain transformers run."""
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}")
+    setattr(model, BACKEND_ATTRIBUTE, backend)
+    if backend == "math" or (backend == "auto" and model.dtype == torch.bfloat16 and model.device.type == "cpu"):
+        use_attention(model, backend)
+
+
 def use_attention(model: PreTrainedModel, backend: str) -> None:
     """Run the model's attention through our wrapper of SDPA with `backend`'s kernels (idempotent); raises
     UnreachableAttentionError when the architecture does not take transformers' attention interface."""
@@ -309,14 +321,14 @@ def check_every_layer_reached(model: PreTrainedModel) -> None:
 
 
 def enable_prefix_injection(model: PreTrainedModel) -> None:
-    """Make sure the model runs on our wrapper of PyTorch SDPA (loading puts every backbone on it; `auto` for a
+    """Make sure the model runs on our wrapper of PyTorch SDPA (with the backend loading recorded; `auto` for a
     model built elsewhere), and check once that a prefix reaches every attention layer.
 
     Without a prefix kwarg the wrapper calls the stock SDPA function unchanged. Eager attention is
     model-specific in transformers, so SDPA is the one wrapped for every model.
     """
     try:
-        use_attention(model, attention_backend(model) or "auto")
+        use_attention(model, attention_backend(model) or getattr(model, BACKEND_ATTRIBUTE, "auto"))
     except UnreachableAttentionError as error:
         raise UnreachableAttentionError(f"prefix methods cannot serve it: {error}") from None
     if not getattr(model, VERIFIED_ATTRIBUTE, False):

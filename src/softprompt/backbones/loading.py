@@ -28,7 +28,7 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from softprompt.assets.wheels import WheelAsset, extract_member, prepared_dir
-from softprompt.backbones.attention_prefix import ATTENTION_BACKENDS, UnreachableAttentionError, use_attention
+from softprompt.backbones.attention_prefix import ATTENTION_BACKENDS, UnreachableAttentionError, configure_attention
 from softprompt.backbones.checkpointing import checkpoint_in_any_mode
 from softprompt.backbones.gguf_conversion import convert_gguf_to_hf
 from softprompt.backbones.tiny_random import build_tiny_random
@@ -210,7 +210,7 @@ def load_backbone(cfg: Mapping, cache_dir: Path) -> Backbone:
     if cfg["gradient_checkpointing"]:
         enable_gradient_checkpointing(model)
     try:
-        use_attention(model, str(cfg["attention"]))
+        configure_attention(model, str(cfg["attention"]))
     except UnreachableAttentionError as error:  # input-level methods still work; prefix methods refuse it
         log.warning("backbone %s keeps its own attention implementation: %s", cfg["name"], error)
     return Backbone(model, tokenizer, str(cfg["name"]), source, revision, family)

@@ -24,6 +24,7 @@ from softprompt.training.distributed import gather_objects, keep_frozen_out_of_d
 from softprompt.training.job import build_job, resolved_config, settle_precision
 from softprompt.training.loggers import finish_wandb, instantiate_all, prepare_wandb_env
 from softprompt.training.results import METRICS_FILE, stage_metrics, write_run_results
+from softprompt.training.timing import StepTimer
 from softprompt.training.transfer import prepare_transfer
 
 log = logging.getLogger("softprompt")
@@ -35,8 +36,8 @@ def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: PromptD
                   hyperparameters: dict[str, Any], resume_from: str | None):
     """Fit (when there is anything to train), resuming from `resume_from` when given, then test the best
     checkpoint by the objective's metric."""
-    history = ValidationHistory()
-    callbacks = [*instantiate_all(cfg.get("callbacks")), history]
+    history, timer = ValidationHistory(), StepTimer()
+    callbacks = [*instantiate_all(cfg.get("callbacks")), history, timer]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.get("logger")),
                                      plugins=[AtomicCheckpointIO()])  # a kill mid-save keeps the last whole ckpt
     for logger in trainer.loggers:  # the resolved config and parameter counts, in every logger
@@ -57,7 +58,7 @@ def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: PromptD
         # No validation ran during fit (e.g. max_steps below the validation interval): use final weights.
         val = {"step": trainer.global_step, **stage_metrics(trainer.validate(module, datamodule)[0], "val")}
     test = stage_metrics(trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None)[0], "test")
-    return trainer, val, test, best_path
+    return trainer, val, test, best_path, timer.rounded()
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -87,7 +88,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     prepare_wandb_env(cfg.get("logger"))
     counts = {"trainable_params": trainable, "folded_params": folded, "total_params": total}
-    trainer, val, test, best_path = _fit_and_test(cfg, module, datamodule, {**plain, **counts}, resume_from)
+    trainer, val, test, best_path, step_seconds = _fit_and_test(cfg, module, datamodule, {**plain, **counts},
+                                                                resume_from)
     fingerprint_end = module.verify_backbone_unchanged()
 
     summary = {
@@ -115,6 +117,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "best_step": int(val["step"]),
         "best_checkpoint": best_path,
         "wall_seconds": round(time.perf_counter() - started, 3),
+        "step_seconds": step_seconds,  # inside training/evaluation steps; the rest of wall_seconds is fixed cost
         "precision": precision,
         "transfer_source": transfer["source_task"] if transfer else None,
         "transfer": transfer,
