@@ -85,6 +85,16 @@ def nonzero_lowrank(module) -> None:
         with torch.no_grad():
             module.lowrank_b.normal_(0, 0.05)
 
+def assert_padding_invariant(module, backbone, make_batch, sides) -> None:
+    """Each text scores the same alone as in a padded batch, for each padding side."""
+    module.eval()
+    template = f"[P:{N}]Review: {{text}}\nSentiment:"
+    with torch.no_grad():
+        alone = torch.cat([module(make_batch(backbone, [t], template)) for t in TEXTS])
+        for side in sides:
+            assert torch.allclose(alone, module(make_batch(backbone, TEXTS, template, padding_side=side)), atol=1e-5)
+
+
 
 @pytest.fixture(scope="module")
 def train_a_little(make_batch):
@@ -122,12 +132,7 @@ def test_padding_invariance(method, architecture, build, make_batch, tiny_backbo
     backbone = backbone_for(tiny_backbone, method, architecture)
     module = build(method, backbone, init="random_normal")
     nonzero_lowrank(module)
-    module.eval()
-    template = f"[P:{N}]Review: {{text}}\nSentiment:"
-    with torch.no_grad():
-        alone = torch.cat([module(make_batch(backbone, [t], template)) for t in TEXTS])
-        for side in ("right", "left"):
-            assert torch.allclose(alone, module(make_batch(backbone, TEXTS, template, padding_side=side)), atol=1e-5)
+    assert_padding_invariant(module, backbone, make_batch, ("right", "left"))
 
 
 @pytest.mark.parametrize("method", ["residual_prompt_tuning", "dept"])
@@ -135,11 +140,7 @@ def test_input_level_methods_serve_seq2seq_with_right_padding(method, build, mak
     backbone = tiny_backbone("t5")
     module = build(method, backbone, init="random_normal")
     nonzero_lowrank(module)
-    module.eval()
-    template = f"[P:{N}]Review: {{text}}\nSentiment:"
-    with torch.no_grad():
-        alone = torch.cat([module(make_batch(backbone, [t], template)) for t in TEXTS])
-        assert torch.allclose(alone, module(make_batch(backbone, TEXTS, template)), atol=1e-5)
+    assert_padding_invariant(module, backbone, make_batch, ("right",))
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -242,9 +242,9 @@ def configure_attention(model: PreTrainedModel, backend: str) -> None:
     kernels (math; auto on a bfloat16 CPU model). Elsewhere the model keeps transformers' own SDPA path, whose
     causal-mask shortcuts give bit-for-bit the numbers of a plain transformers run."""
     if backend not in ATTENTION_BACKENDS:
-        raise ValueError(f"unknown attention backend {backend!r}")
+        raise ValueError(f"unknown attention backend {backend!r}")  # before it is recorded on the model
     setattr(model, BACKEND_ATTRIBUTE, backend)
-    if backend == "math" or (backend == "auto" and model.dtype == torch.bfloat16 and model.device.type == "cpu"):
+    if uses_math_kernel(backend, model.device.type, model.dtype, grad=True):  # training is where it changes
         use_attention(model, backend)
 
 
