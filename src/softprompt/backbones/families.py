@@ -17,7 +17,9 @@ from softprompt.errors import ConfigError
 
 def place_prompts(embeds: torch.Tensor, prompts: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     """`embeds` with row `prompts[s]` wherever `slots` holds s >= 0 (-1 keeps the token's embedding)."""
-    return torch.where(slots[..., None] >= 0, prompts[slots.clamp(min=0)], embeds)
+    # F.embedding, not prompts[slots]: indexing's backward sums a row's gradients in a thread-dependent order,
+    # so two runs of one seed drifted apart in the last bits; the embedding backward sums in a fixed order.
+    return torch.where(slots[..., None] >= 0, F.embedding(slots.clamp(min=0), prompts), embeds)
 
 
 class FamilyAdapter:

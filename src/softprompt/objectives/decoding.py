@@ -3,7 +3,7 @@
 The soft prompt lives in the step function (the family adapter's generation session), so the search
 itself is plain. Beam search follows transformers' own semantics (top 2K candidates per step, scores
 normalised by generated length ** length_penalty, the same early-stopping heuristic), so a hard
-prompt decodes exactly as `model.generate` does (tests/test_generation.py checks this).
+prompt decodes exactly as `model.generate` does (tests/objectives/test_generation.py checks this).
 """
 
 from __future__ import annotations
