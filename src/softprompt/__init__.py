@@ -21,12 +21,13 @@ _register_resolvers()
 
 
 def load(path: str | PathLike, force: bool = False, cache_dir: str | PathLike | None = None,
-         device: str | torch.device = "cpu") -> Predictor:
+         device: str | torch.device = "cpu", task: str | None = None) -> Predictor:
     """A trained prompt (a run's `prompt/` folder) as a `softprompt.artifacts.predictor.Predictor`; see
-    `softprompt.artifacts.predictor.load`. Imported on first use, so `import softprompt` stays light."""
+    `softprompt.artifacts.predictor.load` (`task`: which task of a task mixture to predict for). Imported on
+    first use, so `import softprompt` stays light."""
     from softprompt.artifacts.predictor import load as load_artifact
 
-    return load_artifact(path, force=force, cache_dir=cache_dir, device=device)
+    return load_artifact(path, force=force, cache_dir=cache_dir, device=device, task=task)
 
 
 def load_many(paths: Sequence[str | PathLike] | Mapping[str, str | PathLike], force: bool = False,

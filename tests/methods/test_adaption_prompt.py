@@ -354,3 +354,14 @@ def test_export_and_mixed_batches_are_refused_in_one_line(trained, tmp_path):
         export_peft(out / "prompt", tmp_path / "peft")
     with pytest.raises(ArtifactError, match="injects its prompt in a way mixed batches cannot reproduce"):
         softprompt.load_many([out / "prompt", out / "prompt"])
+
+
+def test_the_benchmark_times_it_against_pefts_adaption_prompt(tmp_path, local_task_overrides):
+    from softprompt.cli.bench import main as bench_main
+
+    status = bench_main(["backbone=tiny_random", "methods=adaption_prompt", "steps=1", "warmup=0", "seq_len=8",
+                         "num_virtual_tokens=3", "batch_size=4", "full_ft=false", f"out={tmp_path / 'bench'}", "--",
+                         *local_task_overrides])
+    assert status == 0
+    report = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert {(data, "PEFT") for data in ("synthetic", "real")} <= {(r["data"], r["runner"]) for r in report["rows"]}

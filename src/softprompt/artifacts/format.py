@@ -31,7 +31,7 @@ from softprompt.backbones.loading import Backbone
 from softprompt.config.atomic import atomic_directory, atomic_write_bytes, atomic_write_text
 from softprompt.config.precision import backbone_dtype, trainer_precision, uses_fsdp
 from softprompt.data.datamodule import tokenizer_identity
-from softprompt.data.task import parse_task
+from softprompt.data.task import MIXTURE, parse_task
 from softprompt.errors import SoftPromptError
 from softprompt.methods import method_config
 from softprompt.methods.base import SoftPromptModule
@@ -63,6 +63,13 @@ def folded_tensors(module: SoftPromptModule) -> dict[str, torch.Tensor]:
     return {key: tensor.detach().cpu().contiguous() for key, tensor in state.items()}
 
 
+def without_sources(task: Mapping[str, Any]) -> dict[str, Any]:
+    """The task config less where its data came from (each task's, for a mixture)."""
+    if task["type"] == MIXTURE:
+        return {**task, "tasks": {name: without_sources(node) for name, node in task["tasks"].items()}}
+    return {**task, "source": {}, "splits": {}}
+
+
 def artifact_spec(module: SoftPromptModule, job: Mapping[str, Any], summary: Mapping[str, Any], backbone: Backbone,
                   demonstration_ids: Sequence[int], tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """softprompt.json: everything but the tensors. `job` is the resolved run config, `summary` metrics.json."""
@@ -86,8 +93,10 @@ def artifact_spec(module: SoftPromptModule, job: Mapping[str, Any], summary: Map
         # What the run asked for: `auto` is resolved again for the machine that loads the prompt.
         "precision_requested": (summary.get("precision") or {}).get("requested", precision),
         # Where the training data came from is not needed to predict (and may name private files).
-        "task": {**task, "source": {}, "splits": {}},
-        "prompt_template": prompt_template(settings, task["template"]),
+        "task": without_sources(task),
+        # A mixture's: each task's, by name.
+        "prompt_template": ({name: prompt_template(settings, node["template"]) for name, node in task["tasks"].items()}
+                            if task["type"] == MIXTURE else prompt_template(settings, task["template"])),
         "inputs": {"padding_side": job["data"]["padding_side"], "batch_size": int(job["data"]["eval_batch_size"]),
                    "num_demonstrations": settings.num_demonstrations,
                    "demonstration_separator": settings.demonstration_separator,
@@ -170,7 +179,8 @@ REQUIRED_FIELDS = (
     ("backbone.name", str, "the backbone's name"), ("backbone.family", str, "the backbone's family"),
     ("backbone.fingerprint", str, "the fingerprint of its frozen weights"),
     ("backbone.config", dict, "the backbone config"), ("task", dict, "the task config"),
-    ("prompt_template", str, "the rendered prompt template"), ("inputs", dict, "how inputs are batched"),
+    ("prompt_template", (str, dict), "the rendered prompt template (a task mixture's: one per task)"),
+    ("inputs", dict, "how inputs are batched"),
     ("inputs.padding_side", str, "left or right"), ("inputs.num_demonstrations", int, "a count"),
     ("inputs.demonstration_separator", str, "a string"), ("inputs.demonstration_ids", list, "token ids"),
 )
@@ -194,7 +204,8 @@ def check_spec(spec: Mapping[str, Any], path: Path, version: int) -> None:
             raise ArtifactError(f"{path} lacks the field {dotted} ({what}); the file is incomplete or was "
                                 "edited") from None
         if isinstance(value, bool) or not isinstance(value, kind):
-            raise ArtifactError(f"{path}: {dotted} is {value!r}; expected {what} ({kind.__name__})")
+            names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise ArtifactError(f"{path}: {dotted} is {value!r}; expected {what} ({names})")
     method, config = spec["method"]["name"], spec["method"]["config"]
     if config.get("name", method) != method:
         raise ArtifactError(f"{path}: method.name is {method!r} but method.config.name is {config['name']!r}; "

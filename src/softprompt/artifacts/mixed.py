@@ -36,7 +36,7 @@ from softprompt.backbones.families import place_prompts
 from softprompt.backbones.loading import fingerprint_algorithm
 from softprompt.data.collate import PadCollator, insert_demonstrations
 from softprompt.data.sampling import longest_first_shard
-from softprompt.data.task import parse_task
+from softprompt.data.task import MIXTURE, parse_task
 from softprompt.methods.base import SoftPromptModule
 from softprompt.objectives.decoding import DecodingConfig, decode
 from softprompt.objectives.scoring import Batch
@@ -79,6 +79,10 @@ def check_compatible(specs: Sequence[Mapping[str, Any]], names: Sequence[str], f
             raise ArtifactError(f"prompt {name!r} ran under precision {spec.get('precision')}, prompt {names[0]!r} "
                                 f"under {specs[0].get('precision')}: a mixed batch runs one precision")
     for spec, name in zip(specs, names, strict=True):
+        if spec["task"]["type"] == MIXTURE:
+            raise ArtifactError(f"prompt {name!r} was trained on the task mixture {spec['task']['name']}: mixed "
+                                "batches take single-task prompts; softprompt.load(path, task=NAME) predicts for one "
+                                "of its tasks")
         task = parse_task(spec["task"])
         beams = task.generation.get("num_beams", 1) if task.is_generation else 1
         if beams > 1:
@@ -213,7 +217,7 @@ class MixedPredictor:
         for p in batch["prompt_index"].unique().tolist():
             rows = (batch["prompt_index"] == p).nonzero()[:, 0]
             part = {key: batch[key][rows] for key in ("input_ids", "attention_mask", "slot_ids", "answer_index")}
-            inputs = self.predictors[p].module.objective.scorer.model_inputs(part)
+            inputs = self.predictors[p].objective.scorer.model_inputs(part)
             groups.append((p, rows, part, inputs))
             parts.append({**inputs, "prompt_index": torch.full_like(inputs["answer_index"], p)})
         stacked = _stack(parts)
@@ -226,7 +230,7 @@ class MixedPredictor:
             module = self.predictors[p].module
             own = hidden[start:start + size, :width]  # its rows, without the other groups' extra columns
             start += size
-            for row, value in zip(rows.tolist(), module.objective.scorer.scores_from_hidden(
+            for row, value in zip(rows.tolist(), self.predictors[p].objective.scorer.scores_from_hidden(
                     part, own, module.adapter, module.backbone), strict=True):
                 scores[row] = value
         return scores
@@ -234,7 +238,7 @@ class MixedPredictor:
     def generated_texts(self, batch: Batch) -> list[str]:
         """Per row, its prompt's greedy continuation, up to its prompt's max_new_tokens."""
         embeds, offsets, kwargs = self.prompted_inputs(batch)
-        objectives = [self.predictors[p].module.objective for p in batch["prompt_index"].tolist()]
+        objectives = [self.predictors[p].objective for p in batch["prompt_index"].tolist()]
         longest = max(o.decoding.max_new_tokens for o in objectives)
         first, session = self.adapter.start_generation(self.backbone, embeds, batch["attention_mask"],
                                                        batch["answer_index"], offsets, **kwargs)

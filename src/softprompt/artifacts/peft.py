@@ -1,10 +1,10 @@
 """PEFT interop: a trained prompt (a `prompt/` folder) as a PEFT prompt-learning adapter, and back.
 
 Each method class declares its PEFT form (`SoftPromptModule.peft_form`: PEFT's type, which folded tensor
-PEFT stores as `prompt_embeddings` in `adapter_model.safetensors`, the config fields) and which foreign
-PEFT types are its folded form (`peft_imports`); this module reads those declarations and never names a
-method. An input-level prompt must sit at the front, with no demonstrations before it and no leading
-special token (PEFT prepends its virtual tokens to everything).
+PEFT stores as `prompt_embeddings` in `adapter_model.safetensors` and which beside it, the config fields,
+those read off the tensors' shapes) and which foreign PEFT types are its folded form (`peft_imports`); this
+module reads those declarations and never names a method. An input-level prompt must sit at the front, with
+no demonstrations before it and no leading special token (PEFT prepends its virtual tokens to everything).
 
 The config is PEFT's own config class, filled by PEFT's own `_prepare_prompt_learning_config`, so
 num_layers, token_dim and num_attention_heads are what `PeftModel.from_pretrained` will compute.
@@ -79,6 +79,8 @@ def peft_form_of(spec: Mapping[str, Any]) -> tuple[type[SoftPromptModule], PeftF
         form = cls.peft_form(cls.parse_config(method), family)
     except NotRepresentable as error:
         raise InteropError(str(error)) from None
+    if form.export_refusal:
+        raise InteropError(form.export_refusal)
     if family not in TASK_TYPES:
         raise InteropError(f"backbone {spec['backbone']['name']} is a {family} model: PEFT has no task type that "
                            "scores it as we do (a verbalizer at the mask, or our classification head), so an adapter "
@@ -107,9 +109,15 @@ def check_no_leading_specials(backbone: Backbone, peft_type: str) -> None:
                            f"tokens go after it, PEFT's {peft_type} puts them before it, so the outputs would differ")
 
 
+def peft_keys(form: PeftForm) -> dict[str, str]:
+    """Our folded tensor key -> PEFT's key in adapter_model.safetensors, for every tensor the form stores."""
+    return {form.tensor: PEFT_KEY, **form.extra_tensors}
+
+
 def peft_config(form: PeftForm, spec: Mapping[str, Any], backbone: Backbone,
                 base_model_name_or_path: str | None) -> PromptLearningConfig:
-    """PEFT's own config class for the form, with the geometry PEFT derives from the backbone's config."""
+    """PEFT's own config class for the form (with the fields sized by the spec's tensors), with the geometry PEFT
+    derives from the backbone's config."""
     _peft()
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
     from peft.utils import _prepare_prompt_learning_config
@@ -120,7 +128,8 @@ def peft_config(form: PeftForm, spec: Mapping[str, Any], backbone: Backbone,
               # seq2seq: the prompt goes on the encoder input only, as ours does (PEFT's default 2 adds a
               # decoder-side prompt)
               "num_transformer_submodules": 1}
-    config = PEFT_TYPE_TO_CONFIG_MAPPING[form.peft_type](**common, **form.options)
+    sized = {name: int(spec["tensors"][key]["shape"][dim]) for name, (key, dim) in form.sized_by.items()}
+    config = PEFT_TYPE_TO_CONFIG_MAPPING[form.peft_type](**common, **form.options, **sized)
     return _prepare_prompt_learning_config(config, backbone.model.config)
 
 
@@ -155,10 +164,10 @@ def export_peft(prompt: str | Path, out: str | Path, cache_dir: str | Path | Non
     cls, form = peft_form_of(spec)
     _peft()
     tensors = _load_tensors(directory)
-    key, peft_type = form.tensor, form.peft_type
-    if set(tensors) != {key}:
+    key, peft_type, keys = form.tensor, form.peft_type, peft_keys(form)
+    if set(tensors) != set(keys):
         raise InteropError(f"{directory / TENSORS_FILE} holds {sorted(tensors)}; a {spec['method']['name']} export "
-                           f"needs exactly [{key!r}]")
+                           f"needs exactly {sorted(keys)}")
     cache = Path(cache_dir or default_cache_dir()).expanduser()
     backbone = _backbone_for(spec, cache)
     check_fingerprint(spec, backbone, force)
@@ -171,14 +180,16 @@ def export_peft(prompt: str | Path, out: str | Path, cache_dir: str | Path | Non
                            f"{peft_shape(config)}; the prompt's {key} is {tuple(tensors[key].shape)}")
     out.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(str(out))
-    save_file({PEFT_KEY: tensors[key].float().contiguous()}, out / PEFT_WEIGHTS_FILE, metadata={"format": "pt"})
+    save_file({keys[ours]: tensor.float().contiguous() for ours, tensor in tensors.items()}, out / PEFT_WEIGHTS_FILE,
+              metadata={"format": "pt"})
     shutil.copyfile(directory / SPEC_FILE, out / SPEC_FILE)
     return out
 
 
 # -- import ------------------------------------------------------------------------------------------------
-def read_adapter(directory: Path) -> tuple[dict[str, Any], torch.Tensor]:
-    """(adapter_config.json, prompt_embeddings) of a PEFT prompt-learning adapter we can read, or one line why not."""
+def read_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(adapter_config.json, its tensors by PEFT's keys, fp32) of a PEFT prompt-learning adapter we can read, or one
+    line why not; which tensors beside prompt_embeddings it must hold is its form's to say (`peft_keys`)."""
     config_file, weights_file = directory / PEFT_CONFIG_FILE, directory / PEFT_WEIGHTS_FILE
     if not config_file.is_file():
         raise InteropError(f"dir={str(directory)!r} holds no {PEFT_CONFIG_FILE} (not a PEFT adapter folder)")
@@ -203,8 +214,8 @@ def read_adapter(directory: Path) -> tuple[dict[str, Any], torch.Tensor]:
     except Exception as error:  # safetensors raises its own error type for a truncated or foreign file
         raise InteropError(f"{weights_file} is not a readable safetensors file ({' '.join(str(error).split())}); "
                            "the file is truncated or was edited") from None
-    if set(weights) != {PEFT_KEY}:
-        raise InteropError(f"{weights_file} holds {sorted(weights)}; a {peft_type} adapter holds [{PEFT_KEY!r}]")
+    if PEFT_KEY not in weights:
+        raise InteropError(f"{weights_file} holds {sorted(weights)}; a {peft_type} adapter holds {PEFT_KEY!r}")
     tensor = weights[PEFT_KEY]
     n, submodules = int(config.get("num_virtual_tokens") or 0), int(config.get("num_transformer_submodules") or 1)
     try:  # the importing method's own refusals (e.g. a prefix MLP's input instead of the prefix)
@@ -216,7 +227,7 @@ def read_adapter(directory: Path) -> tuple[dict[str, Any], torch.Tensor]:
                            "prompts go on the encoder input only (num_transformer_submodules=1)")
     if tensor.shape[0] != n:
         raise InteropError(f"{weights_file}: {PEFT_KEY} has {tensor.shape[0]} rows for num_virtual_tokens={n}")
-    return config, tensor.float()
+    return config, {name: value.float() for name, value in weights.items()}
 
 
 def importer(peft_type: str) -> type[SoftPromptModule]:
@@ -232,16 +243,25 @@ def import_peft(directory: str | Path, out: str | Path, task: str | None = None,
     directory = Path(directory).expanduser()
     out = Path(out).expanduser()
     _check_out(out)
-    config, tensor = read_adapter(directory)
+    config, weights = read_adapter(directory)
     peft_type = config["peft_type"]
     if (directory / SPEC_FILE).is_file():
-        return _import_own(directory, out, config, tensor, task, backbone)
-    return _import_foreign(directory, out, config, tensor, task, backbone,
+        return _import_own(directory, out, config, weights, task, backbone)
+    return _import_foreign(directory, out, config, weights, task, backbone,
                            Path(cache_dir or default_cache_dir()).expanduser(), peft_type)
 
 
-def _import_own(directory: Path, out: Path, config: Mapping[str, Any], tensor: torch.Tensor, task: str | None,
-                backbone: str | None) -> Path:
+def _ours(form: PeftForm, weights: Mapping[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
+    """The adapter's tensors under our keys; exactly the form's, or one line why not."""
+    keys = peft_keys(form)
+    if set(weights) != set(keys.values()):
+        raise InteropError(f"{source / PEFT_WEIGHTS_FILE} holds {sorted(weights)}; a {form.peft_type} adapter of "
+                           f"this form holds {sorted(keys.values())}")
+    return {ours: weights[theirs] for ours, theirs in keys.items()}
+
+
+def _import_own(directory: Path, out: Path, config: Mapping[str, Any], weights: Mapping[str, torch.Tensor],
+                task: str | None, backbone: str | None) -> Path:
     spec = read_spec(directory)
     given = [f"{key}={value}" for key, value in (("task", task), ("backbone", backbone)) if value]
     if given:
@@ -252,12 +272,13 @@ def _import_own(directory: Path, out: Path, config: Mapping[str, Any], tensor: t
     if form.peft_type != config["peft_type"]:
         raise InteropError(f"{directory}: its {SPEC_FILE} is a {method} prompt but {PEFT_CONFIG_FILE} says "
                            f"{config['peft_type']}")
-    key = form.tensor
-    shape = spec["tensors"][key]["shape"]
-    if list(tensor.shape) != shape:
-        raise InteropError(f"{directory / PEFT_WEIGHTS_FILE}: {PEFT_KEY} has shape {list(tensor.shape)}; its "
-                           f"{SPEC_FILE} says {key} is {shape}")
-    return write_artifact(out, {key: tensor}, spec)
+    tensors = _ours(form, weights, directory)
+    for key, tensor in tensors.items():
+        shape = spec["tensors"][key]["shape"]
+        if list(tensor.shape) != shape:
+            raise InteropError(f"{directory / PEFT_WEIGHTS_FILE}: {peft_keys(form)[key]} has shape "
+                               f"{list(tensor.shape)}; its {SPEC_FILE} says {key} is {shape}")
+    return write_artifact(out, tensors, spec)
 
 
 def task_presets() -> list[str]:
@@ -280,8 +301,8 @@ def backbone_overrides(backbone: str | None, adapter_config: Mapping[str, Any]) 
                        "local folder")
 
 
-def _import_foreign(directory: Path, out: Path, config: Mapping[str, Any], tensor: torch.Tensor, task: str | None,
-                    backbone_name: str | None, cache_dir: Path, peft_type: str) -> Path:
+def _import_foreign(directory: Path, out: Path, config: Mapping[str, Any], weights: Mapping[str, torch.Tensor],
+                    task: str | None, backbone_name: str | None, cache_dir: Path, peft_type: str) -> Path:
     from omegaconf import OmegaConf
 
 
@@ -291,31 +312,30 @@ def _import_foreign(directory: Path, out: Path, config: Mapping[str, Any], tenso
         raise InteropError(f"task={task!r}: a foreign adapter holds no template or verbalizer; name the task preset "
                            f"it was trained on: {', '.join(presets)}")
     cls = importer(peft_type)
-    overrides = [f"task={task}", *backbone_overrides(backbone_name, config), *cls.peft_imports[peft_type],
+    overrides = [f"task={task}", *backbone_overrides(backbone_name, config), *cls.peft_import_overrides(config),
                  f"method.num_virtual_tokens={int(config['num_virtual_tokens'])}", "method.init=random_uniform",
                  f"paths.output_dir='{out}'", f"paths.work_dir='{out}'"]
     job = OmegaConf.to_container(compose_train(overrides), resolve=True)
     check_backbone(job["backbone"])
     check_method(job["method"])
     check_task(job["task"], job["method"])
+    tensors = _ours(cls.peft_form(cls.parse_config(job["method"]), FAMILIES[task_type]), weights, directory)
     backbone = BACKBONES.get_for_job(job, cache_dir)
     if backbone.family != FAMILIES[task_type]:
         raise InteropError(f"the adapter's task_type is {task_type}, but backbone {backbone.name} is a "
                            f"{backbone.family} model")
     if cls.injection == "input":
         check_no_leading_specials(backbone, peft_type)
-    key = cls.peft_form(cls.parse_config(job["method"]), backbone.family).tensor
     try:  # the shape check against this backbone's geometry
-        module = build_folded_module({"task": job["task"], "method": {"config": job["method"]}}, backbone,
-                                     {key: tensor})
+        module = build_folded_module({"task": job["task"], "method": {"config": job["method"]}}, backbone, tensors)
     except SoftPromptError as error:
         raise InteropError(f"the adapter does not fit backbone {backbone.name}: {error}") from None
     summary = {"backbone_fingerprint_start": fingerprint(backbone.model),
                "selection_metric": f"val/{job['task']['metric']}", "val": {}, "test": {}, "steps": 0,
                "best_step": 0, "overrides": overrides}
-    spec = artifact_spec(module, job, summary, backbone, [], {key: tensor})
+    spec = artifact_spec(module, job, summary, backbone, [], tensors)
     spec["init"] = None  # trained elsewhere: our init never ran
     spec["run"]["imported_from"] = {"format": "peft", "dir": str(directory), "peft_type": peft_type,
                                     "task_type": task_type,
                                     "base_model_name_or_path": config.get("base_model_name_or_path")}
-    return write_artifact(out, {key: tensor}, spec)
+    return write_artifact(out, tensors, spec)

@@ -27,7 +27,7 @@ from softprompt.backbones.loading import DTYPES, Backbone, fingerprint, fingerpr
 from softprompt.config.precision import AUTO, MIXED_BACKBONE_DTYPES, resolve_auto
 from softprompt.data import PromptDataModule
 from softprompt.data.sampling import longest_first_shard
-from softprompt.data.task import parse_task
+from softprompt.data.task import MIXTURE, parse_task
 from softprompt.methods import build_method, method_class
 from softprompt.methods.base import SoftPromptModule
 from softprompt.methods.init import InitContext
@@ -63,7 +63,8 @@ def plain_method_config(method: Mapping[str, Any]) -> dict[str, Any]:
     computed away) and a placeholder init."""
     plain = {**method, **method_class(method).folded_config}
     if plain.get("init"):
-        plain["init"] = PLACEHOLDER_INIT
+        # The tensors come from the artifact itself: whatever prompt the run started from is not read again.
+        plain["init"], plain["init_artifact"] = PLACEHOLDER_INIT, None
     return plain
 
 
@@ -103,16 +104,33 @@ def geometry(backbone: Backbone) -> str:
     return f"hidden size {backbone.hidden_size}" + (f", {layers} layers" if layers else "")
 
 
+def chosen_task(spec: Mapping[str, Any], task: str | None) -> tuple[str | None, int | None]:
+    """(task name, task id) a prediction uses: (None, None) for a single-task prompt; for a prompt trained on a
+    task mixture, `task` must name one of its tasks (their templates, labels and task ids differ)."""
+    config = spec["task"]
+    if config["type"] != MIXTURE:
+        if task is not None and task != config["name"]:
+            raise ArtifactError(f"task={task!r}: this prompt was trained on task {config['name']} alone")
+        return None, None
+    names = list(config["tasks"])
+    if task not in names:
+        raise ArtifactError(f"task={task!r}: this prompt was trained on the task mixture {config['name']}; give "
+                            f"task=NAME, one of: {', '.join(names)}")
+    return task, names.index(task)
+
+
 def load(path: str | Path, force: bool = False, cache_dir: str | Path | None = None,
-         device: str | torch.device = "cpu") -> Predictor:
+         device: str | torch.device = "cpu", task: str | None = None) -> Predictor:
     """A Predictor from an artifact folder (a run's `prompt/`, or the run dir itself).
 
     The backbone is rebuilt from the artifact's backbone config (offline assets from `cache_dir`, default
     `$SOFTPROMPT_CACHE` or ~/.cache/softprompt) and must have the fingerprint the prompt was trained on;
-    `force=True` loads it anyway, with a warning.
+    `force=True` loads it anyway, with a warning. A prompt trained on a task mixture predicts for one of its
+    tasks: `task=NAME`.
     """
     directory = artifact_dir(path)
     spec = read_spec(directory)
+    chosen_task(spec, task)  # before the backbone loads
     tensors = read_tensors(directory, spec)
     cache = Path(cache_dir or default_cache_dir()).expanduser()
     backbone = BACKBONES.get(load_config(spec, torch.device(device)), cache, 1)
@@ -121,7 +139,7 @@ def load(path: str | Path, force: bool = False, cache_dir: str | Path | None = N
                             f"on a {spec['backbone']['family']} one")
     check_fingerprint(spec, backbone, force)
     module = build_folded_module(spec, backbone, tensors, directory / TENSORS_FILE).to(device)
-    return Predictor(module, input_datamodule(spec, backbone, cache), spec, directory)
+    return Predictor(module, input_datamodule(spec, backbone, cache, task), spec, directory, task=task)
 
 
 def load_config(spec: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
@@ -134,16 +152,22 @@ def load_config(spec: Mapping[str, Any], device: torch.device) -> dict[str, Any]
     return config
 
 
-def input_datamodule(spec: Mapping[str, Any], backbone: Backbone, cache_dir: Path) -> PromptDataModule:
+def input_datamodule(spec: Mapping[str, Any], backbone: Backbone, cache_dir: Path,
+                     task: str | None = None) -> PromptDataModule:
     """A DataModule that renders new inputs exactly as the run rendered its splits (template, specials,
-    truncation, demonstrations); it loads no data."""
+    truncation, demonstrations, a mixture task's id); it loads no data."""
     adapter, inputs = FAMILY_ADAPTERS[backbone.family], spec["inputs"]
-    datamodule = PromptDataModule(parse_task(spec["task"]), {"padding_side": inputs["padding_side"]}, {},
-                                  spec["prompt_template"], backbone.tokenizer, cache_dir, seed=0,
+    name, task_id = chosen_task(spec, task)
+    config = parse_task(spec["task"])
+    template = spec["prompt_template"]
+    if name is not None:
+        config, template = config.members[name], template[name]
+    datamodule = PromptDataModule(config, {"padding_side": inputs["padding_side"]}, {}, template,
+                                  backbone.tokenizer, cache_dir, seed=0,
                                   num_demonstrations=inputs["num_demonstrations"],
                                   demonstration_separator=inputs["demonstration_separator"],
                                   answer_token_id=adapter.answer_token_id(backbone.tokenizer),
-                                  answer_must_end=adapter.answer_is_next_token)
+                                  answer_must_end=adapter.answer_is_next_token, task_id=task_id)
     datamodule.demonstration_ids = list(inputs["demonstration_ids"])
     return datamodule
 
@@ -166,9 +190,12 @@ class Predictor:
     no gradients, longest inputs first (as the run evaluated its test split)."""
 
     def __init__(self, module: SoftPromptModule, datamodule: PromptDataModule, spec: Mapping[str, Any],
-                 directory: Path | None = None, batch_size: int | None = None) -> None:
+                 directory: Path | None = None, batch_size: int | None = None, task: str | None = None) -> None:
         self.module, self.datamodule, self.spec, self.directory = module, datamodule, spec, directory
-        self.task = parse_task(spec["task"])
+        name, task_id = chosen_task(spec, task)
+        # The chosen task of a mixture: its config, and its own objective within the mixture's.
+        self.task = datamodule.task
+        self.objective = module.objective if name is None else module.objective.member(task_id)
         self.generation = self.task.is_generation
         self.labels = self.task.label_names
         self.text_fields = list(self.task.text_fields)
@@ -241,7 +268,7 @@ class Predictor:
         if self.generation:
             raise ArtifactError(f"task {self.task.name} is a generation task: it has no label probabilities; "
                                 "use predict() for its generated text")
-        return self._per_input(texts, lambda b: self.module.objective.outputs(self.module, b).float()
+        return self._per_input(texts, lambda b: self.objective.outputs(self.module, b).float()
                                .softmax(-1).tolist())
 
     def score(self, texts: Sequence[str | Mapping[str, Any]]) -> list[dict[str, float]]:
@@ -251,7 +278,7 @@ class Predictor:
     def predict(self, texts: Sequence[str | Mapping[str, Any]]) -> list[str]:
         """Label names (classification) or generated strings with the task's decoding settings (generation)."""
         if self.generation:
-            return self._per_input(texts, lambda b: self.module.objective.generate_texts(self.module, b))
+            return self._per_input(texts, lambda b: self.objective.generate_texts(self.module, b))
         return [self.labels[_argmax(p)] for p in self.probabilities(texts)]
 
     def predict_records(self, texts: Sequence[str | Mapping[str, Any]]) -> list[dict[str, Any]]:

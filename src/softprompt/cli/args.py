@@ -184,3 +184,4 @@ class Tool:
 CACHE_DIR = Key("prepared offline assets (default $SOFTPROMPT_CACHE or ~/.cache/softprompt)", path)
 FORCE = Key("true loads the prompt on a backbone whose fingerprint differs", boolean, default=False)
 PROMPT = Key("the trained prompt: a run's prompt/ folder (or the run folder)", existing(), required=True)
+TASK = Key("the task to predict for, when the prompt was trained on a task mixture", text)

@@ -1,6 +1,7 @@
 """softprompt-predict: predictions from a trained prompt (a run's `prompt/` folder) on a jsonl file.
 
     softprompt-predict prompt=PATH input=FILE.jsonl output=PREDS.jsonl [force=true] [batch_size=N] [cache_dir=DIR]
+                       [task=NAME]   (a prompt trained on a task mixture: which task)
 
 Each input line is a JSON object with the task's text field(s) (by field name, dataset column, or `text`)
 or a JSON string. Each output line has the input's `row_index`, the `prediction` (a label name or the
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from softprompt.cli.args import CACHE_DIR, FORCE, PROMPT, Key, Tool, UsageError, existing, path, positive_int
+from softprompt.cli.args import CACHE_DIR, FORCE, PROMPT, TASK, Key, Tool, UsageError, existing, path, positive_int
 
 TOOL = Tool("softprompt-predict", {
     "prompt": PROMPT,
@@ -23,6 +24,7 @@ TOOL = Tool("softprompt-predict", {
     "force": FORCE,
     "batch_size": Key("inputs per forward pass (default the run's data.eval_batch_size)", positive_int),
     "cache_dir": CACHE_DIR,
+    "task": TASK,
 })
 
 
@@ -64,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     file = args["input"]
     try:
-        predictor = load(args["prompt"], force=args["force"], cache_dir=args["cache_dir"])
+        predictor = load(args["prompt"], force=args["force"], cache_dir=args["cache_dir"], task=args["task"])
         if args["batch_size"]:
             predictor.batch_size = args["batch_size"]
         for number, row in numbered:  # every input checked before the first prediction

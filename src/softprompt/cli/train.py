@@ -17,6 +17,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from softprompt.config.compose import config_dir
+from softprompt.config.mixture import tasks_from_overrides
 from softprompt.errors import SoftPromptError
 from softprompt.training.cv import run_job
 from softprompt.training.distributed import distributed_job, use_job_worker_command
@@ -33,6 +34,7 @@ def main(cfg: DictConfig) -> float | None:
     use_job_worker_command()
     output_dir = Path(cfg.paths.output_dir)
     try:
+        tasks_from_overrides(cfg, HydraConfig.get().overrides.task)  # task=[a,b]: a task mixture
         with distributed_job():
             score = run_job(cfg, run_and_finish)
     except Exception as error:

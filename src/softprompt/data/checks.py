@@ -9,7 +9,7 @@ from softprompt.errors import ConfigError, require_positive_int
 CV_MODES = ("single", "all")
 
 
-def check_cv(cv: Mapping, splits: Mapping) -> None:
+def check_cv(cv: Mapping, splits: Mapping, task_key: str = "task") -> None:
     num_folds = cv.get("num_folds")
     mode = cv.get("mode", "single")
     if mode not in CV_MODES:
@@ -20,7 +20,7 @@ def check_cv(cv: Mapping, splits: Mapping) -> None:
         # Without folds, selection uses the task's validation split; the test split must be another one.
         for role in ("validation", "test"):
             if not splits.get(role):
-                raise ConfigError(f"task.splits.{role}", splits.get(role),
+                raise ConfigError(f"{task_key}.splits.{role}", splits.get(role),
                                   "without cv.num_folds the task needs both a validation and a test split "
                                   "(the test split never serves model selection); set cv.num_folds=K to hold "
                                   "out a fold of train instead")

@@ -50,6 +50,8 @@ class PadCollator:
             "answer_index": answer_index,
             "row_index": torch.as_tensor([r["row_index"] for r in rows], dtype=torch.long),
         }
+        if "task_id" in rows[0]:  # a mixture's examples: which task each row is
+            batch["task_ids"] = torch.as_tensor([r["task_id"] for r in rows], dtype=torch.long)
         # New inputs at prediction time carry neither a label nor a target.
         if self.target_field is None and "label" in rows[0]:
             batch["labels"] = torch.as_tensor([r["label"] for r in rows], dtype=torch.long)

@@ -9,6 +9,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -54,14 +55,72 @@ def _tokenization_lock(dataset: Dataset, fingerprint: str) -> contextlib.Abstrac
     return FileLock(str(folder / f"softprompt-tokenize-{fingerprint}.lock"))
 
 
-class PromptDataModule(L.LightningDataModule):
-    """Knows tasks, templates, verbalizers and folds; nothing about how a method injects prompts."""
+class SplitLoaders(L.LightningDataModule):
+    """Train/validation/test loaders over `splits` (set by `setup`): seeded, resumable, sharded across processes,
+    shuffled for training and longest-first for evaluation; batches made by `collator()`."""
+
+    def __init__(self, data: Mapping, seed: int) -> None:
+        super().__init__()
+        if data["padding_side"] not in ("left", "right"):
+            raise ConfigError("data.padding_side", data["padding_side"], "allowed: left, right")
+        self.data_cfg, self.seed = data, seed
+        self.splits: dict[str, Dataset] = {}
+        # Per split: examples whose text was cut to fit task.max_length, and sizes before and after
+        # data.max_samples (recorded in metrics.json, so a shrunken validation fold is never silent).
+        self.truncated: dict[str, Any] = {}
+        self.split_sizes: dict[str, Any] = {}
+        self.demonstration_ids: list[int] = []
+
+    def collator(self) -> PadCollator:
+        raise NotImplementedError
+
+    def _shard(self, role: str) -> tuple[int, int]:
+        """(processes, this process's rank): each process loads its own share of a split."""
+        trainer = self.trainer
+        if trainer is None or (role != "train" and evaluates_whole_splits(trainer)):
+            return 1, 0
+        return int(trainer.world_size), int(trainer.global_rank)
+
+    def _loader(self, role: str, shuffle: bool) -> DataLoader:
+        batch_size = self.data_cfg["batch_size"] if role == "train" else self.data_cfg["eval_batch_size"]
+        num_replicas, rank = self._shard(role)
+        options = {
+            "batch_size": int(batch_size),
+            "num_workers": int(self.data_cfg["num_workers"]),
+            "collate_fn": self.collator(),
+        }
+        dataset = self.splits[role].with_format(None)
+        if shuffle:
+            grouping = {}
+            if self.data_cfg.get("group_by_length"):
+                grouping = {"lengths": [len(ids) for ids in self.splits[role]["input_ids"]],
+                            "batch_size": int(batch_size), "group_batches": int(self.data_cfg["length_group_batches"])}
+            sampler = ShuffledShardSampler(len(dataset), self.seed, num_replicas, rank, **grouping)
+            return ResumableLoader(dataset, sampler=sampler, **options)
+        # Scores do not depend on batch-mates, and predictions carry their row index back to dataset order.
+        lengths = [len(ids) for ids in self.splits[role]["input_ids"]]
+        return DataLoader(dataset, sampler=longest_first_shard(lengths, num_replicas, rank), **options)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+class PromptDataModule(SplitLoaders):
+    """Knows tasks, templates, verbalizers and folds; nothing about how a method injects prompts. `task_id`: the
+    task's index in a mixture (its examples carry it), None for a single task."""
 
     def __init__(self, task: TaskConfig, data: Mapping, cv: Mapping, template: str,
                  tokenizer: PreTrainedTokenizerBase, cache_dir: str | Path, seed: int,
                  num_demonstrations: int = 0, demonstration_separator: str = "\n\n",
-                 answer_token_id: int | None = None, answer_must_end: bool = True) -> None:
-        super().__init__()
+                 answer_token_id: int | None = None, answer_must_end: bool = True, task_id: int | None = None) -> None:
+        super().__init__(data, seed)
+        self.task_id = task_id
         self.answer_token_id = answer_token_id  # masked LMs: the mask token stands at the answer
         leading, trailing = special_tokens_around(tokenizer)
         # Causal LMs: nothing may follow the answer position (the answer or target comes next).
@@ -69,22 +128,13 @@ class PromptDataModule(L.LightningDataModule):
         self.generation = task.is_generation
         self.num_demonstrations = num_demonstrations
         self.demonstration_separator = demonstration_separator
-        self.demonstration_ids: list[int] = []
-        # Per split: examples whose text was cut to fit task.max_length, and sizes before and after
-        # data.max_samples (recorded in metrics.json, so a shrunken validation fold is never silent).
-        self.truncated: dict[str, int] = {}
-        self.split_sizes: dict[str, dict[str, int]] = {}
-        self.task, self.data_cfg, self.cv = task, data, cv
+        self.task, self.cv = task, cv
         self.template = Template.parse(template, task.text_fields, key="template")
         if answer_must_end and not self.template.answer_at_end:
             raise ConfigError("task.template", template, "{answer} must end the template for causal LMs "
                               "(the answer is the next token)")
         self.tokenizer = tokenizer
         self.cache_dir = Path(cache_dir)
-        self.seed = seed
-        self.splits: dict[str, Dataset] = {}
-        if data["padding_side"] not in ("left", "right"):
-            raise ConfigError("data.padding_side", data["padding_side"], "allowed: left, right")
 
     @property
     def label_names(self) -> list[str]:
@@ -158,7 +208,7 @@ class PromptDataModule(L.LightningDataModule):
         into model inputs: the splits are tokenised with it, and so are new inputs at prediction time."""
         template, tokenizer, max_length = self.template, self.tokenizer, self.task.max_length
         answer_ids = [] if self.answer_token_id is None else [self.answer_token_id]
-        specials = self.specials
+        specials, task_id = self.specials, self.task_id
         target_ids = self._target_ids if self.generation and with_targets else None
 
         def render(row: Mapping, index: int) -> dict:
@@ -167,6 +217,8 @@ class PromptDataModule(L.LightningDataModule):
                    "answer_index": rendered.answer_index, "row_index": index, "truncated": rendered.truncated}
             if target_ids is not None:
                 out["target_ids"] = target_ids(str(row[TARGET]))
+            if task_id is not None:
+                out["task_id"] = task_id
             return out
 
         return render
@@ -188,7 +240,7 @@ class PromptDataModule(L.LightningDataModule):
         target_spec = [self.task.target_prefix, self.task.max_target_length] if self.generation else None
         spec = json.dumps([TOKENIZATION_VERSION, dataset._fingerprint, tokenizer_identity(self.tokenizer),
                            self.template.text, fields, self.task.max_length, self.answer_token_id,
-                           self.specials, target_spec])
+                           self.specials, target_spec, self.task_id])
         fingerprint = hashlib.sha256(spec.encode()).hexdigest()[:32]
         with _tokenization_lock(dataset, fingerprint):
             return dataset.map(self.renderer(), with_indices=True, new_fingerprint=fingerprint,
@@ -203,39 +255,3 @@ class PromptDataModule(L.LightningDataModule):
             flat = torch.as_tensor([t for ids in encoded for t in ids], dtype=torch.long)
             table += torch.bincount(flat, minlength=len(table))
         return table
-
-    def _shard(self, role: str) -> tuple[int, int]:
-        """(processes, this process's rank): each process loads its own share of a split."""
-        trainer = self.trainer
-        if trainer is None or (role != "train" and evaluates_whole_splits(trainer)):
-            return 1, 0
-        return int(trainer.world_size), int(trainer.global_rank)
-
-    def _loader(self, role: str, shuffle: bool) -> DataLoader:
-        batch_size = self.data_cfg["batch_size"] if role == "train" else self.data_cfg["eval_batch_size"]
-        num_replicas, rank = self._shard(role)
-        options = {
-            "batch_size": int(batch_size),
-            "num_workers": int(self.data_cfg["num_workers"]),
-            "collate_fn": self.collator(),
-        }
-        dataset = self.splits[role].with_format(None)
-        if shuffle:
-            grouping = {}
-            if self.data_cfg.get("group_by_length"):
-                grouping = {"lengths": [len(ids) for ids in self.splits[role]["input_ids"]],
-                            "batch_size": int(batch_size), "group_batches": int(self.data_cfg["length_group_batches"])}
-            sampler = ShuffledShardSampler(len(dataset), self.seed, num_replicas, rank, **grouping)
-            return ResumableLoader(dataset, sampler=sampler, **options)
-        # Scores do not depend on batch-mates, and predictions carry their row index back to dataset order.
-        lengths = [len(ids) for ids in self.splits[role]["input_ids"]]
-        return DataLoader(dataset, sampler=longest_first_shard(lengths, num_replicas, rank), **options)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

@@ -1,4 +1,5 @@
-"""Typed task configs (`conf/task/*.yaml`), parsed once: a classification task or a generation task.
+"""Typed task configs (`conf/task/*.yaml`), parsed once: a classification task, a generation task, or a mixture
+of tasks of one type (a `tasks` list in the job config; config.mixture builds its node).
 
 Every value comes from the task's yaml (or the command line); these dataclasses say what is allowed and
 check what belongs together (a template holding every text field, a word for every label, ...).
@@ -18,6 +19,8 @@ from softprompt.errors import ConfigError
 LABEL = "label"  # the field holding a classification example's label
 TARGET = "target"  # the field holding a generation task's target text
 TASK_TYPES = ("classification", "generation")
+MIXTURE = "mixture"
+MACRO = "macro"  # a mixture selects by the mean over its tasks of each task's own task.metric
 
 
 @dataclass(frozen=True)
@@ -86,10 +89,60 @@ class GenerationTask(TaskConfig):
                               "leave {answer} out")
 
 
-def parse_task(task: Mapping[str, Any]) -> TaskConfig:
-    """The `task` group as its typed config, every key checked."""
+@dataclass(frozen=True)
+class MixtureTask:
+    """Several tasks trained together: each keeps its template, verbalizer, metric and folds; its examples carry
+    its index in `tasks` (the task id). `weights` null: examples-proportional mixing (every training example once
+    per epoch); otherwise each epoch draws a share weight / sum(weights) of its examples from each task."""
+
+    name: str
+    type: Literal["mixture"]
+    metric: Literal["macro"]
+    tasks: Mapping[str, Any]  # name -> that task's node, in task-id order
+    weights: Mapping[str, Any] | None  # name -> mixing weight > 0, or null
+    prompt_init: str  # what method presets read from the task node: the tasks' common prompt_init (or vocab)
+    max_length: int = field(metadata=at_least(1))  # ... and the longest of the tasks' max_length
+
+    def validate(self) -> None:
+        if len(self.tasks) < 2:
+            raise ConfigError("tasks", list(self.tasks), "a mixture lists at least two different tasks")
+        members = self.members
+        kinds = sorted({m.type for m in members.values()})
+        if len(kinds) > 1:
+            raise ConfigError("tasks", list(self.tasks), f"mixes task types {', '.join(kinds)}; a mixture's tasks are "
+                              "all classification or all generation tasks")
+        if self.weights is not None:
+            for name in self.tasks:
+                weight = self.weights.get(name)
+                if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
+                    raise ConfigError(f"tasks[{name}].weight", weight, "must be a number > 0 for every task (or "
+                                      "null for every task: examples-proportional mixing)")
+
+    @property
+    def members(self) -> dict[str, TaskConfig]:
+        """Each task's typed config, in task-id order; errors name the task (`tasks[rte].max_length`)."""
+        return {name: _parse_single(node, f"tasks[{name}]") for name, node in self.tasks.items()}
+
+    @property
+    def member_type(self) -> str:
+        return next(iter(self.members.values())).type
+
+
+def _parse_single(task: Mapping[str, Any], prefix: str) -> TaskConfig:
     kind = task.get("type") if isinstance(task, Mapping) else None
     if kind not in TASK_TYPES:
-        raise ConfigError("task.type", kind, f"allowed: {', '.join(TASK_TYPES)}")
+        raise ConfigError(f"{prefix}.type", kind, f"allowed: {', '.join(TASK_TYPES)}")
     schema = ClassificationTask if kind == "classification" else GenerationTask
-    return parse(schema, task, "task", name=f"a {kind} task")
+    return parse(schema, task, prefix, name=f"a {kind} task")
+
+
+def parse_task(task: Mapping[str, Any]) -> TaskConfig | MixtureTask:
+    """The `task` group as its typed config, every key checked."""
+    if isinstance(task, Mapping) and task.get("type") == MIXTURE:
+        return parse(MixtureTask, task, "task", name="a task mixture")
+    return _parse_single(task, "task")
+
+
+def task_members(task: TaskConfig | MixtureTask) -> dict[str, TaskConfig]:
+    """The tasks a run trains on, by name in task-id order: a mixture's members, or the one task."""
+    return task.members if isinstance(task, MixtureTask) else {task.name: task}

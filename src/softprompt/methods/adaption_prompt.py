@@ -1,16 +1,17 @@
-"""Adaption prompts (LLaMA-Adapter, Zhang et al. 2023, section 3: "zero-init attention").
+"""Adaption prompts (LLaMA-Adapter, Zhang et al. 2023, arXiv v1 section 3.2: "zero-init attention").
 
 Each of the top `adapter_layers` attention layers gets its own `num_virtual_tokens` learnable prompt vectors in
 the hidden space. The layer projects them through its own key/value projections (no position encoding), every
 query attends to them in a separate softmax, and a zero-initialised gate scales that term before it joins the
-attention output (ahead of the output projection), so training starts from the unprompted model:
+attention output (ahead of the output projection), so training starts from the unprompted model (eqs. 5-8):
 
     out_l = softmax(q K^T / sqrt(d)) V + g_l * softmax(q (W_k P_l)^T / sqrt(d)) (W_v P_l)
 
-This is PEFT's ADAPTION_PROMPT on Llama/Mistral (`gate=layer`: one scalar per layer; `gate=head` is LLaMA-Adapter
-V2's gate per head). The term enters through the attention wrapper's generic `AttentionAddend` kwarg, never through
-`past_key_values`, so it works under gradient checkpointing and with the KV cache while decoding. The trained
-tensors are the folded form: the prompts and the gates, nothing to compute away.
+`gate=layer` (one scalar per layer) is PEFT's ADAPTION_PROMPT on Llama/Mistral; `gate=head` is the paper's gate
+per head (section 3.2; its release trains tanh(g)). The term enters through the attention wrapper's generic
+`AttentionAddend` kwarg, never through `past_key_values`, so it works under gradient checkpointing and with the
+KV cache while decoding. The trained tensors are the folded form: the prompts and the gates, nothing to compute
+away.
 """
 
 from __future__ import annotations
@@ -102,13 +103,18 @@ class AdaptionPrompt(SoftPromptModule):
 
     @classmethod
     def peft_form(cls, config: AdaptionPromptConfig, family: str) -> PeftForm:
-        """None: PEFT's ADAPTION_PROMPT is no prompt-learning adapter (it saves an adaption_prompt and an
-        adaption_gate under each wrapped attention module's path, which our exporter does not write), and it is
-        equivalent only on Llama/Mistral with a gate per layer (on GPT-2 PEFT adds the term after c_proj,
-        unprojected; Qwen2 it refuses)."""
-        raise NotRepresentable(f"{config.name} has no PEFT export: PEFT's ADAPTION_PROMPT is not a prompt-learning "
-                               "adapter (it stores adaption_prompt and adaption_gate per wrapped attention module), "
-                               "and it matches ours only on Llama/Mistral with method.gate=layer")
+        """PEFT's ADAPTION_PROMPT trains the same structure (one gate per layer; it gives our logits on Llama and
+        Mistral), so the benchmark trains it beside ours; but it is no prompt-learning adapter (it saves an
+        adaption_prompt and an adaption_gate under each wrapped attention module's path), so nothing is exported.
+        With a gate per head PEFT has no counterpart."""
+        if config.gate != "layer":
+            raise NotRepresentable(f"{config.name} with method.gate={config.gate} has no PEFT counterpart: PEFT's "
+                                   "ADAPTION_PROMPT has one gate per layer (method.gate=layer)")
+        refusal = (f"{config.name} has no PEFT export: PEFT's ADAPTION_PROMPT is not a prompt-learning adapter (it "
+                   "stores adaption_prompt and adaption_gate per wrapped attention module), and it matches ours only "
+                   "on Llama/Mistral with method.gate=layer")
+        return PeftForm("ADAPTION_PROMPT", "prompt", {}, {}, sized_by={"adapter_layers": ("prompt", 0)},
+                        length_field="adapter_len", export_refusal=refusal)
 
     @classmethod
     def mixed_batch_kind(cls) -> str | None:
@@ -135,7 +141,7 @@ class AdaptionPrompt(SoftPromptModule):
         return lines
 
     def _initial_prompt(self, init: str, ctx: InitContext) -> torch.Tensor:
-        """Random values (PEFT and the paper: standard normal), or each layer's own draw of real words'
+        """Random values (PEFT and the authors' release: standard normal), or each layer's own draw of real words'
         embeddings."""
         if init in RANDOM_INITS:
             return random_values(init, self.prompt_shape, ctx)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import lightning as L
@@ -29,7 +29,7 @@ from softprompt.backbones.loading import fingerprint_state, tied_aliases
 from softprompt.config.typed import parse
 from softprompt.errors import BackboneModifiedError, SoftPromptError
 from softprompt.methods.config import MethodConfig
-from softprompt.methods.init import InitContext
+from softprompt.methods.init import ARTIFACT_INIT, InitContext
 from softprompt.objectives.base import Objective
 from softprompt.objectives.decoding import DecodingConfig, decode
 from softprompt.objectives.scoring import Batch
@@ -47,6 +47,15 @@ class PeftForm:
     tensor: str  # the folded tensor PEFT stores as `prompt_embeddings`
     options: Mapping[str, Any]  # PEFT config fields of the folded (inference) form
     training_options: Mapping[str, Any]  # PEFT config fields that train the same structure
+    # Further folded tensors PEFT stores beside prompt_embeddings: our key -> PEFT's key.
+    extra_tensors: Mapping[str, str] = field(default_factory=dict)
+    # PEFT config fields read off the folded tensors' shapes: field -> (our key, dimension).
+    sized_by: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    task_ids: bool = False  # PEFT's forward takes each row's task (`task_ids`); a batch without them is task 0
+    length_field: str = "num_virtual_tokens"  # PEFT's config field for the prompt length
+    # Why PEFT's saved adapter cannot hold the folded form (export and import refused), though PEFT trains the
+    # same structure (the benchmark's baseline); None: it can.
+    export_refusal: str | None = None
 
 
 class NotRepresentable(SoftPromptError):
@@ -69,6 +78,9 @@ class SoftPromptModule(L.LightningModule):
     # The folded form's config values (the artifact, init=from_artifact): the reparameterisation is computed away.
     folded_config: ClassVar[Mapping[str, Any]] = {}
     folded_away: ClassVar[tuple[str, ...]] = ()  # the keys of folded_config that name a reparameterisation
+    # The `method.init` values that start from a trained prompt of this method (`method.init_artifact`, a run's
+    # prompt/ folder): training/artifact_init.py reads its tensors for them.
+    artifact_inits: ClassVar[tuple[str, ...]] = (ARTIFACT_INIT,)
     num_virtual_tokens = 0
     position_offset = 0  # where real tokens' position ids start (the prefix length for prefix methods)
 
@@ -103,8 +115,20 @@ class SoftPromptModule(L.LightningModule):
         """PEFT's representation of this method on a `family` backbone, or NotRepresentable saying why not."""
         raise NotRepresentable(f"{config.name} has no PEFT counterpart")
 
+    @classmethod
+    def check_init_artifact(cls, config: MethodConfig, shapes: Mapping[str, list[int]]) -> None:
+        """Raise ConfigError when a trained prompt of this method whose folded tensors have `shapes` (read from its
+        spec, before anything loads) cannot start `config`; the generic checks (method, prompt length, backbone)
+        are done."""
+
     # PEFT types whose foreign adapters are this class's folded form: peft_type -> softprompt-train overrides.
     peft_imports: ClassVar[Mapping[str, list[str]]] = {}
+
+    @classmethod
+    def peft_import_overrides(cls, adapter_config: Mapping[str, Any]) -> list[str]:
+        """The softprompt-train overrides that build a foreign adapter's folded form: `peft_imports` for its type,
+        plus any that its config fields set (a subclass adds them)."""
+        return list(cls.peft_imports[adapter_config["peft_type"]])
 
     @classmethod
     def check_peft_import(cls, adapter_config: Mapping[str, Any], width: int) -> None:

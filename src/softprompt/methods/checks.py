@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from softprompt.data.task import TaskConfig, parse_task
+from softprompt.data.task import MixtureTask, TaskConfig, parse_task
 from softprompt.data.templates import Template
 from softprompt.errors import ConfigError
 from softprompt.methods import MethodConfig, method_config
@@ -17,12 +17,25 @@ def check_method(method: Mapping) -> MethodConfig:
     return method_config(method)
 
 
-def check_task(task: Mapping, method: Mapping) -> TaskConfig:
-    """The task group, parsed, and checked together with the method's template (its slots) and init."""
+def check_task(task: Mapping, method: Mapping) -> TaskConfig | MixtureTask:
+    """The task group, parsed, and checked together with the method's template (its slots) and init (each task of
+    a mixture)."""
     config = parse_task(task)
     check_objective_config(config)
     settings = method_config(method)
-    key = "method.template" if settings.slots == "template" else "task.template"
+    if isinstance(config, MixtureTask):
+        if settings.num_demonstrations:
+            raise ConfigError("method.num_demonstrations", settings.num_demonstrations, "in-context demonstrations "
+                              "are drawn per task; a task mixture trains without them (set 0)")
+        for name, member in config.members.items():
+            _check_member(member, settings, f"tasks[{name}]")
+        return config
+    _check_member(config, settings, "task")
+    return config
+
+
+def _check_member(config: TaskConfig, settings: MethodConfig, task_key: str) -> None:
+    key = "method.template" if settings.slots == "template" else f"{task_key}.template"
     template = Template.parse(prompt_template(settings, config.template), config.text_fields, key=key)
     if settings.slots != "none" and template.num_virtual_tokens != settings.num_virtual_tokens:
         raise ConfigError("method.num_virtual_tokens", settings.num_virtual_tokens,
@@ -30,4 +43,3 @@ def check_task(task: Mapping, method: Mapping) -> TaskConfig:
     if config.is_generation and settings.init == "class_labels":
         raise ConfigError("method.init", "class_labels", "a generation task has no class labels; use vocab, "
                           "text, random_uniform or random_normal")
-    return config

@@ -1,10 +1,11 @@
 """Late prompt tuning (Liu et al., Findings of EMNLP 2022, "Late Prompt Tuning: A Late Prompt Could Be Better
 Than Many Prompts").
 
-The prompt enters at an intermediate layer k (`insert_layer`; null: the middle layer, the paper's choice)
-instead of the input, so layers below k never see it (section 3, "Late Prompt Tuning"). The paper's main
-version, implemented here as `generator: npg`, makes the prompt instance-aware: a naive prompt generator (NPG,
-section 3, Figure 3) maps one hidden state entering layer k to n prompt vectors,
+The prompt enters at an intermediate layer k (`insert_layer`; null: the middle layer, as the authors' scripts:
+12 of RoBERTa-large's 24, 18 of GPT2-large's 36) instead of the input, so layers below k never see it
+(section 3, "Late Prompt Tuning"). The paper's main version, implemented here as `generator: npg`, makes the
+prompt instance-aware: a naive prompt generator (NPG, section 3, Figure 3) maps one hidden state entering layer
+k to n prompt vectors,
     prompt = Dropout(W_up ReLU(W_down h)), W_down: d -> `generator_hidden`, W_up: -> n x d,
 as the authors' code does (github xyltt/LPT, `PromptGeneratorWithNaivePromptGenerator`): h is the last input
 token's state on a decoder (GPT-2) and the first token's (<s>) on an encoder (RoBERTa); here the answer position's

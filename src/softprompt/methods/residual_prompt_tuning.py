@@ -1,18 +1,20 @@
 """Residual prompt tuning (Razdaibiedina et al., Findings of ACL 2023, "Residual Prompt Tuning: Improving Prompt
 Tuning with Residual Reparameterization").
 
-Each virtual token's embedding P_i passes through one shallow network Phi shared by all tokens, with a skip
-connection (section 3.1, eq. 2): P'_i = Phi(P_i) + P_i, where Phi is a down-projection to `residual_hidden`
-(the bottleneck m), ReLU, an up-projection back to d, then LayerNorm (section 3.2, design choices). The
-authors' code (github arazd/ResidualPrompts, `ResMLP`) places them as Linear(d, m), ReLU, Linear(m, d),
-Dropout (only if `residual_dropout` > 0), LayerNorm(d), then adds the input; the prompt is initialised from
-vocabulary embeddings and trained at lr 0.3. The bottleneck m = 400 matches the parameter count reported for
-residual prompt tuning on T5-Large (925K with 100 tokens of d = 1024); the code's own default is 800.
+Each virtual token's embedding P_i passes through one shallow network phi shared by all tokens, with a skip
+connection (section 3.1, eqs. 3-4): P'_i = Phi(P_i) = phi(P_i) + P_i, where phi is a down-projection to
+`residual_hidden` (the bottleneck m), ReLU, an up-projection back to d, then LayerNorm (section 3.2, design
+choices). The authors' code (github arazd/ResidualPrompts, `ResMLP`) places them as Linear(d, m), ReLU,
+Linear(m, d), Dropout (only if `residual_dropout` > 0), LayerNorm(d), then adds the input; the prompt is
+initialised from vocabulary embeddings and trained at lr 0.3. The bottleneck m = 400 matches the parameter
+count Xiao et al. 2023 (DPT, Figure 1) report for residual prompt tuning on T5-Large (925K: 100 tokens of
+d = 1024 plus the MLP); the code's own default is 800.
 
 P' is the prompt the backbone reads, exactly where prompt tuning's prompt goes (`[P:n]` slots), so the method
-is prompt tuning with an encoder: after training the network is computed away (the paper's section 3.1: "the
-reparameterization network can be discarded"), and the artifact holds only the folded (n, d) embeddings.
-Folded, it is plain prompt tuning for artifacts, mixed batches, inspection and PEFT export (PROMPT_TUNING).
+is prompt tuning with an encoder: after training the network is computed away (the paper's section 3.3: P is
+replaced by its projection Phi(P) and the network discarded), and the artifact holds only the folded (n, d)
+embeddings. Folded, it is plain prompt tuning for artifacts, mixed batches, inspection and PEFT export
+(PROMPT_TUNING).
 PEFT has no residual reparameterisation, so the benchmark's PEFT baseline trains plain PROMPT_TUNING.
 """
 
@@ -46,7 +48,7 @@ class ResidualPromptConfig(InputPromptConfig):
 
 
 class ResidualMLP(nn.Module):
-    """P' = Phi(P) + P with Phi = Linear(d, m), ReLU, Linear(m, d), [Dropout], [LayerNorm(d)]: the authors' ResMLP."""
+    """P' = phi(P) + P with phi = Linear(d, m), ReLU, Linear(m, d), [Dropout], [LayerNorm(d)]: the authors' ResMLP."""
 
     def __init__(self, dim: int, hidden: int, dropout: float, layer_norm: bool) -> None:
         super().__init__()
@@ -87,7 +89,7 @@ class ResidualPrompt(InputLevelPrompt):
                    residual_layer_norm=config.residual_layer_norm, initial_state=initial_state, **common)
 
     def _match_embedding_std(self, target_std: float) -> None:
-        """Scale the residual branch so that Phi(P) starts at the word embeddings' std (LayerNorm alone gives std
+        """Scale the residual branch so that phi(P) starts at the word embeddings' std (LayerNorm alone gives std
         1, far above a small model's embeddings): the LayerNorm's affine weight, else the last Linear layer."""
         norm = self.encoder.module[-1]
         if isinstance(norm, nn.LayerNorm):

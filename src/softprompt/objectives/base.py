@@ -51,15 +51,22 @@ class Objective(nn.Module):
     METRICS: tuple[str, ...] = ()
     LOSSES: tuple[str, ...] = ()  # task.loss values this objective trains with
 
-    def __init__(self, metric: str) -> None:
+    def __init__(self, metric: str, prefix: str = "") -> None:
         super().__init__()
         self.metric = metric
+        self.prefix = prefix  # before each logged name after the stage: a mixture's `val/<task>/acc`
         # Example-weighted mean loss per stage; torchmetrics sums its states across processes exactly.
         self.losses = nn.ModuleDict({stage: MeanMetric() for stage in STAGES})
 
+    @property
+    def num_tasks(self) -> int:
+        """The tasks this objective trains on: 1, or a mixture's tasks (its batches carry `task_ids`, (batch,)
+        indices into the mixture's task order)."""
+        return 1
+
     def log_loss(self, module: PromptedModel, stage: str, loss: torch.Tensor, size: int) -> None:
         self.losses[stage].update(loss.detach(), weight=size)
-        module.log(f"{stage}/loss", self.losses[stage], batch_size=size)
+        module.log(f"{stage}/{self.prefix}loss", self.losses[stage], batch_size=size)
 
     def loss(self, module: PromptedModel, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
@@ -74,6 +81,10 @@ class Objective(nn.Module):
 
     def end_epoch(self, module: PromptedModel, stage: str) -> None:
         """Log metrics that are computed once per epoch."""
+
+    def epoch_value(self, stage: str) -> torch.Tensor:
+        """The selection metric over the stage's epoch so far (after `end_epoch`): what a mixture averages."""
+        raise NotImplementedError
 
     def folded_state(self) -> dict[str, torch.Tensor]:
         """Trainable tensors that belong to the task side (a classification head)."""

@@ -33,8 +33,8 @@ class ClassificationObjective(Objective):
 
     def __init__(self, label_token_ids: Sequence[Sequence[Sequence[int]]], adapter: type[FamilyAdapter],
                  hidden_size: int, metric: str = "acc", label_names: Sequence[str] | None = None,
-                 words: Sequence[Sequence[str]] | None = None, loss: str = "verbalizer") -> None:
-        super().__init__(metric)
+                 words: Sequence[Sequence[str]] | None = None, loss: str = "verbalizer", prefix: str = "") -> None:
+        super().__init__(metric, prefix)
         adapter.check_label_words(label_token_ids, label_names, words)  # names and words make the error readable
         if loss == "lm" and adapter.needs_head:
             raise ConfigError("task.loss", loss, f"a {adapter.family} backbone has no LM head to put a vocabulary "
@@ -47,7 +47,8 @@ class ClassificationObjective(Objective):
             self.scorer = PooledHeadScorer(self.classifier)
         else:
             self.scorer = LabelScorer(label_token_ids)
-        self.metrics = nn.ModuleDict({stage: _classification_metrics(num_labels, f"{stage}/") for stage in STAGES})
+        self.metrics = nn.ModuleDict({stage: _classification_metrics(num_labels, f"{stage}/{prefix}")
+                                      for stage in STAGES})
 
     def outputs(self, module: PromptedModel, batch: Batch) -> torch.Tensor:
         return self.scorer.scores(batch, module.hidden_states, module.adapter, module.backbone)
@@ -76,6 +77,9 @@ class ClassificationObjective(Objective):
                  "probabilities": p}
                 for row, label, p in zip(batch["row_index"].tolist(), batch["labels"].tolist(), probs.tolist(),
                                          strict=True)]
+
+    def epoch_value(self, stage: str) -> torch.Tensor:
+        return self.metrics[stage][self.metric].compute()  # cached: Lightning's own compute reads it again
 
     def folded_state(self) -> dict[str, torch.Tensor]:
         if not hasattr(self, "classifier"):

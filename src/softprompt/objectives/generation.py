@@ -47,8 +47,8 @@ class GenerationObjective(Objective):
     LOSSES = ("lm",)
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, decoding: DecodingConfig,
-                 adapter: type[FamilyAdapter], metric: str = "rougeL") -> None:
-        super().__init__(metric)
+                 adapter: type[FamilyAdapter], metric: str = "rougeL", prefix: str = "") -> None:
+        super().__init__(metric, prefix)
         if not adapter.generates:
             raise ConfigError("task.type", "generation", f"a {adapter.family} backbone has no decoder to generate "
                               "with; use a causal_lm or seq2seq backbone")
@@ -58,6 +58,7 @@ class GenerationObjective(Objective):
         self.decoding = decoding
         self.eos_token_id = int(tokenizer.eos_token_id)
         self.metrics = nn.ModuleDict({stage: TextMetrics() for stage in STAGES})
+        self.epoch_values: dict[str, dict[str, torch.Tensor]] = {}
 
     def outputs(self, module: PromptedModel, batch: Batch) -> torch.Tensor:
         return module.adapter.vocab_logits(module.backbone, module.target_hidden(batch)).float()
@@ -92,7 +93,10 @@ class GenerationObjective(Objective):
         return [self.decoding.finish(text) for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
 
     def end_epoch(self, module: PromptedModel, stage: str) -> None:
-        values = self.metrics[stage].compute_and_reset()
-        module.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val")
+        values = self.epoch_values[stage] = self.metrics[stage].compute_and_reset()
+        module.log_dict({f"{stage}/{self.prefix}{k}": v for k, v in values.items()}, prog_bar=stage == "val")
+
+    def epoch_value(self, stage: str) -> torch.Tensor:
+        return self.epoch_values[stage][self.metric]
 
 

@@ -41,8 +41,9 @@ class LabelScorer:
         if self.max_word_length == 1:
             return batch
         num_words, width = self.word_tokens.shape
+        # task_ids: a mixture's rows keep their task (a method may pick its prompt by it).
         expanded = {key: batch[key].repeat_interleave(num_words, dim=0)
-                    for key in ("input_ids", "attention_mask", "slot_ids", "answer_index")}
+                    for key in ("input_ids", "attention_mask", "slot_ids", "answer_index", "task_ids") if key in batch}
         fill = {"input_ids": 0, "attention_mask": 0, "slot_ids": -1}
         for key, value in fill.items():
             expanded[key] = torch.nn.functional.pad(expanded[key], (0, width - 1), value=value)

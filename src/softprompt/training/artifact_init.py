@@ -1,4 +1,5 @@
-"""init=from_artifact: a new run starts from a trained prompt's folded tensors.
+"""init=from_artifact: a new run starts from a trained prompt's folded tensors (and so does every other
+`method.init` value the method class lists in `artifact_inits`, e.g. a source-task init).
 
 The config check reads softprompt.json only (cheap, before anything loads); the tensors are read once the
 backbone is loaded and has the fingerprint the prompt was trained on.
@@ -15,12 +16,17 @@ from softprompt.artifacts.format import ArtifactError, artifact_dir, read_spec, 
 from softprompt.backbones.loading import fingerprint, fingerprint_algorithm
 from softprompt.errors import ConfigError
 from softprompt.methods import method_class
-from softprompt.methods.init import ARTIFACT_INIT
+
+
+def reads_init_artifact(method: Mapping) -> bool:
+    """Whether `method.init` starts from the trained prompt `method.init_artifact` (the class's `artifact_inits`)."""
+    return method.get("init") in method_class(method).artifact_inits
 
 
 def check_artifact_init(method: Mapping) -> tuple[Path, dict]:
-    """The artifact exists and holds this method's tensors at this prompt length, and no reparameterisation would
-    be stacked on its folded tensors (the method class's `folded_away` keys). Returns (folder, spec)."""
+    """The artifact exists and holds this method's tensors at this prompt length, no reparameterisation would
+    be stacked on its folded tensors (the method class's `folded_away` keys), and the method class accepts its
+    tensor shapes (`check_init_artifact`). Returns (folder, spec)."""
     path = method.get("init_artifact")
     try:
         directory = artifact_dir(Path(str(path)))
@@ -38,15 +44,17 @@ def check_artifact_init(method: Mapping) -> tuple[Path, dict]:
     for key in cls.folded_away:
         folded = cls.folded_config[key]
         if method.get(key) != folded:
-            raise ConfigError(f"method.{key}", method.get(key), f"init={ARTIFACT_INIT} trains the artifact's folded "
-                              f"tensors directly (its {key} is folded away); set method.{key}={folded}")
+            raise ConfigError(f"method.{key}", method.get(key), f"init={method.get('init')} trains the artifact's "
+                              f"folded tensors directly (its {key} is folded away); set method.{key}={folded}")
+    cls.check_init_artifact(cls.parse_config(method),
+                            {key: list(tensor["shape"]) for key, tensor in spec.get("tensors", {}).items()})
     return directory, spec
 
 
 def artifact_init_state(method: Mapping, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
-    """The folded tensors of `method.init_artifact` (None unless init=from_artifact), after checking that `model`
-    (the run's frozen backbone) has the weights the prompt was trained on."""
-    if method.get("init") != ARTIFACT_INIT:
+    """The folded tensors of `method.init_artifact` (None unless `method.init` reads it), after checking that
+    `model` (the run's frozen backbone) has the weights the prompt was trained on."""
+    if not reads_init_artifact(method):
         return None
     directory, spec = check_artifact_init(method)
     expected = spec["backbone"]["fingerprint"]

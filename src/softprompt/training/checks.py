@@ -16,11 +16,11 @@ from softprompt.artifacts.ensemble import VOTES
 from softprompt.backbones.loading import check_backbone
 from softprompt.config.precision import check_hardware, check_precision
 from softprompt.data.checks import check_cv, check_data
+from softprompt.data.task import task_members
 from softprompt.errors import ConfigError
 from softprompt.methods import method_class
 from softprompt.methods.checks import check_method, check_task
-from softprompt.methods.init import ARTIFACT_INIT
-from softprompt.training.artifact_init import check_artifact_init
+from softprompt.training.artifact_init import check_artifact_init, reads_init_artifact
 from softprompt.training.transfer import check_transfer
 
 # transformers.get_scheduler builds these without a warmup, whatever warmup_steps says.
@@ -52,10 +52,11 @@ def check_config(cfg: Mapping) -> None:
     check_precision(cfg["trainer"], cfg["backbone"])
     check_method(cfg["method"])
     check_transfer(cfg)
-    if cfg["method"].get("init") == ARTIFACT_INIT:
+    if reads_init_artifact(cfg["method"]):
         check_artifact_init(cfg["method"])
-    check_task(cfg["task"], cfg["method"])
-    check_cv(cfg["cv"], cfg["task"]["splits"])
+    members = task_members(check_task(cfg["task"], cfg["method"]))
+    for name, member in members.items():
+        check_cv(cfg["cv"], member.splits, "task" if len(members) == 1 else f"tasks[{name}]")
     check_data(cfg["data"])
     if method_class(cfg["method"]).trains:
         check_optimizer(cfg["optimizer"])

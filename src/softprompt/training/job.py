@@ -17,8 +17,10 @@ from softprompt.backbones.families import FAMILY_ADAPTERS
 from softprompt.backbones.loading import Backbone
 from softprompt.config.precision import AUTO, resolve_auto, trainer_precision
 from softprompt.data import PromptDataModule
+from softprompt.data.datamodule import SplitLoaders
+from softprompt.data.mixture import MixtureDataModule
 from softprompt.data.sources import read_splits
-from softprompt.data.task import parse_task
+from softprompt.data.task import MixtureTask, parse_task, task_members
 from softprompt.errors import ConfigError
 from softprompt.methods import build_method, method_class, method_config
 from softprompt.methods.base import SoftPromptModule
@@ -49,7 +51,7 @@ def settle_precision(cfg: DictConfig) -> dict[str, str]:
     return {"requested": requested, **resolution}
 
 
-def build_init_context(method: PromptConfig, seed: int, backbone: Backbone, datamodule: PromptDataModule,
+def build_init_context(method: PromptConfig, seed: int, backbone: Backbone, datamodule: SplitLoaders,
                        token_ids: list) -> InitContext:
     """What an initialisation may look at; token counts only for the inits that read them."""
     return InitContext(
@@ -70,7 +72,7 @@ class Job:
     """What a run trains: the frozen backbone, the data and the method module."""
 
     backbone: Backbone
-    datamodule: PromptDataModule
+    datamodule: SplitLoaders
     module: SoftPromptModule
 
 
@@ -80,7 +82,8 @@ def build_job(plain: dict[str, Any], cache_dir: Path) -> Job:
     method, task = method_config(plain["method"]), parse_task(plain["task"])
     # Bad data fails here, in one line, before the backbone loads; the DataModule reads the same splits again
     # from datasets' cache.
-    read_splits(task, plain["cv"], cache_dir)
+    for member in task_members(task).values():
+        read_splits(member, plain["cv"], cache_dir)
     backbone = BACKBONES.get_for_job(plain, cache_dir)  # the dtype trainer.precision implies
     # Seeded after loading, so a job draws the same numbers whether its backbone was loaded or reused. Quietly:
     # Lightning says so on stderr, where a refusal must stay the one line (the seed is in metrics.json).
@@ -90,11 +93,16 @@ def build_job(plain: dict[str, Any], cache_dir: Path) -> Job:
     adapter = FAMILY_ADAPTERS[backbone.family]
     if plain["data"]["padding_side"] == "left" and not adapter.supports_left_padding:
         raise ConfigError("data.padding_side", "left", f"{backbone.family} backbones need right padding")
-    datamodule = PromptDataModule(task, plain["data"], plain["cv"], prompt_template(method, task.template),
-                                  backbone.tokenizer, cache_dir, seed, num_demonstrations=method.num_demonstrations,
-                                  demonstration_separator=method.demonstration_separator,
-                                  answer_token_id=adapter.answer_token_id(backbone.tokenizer),
-                                  answer_must_end=adapter.answer_is_next_token)
+    answer = {"answer_token_id": adapter.answer_token_id(backbone.tokenizer),
+              "answer_must_end": adapter.answer_is_next_token}
+    if isinstance(task, MixtureTask):
+        templates = {name: prompt_template(method, member.template) for name, member in task.members.items()}
+        datamodule = MixtureDataModule(task, plain["data"], plain["cv"], templates, backbone.tokenizer, cache_dir,
+                                       seed, **answer)
+    else:
+        datamodule = PromptDataModule(task, plain["data"], plain["cv"], prompt_template(method, task.template),
+                                      backbone.tokenizer, cache_dir, seed, num_demonstrations=method.num_demonstrations,
+                                      demonstration_separator=method.demonstration_separator, **answer)
     objective = build_objective(task, adapter, backbone.tokenizer, backbone.hidden_size)  # before tokenising
     token_ids = getattr(objective, "label_token_ids", [])  # generation tasks have no label words
     datamodule.setup()

@@ -33,6 +33,6 @@ def write_run_results(output_dir: Path, summary: Mapping[str, Any], predictions:
     """test_predictions.jsonl, then metrics.json: the last file a run writes marks it finished (resume_sweep)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     with atomic_open(output_dir / PREDICTIONS_FILE, "w", encoding="utf-8") as handle:
-        for row in sorted(predictions, key=lambda r: r["row_index"]):  # dataset order
+        for row in sorted(predictions, key=lambda r: (r.get("task", ""), r["row_index"])):  # dataset order
             handle.write(json.dumps(row) + "\n")
     return atomic_write_text(output_dir / METRICS_FILE, json.dumps(summary, indent=2, sort_keys=False) + "\n")

@@ -15,7 +15,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from softprompt.artifacts.format import ARTIFACT_DIR, save_artifact
-from softprompt.data import PromptDataModule
+from softprompt.config.mixture import expand_task_mixture
+from softprompt.data.datamodule import SplitLoaders
 from softprompt.data.sampling import evaluates_whole_splits
 from softprompt.methods.base import SoftPromptModule
 from softprompt.training.checkpointing import AtomicCheckpointIO, ValidationHistory, resume_checkpoint
@@ -32,7 +33,7 @@ log = logging.getLogger("softprompt")
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 
 
-def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: PromptDataModule,
+def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: SplitLoaders,
                   hyperparameters: dict[str, Any], resume_from: str | None):
     """Fit (when there is anything to train), resuming from `resume_from` when given, then test the best
     checkpoint by the objective's metric."""
@@ -64,6 +65,7 @@ def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: PromptD
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The whole job; returns the metrics.json content."""
     started = time.perf_counter()
+    expand_task_mixture(cfg)
     check_config(resolved_config(cfg))
     transfer = prepare_transfer(cfg, run)  # a source prompt first (SPoT); the target then starts from it
     precision = settle_precision(cfg)
@@ -101,6 +103,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "backbone_fingerprint_end": fingerprint_end,
         "task": cfg.task.name,
         "task_type": plain["task"]["type"],
+        "tasks": list(plain["task"]["tasks"]) if plain["task"]["type"] == "mixture" else None,  # in task-id order
         "selection_metric": f"val/{objective.metric}",
         "num_virtual_tokens": int(getattr(module, "num_virtual_tokens", 0)),
         "init": getattr(module, "init", None),

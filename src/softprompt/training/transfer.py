@@ -1,7 +1,8 @@
 """Prompt transfer (SPoT, Vu et al. 2022, section 2): a target prompt starts from a prompt trained on a source task.
 
 `transfer.enabled=true` makes a job first train the source prompt on `transfer.source_task` (a full task node,
-composed from a task preset, e.g. `/task@transfer.source_task: bbc_topic`) with the job's own method, backbone,
+composed from a task preset, e.g. `/task@transfer.source_task: bbc_topic`) or on the mixture `transfer.source_tasks`
+(a `tasks` list) with the job's own method, backbone,
 optimizer, trainer and seed, on the source's own validation split, then start the target from its folded tensors
 (`method.init=from_artifact`). The source run lives in the cache under a digest of its config: the jobs of a sweep
 (every fold) share one source prompt, trained once (a file lock keeps concurrent jobs from training it twice).
@@ -22,6 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from softprompt.artifacts.format import ARTIFACT_DIR, SPEC_FILE
+from softprompt.config.mixture import expand_task_mixture
 from softprompt.config.precision import strategy_name
 from softprompt.errors import ConfigError
 from softprompt.methods.init import ARTIFACT_INIT
@@ -39,6 +41,8 @@ def check_transfer(cfg: Mapping[str, Any]) -> None:
         raise ConfigError("transfer.enabled", enabled, "allowed: true, false")
     if not enabled:
         return
+    if transfer.get("source_tasks"):
+        return _check_strategy_and_init(cfg)  # a source mixture: its tasks are checked when it expands
     source = transfer.get("source_task")
     if not isinstance(source, Mapping) or not source.get("name"):
         raise ConfigError("transfer.source_task", source, "must be a task node: add "
@@ -46,6 +50,10 @@ def check_transfer(cfg: Mapping[str, Any]) -> None:
     if source["name"] == cfg["task"]["name"]:
         raise ConfigError("transfer.source_task.name", source["name"], "the source task must differ from the target "
                           "task (a prompt transferred from its own task is not a transfer)")
+    _check_strategy_and_init(cfg)
+
+
+def _check_strategy_and_init(cfg: Mapping[str, Any]) -> None:
     strategy = strategy_name(cfg["trainer"])
     if strategy not in ("", "auto"):
         raise ConfigError("transfer.enabled", True, f"trains its source prompt inside the job, which "
@@ -61,16 +69,18 @@ def source_config(cfg: DictConfig, cache_dir: Path) -> DictConfig:
     source = copy.deepcopy(cfg)
     with open_dict(source):
         source.task = cfg.transfer.source_task
+        source.tasks = cfg.transfer.get("source_tasks")  # SPoT's multi-task source: a tasks list
         source.transfer.enabled = False
         source.cv.num_folds, source.cv.fold, source.cv.mode = None, None, "single"
         source.resume_sweep, source.ckpt_path = False, "auto"  # a killed source run resumes
         source.logger = None
         source.paths.output_dir = ""  # the digest must not depend on the target job's folder
+    expand_task_mixture(source)
     identity = {key: OmegaConf.to_container(source[key], resolve=True) if isinstance(source[key], DictConfig)
                 else source[key] for key in (*SOURCE_KEYS, "task")}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
     with open_dict(source):
-        source.paths.output_dir = str(cache_dir / "prompt_transfer" / f"{cfg.transfer.source_task.name}-{digest}")
+        source.paths.output_dir = str(cache_dir / "prompt_transfer" / f"{source.task.name}-{digest}")
     return source
 
 

@@ -12,11 +12,8 @@ from softprompt.analysis.benchmark.measure import PEFT_SAME_KERNELS, BenchError,
 from softprompt.analysis.benchmark.runners import label_word_ids, lm_loss_step
 
 
-def peft_config(module: Any, method: dict, family: str) -> Any:
-    """PEFT's adapter that trains the same structure as our method (its declared `PeftForm.training_options`:
-    encoder type and width, prefix projection), at the same prompt length."""
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
-
+def peft_form(module: Any, method: dict, family: str) -> Any:
+    """Our method's declared PeftForm, or BenchError when PEFT has none."""
     from softprompt.methods.base import NotRepresentable
 
     cls = type(module)
@@ -24,9 +21,20 @@ def peft_config(module: Any, method: dict, family: str) -> Any:
         form = cls.peft_form(cls.parse_config(method), family)
     except NotRepresentable as error:
         raise BenchError(f"no PEFT baseline: {error}") from None
-    return PEFT_TYPE_TO_CONFIG_MAPPING[form.peft_type](task_type="CAUSAL_LM",
-                                                       num_virtual_tokens=module.num_virtual_tokens,
-                                                       **form.training_options)
+    return form
+
+
+def peft_config(module: Any, form: Any) -> Any:
+    """PEFT's adapter that trains the same structure as our method (its declared `PeftForm.training_options`:
+    encoder type and width, prefix projection, rank; and the fields sized by our tensors, e.g. the task count), at
+    the same prompt length."""
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    shapes = {key: tensor.shape for key, tensor in module.folded_state().items()}
+    sized = {name: int(shapes[key][dim]) for name, (key, dim) in form.sized_by.items()}
+    length = {form.length_field: module.num_virtual_tokens}
+    return PEFT_TYPE_TO_CONFIG_MAPPING[form.peft_type](task_type="CAUSAL_LM", **length, **form.training_options,
+                                                       **sized)
 
 
 def peft_runners(job: Any, plain: dict, clip: float | None, device: Any) -> list[Runner]:
@@ -49,7 +57,8 @@ def _peft_runner(job: Any, plain: dict, clip: float | None, device: Any, name: s
     import torch
     from peft import get_peft_model
 
-    config = peft_config(job.module, plain["method"], job.backbone.family)
+    form = peft_form(job.module, plain["method"], job.backbone.family)
+    config = peft_config(job.module, form)
     model = copy.deepcopy(job.backbone.model)
     if attention is not None:
         model.set_attn_implementation(attention)
@@ -59,4 +68,5 @@ def _peft_runner(job: Any, plain: dict, clip: float | None, device: Any, name: s
     optimizer = torch.optim.AdamW(parameters, lr=float(plain["optimizer"]["lr"]))
     slots = job.module.num_virtual_tokens if plain["method"].get("slots") == "front" else 0
     ahead = job.module.num_virtual_tokens if job.module.injection == "input" else 0  # PEFT's tokens go first
-    return Runner(name, lm_loss_step(model, parameters, optimizer, clip, label_word_ids(job.module), slots, ahead))
+    return Runner(name, lm_loss_step(model, parameters, optimizer, clip, label_word_ids(job.module), slots, ahead,
+                                     form.task_ids))

@@ -34,20 +34,26 @@ def without_virtual_slots(batch: dict, num_slots: int) -> dict:
     if num_slots and not bool((batch["slot_ids"][:, :num_slots] >= 0).all()):
         raise BenchError("the PEFT comparison needs the virtual tokens at the front (method.slots=front)")
     return {"input_ids": batch["input_ids"][:, num_slots:], "attention_mask": batch["attention_mask"][:, num_slots:],
-            "answer_index": batch["answer_index"] - num_slots, "labels": batch["labels"]}
+            "answer_index": batch["answer_index"] - num_slots, "labels": batch["labels"],
+            **({"task_ids": batch["task_ids"]} if "task_ids" in batch else {})}
 
 
 def lm_loss_step(model: Any, parameters: list, optimizer: Any, clip: float | None, words: Any,
-                 num_slots: int, logits_before_input: int) -> Callable[[dict], None]:
+                 num_slots: int, logits_before_input: int, task_ids: bool = False) -> Callable[[dict], None]:
     """A plain-PyTorch training step as HF/PEFT users write it: whole-vocabulary logits at every position,
     cross-entropy on the label word at the answer position. `logits_before_input`: positions the model
-    puts in front of the input (PEFT's virtual tokens for prompt and P-tuning)."""
+    puts in front of the input (PEFT's virtual tokens for prompt and P-tuning). `task_ids`: the model's forward
+    takes each row's task (the batch's, or task 0)."""
     import torch
     import torch.nn.functional as F
 
     def step(batch: dict) -> None:
         inputs = without_virtual_slots(batch, num_slots)
-        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+        extra = {}
+        if task_ids:  # a single task's batch carries none: task 0
+            first = torch.zeros(len(inputs["input_ids"]), dtype=torch.long, device=inputs["input_ids"].device)
+            extra["task_ids"] = inputs.get("task_ids", first)
+        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], **extra).logits
         rows = torch.arange(len(logits), device=logits.device)
         answer = logits[rows, inputs["answer_index"] + logits_before_input].float()
         loss = F.cross_entropy(answer, words.to(logits.device)[inputs["labels"]])
