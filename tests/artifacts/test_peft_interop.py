@@ -232,7 +232,7 @@ def test_unreadable_adapters_are_refused_in_one_line(trained, tmp_path):
     lora.mkdir()
     (lora / PEFT_CONFIG_FILE).write_text(json.dumps({"peft_type": "LORA", "task_type": "CAUSAL_LM"}))
     assert refused(lora) == (f"{lora / PEFT_CONFIG_FILE}: peft_type 'LORA' is not a prompt we can import; supported: "
-                             "MULTITASK_PROMPT_TUNING, PREFIX_TUNING, PROMPT_TUNING, P_TUNING")
+                             "CARTRIDGE, MULTITASK_PROMPT_TUNING, PREFIX_TUNING, PROMPT_TUNING, P_TUNING")
 
     ours = export_peft(trained("prompt_tuning"), tmp_path / "ours")
     assert refused(ours, task="rotten_tomatoes").startswith(

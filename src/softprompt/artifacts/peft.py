@@ -133,10 +133,10 @@ def peft_config(form: PeftForm, spec: Mapping[str, Any], backbone: Backbone,
     return _prepare_prompt_learning_config(config, backbone.model.config)
 
 
-def peft_shape(config: PromptLearningConfig) -> tuple[int, int]:
-    """The shape of `prompt_embeddings` PEFT builds for `config` (one transformer submodule): a prefix holds a
-    key and a value per layer."""
-    width = config.token_dim * (config.num_layers * 2 if config.peft_type == "PREFIX_TUNING" else 1)
+def peft_shape(config: PromptLearningConfig, key_value_prefix: bool) -> tuple[int, int]:
+    """The shape of `prompt_embeddings` PEFT builds for `config` (one transformer submodule): a key/value prefix (an
+    attention-level method's form) holds a key and a value per layer."""
+    width = config.token_dim * (config.num_layers * 2 if key_value_prefix else 1)
     return config.num_virtual_tokens * config.num_transformer_submodules, width
 
 
@@ -175,9 +175,10 @@ def export_peft(prompt: str | Path, out: str | Path, cache_dir: str | Path | Non
         check_no_leading_specials(backbone, peft_type)
     random_init = backbone.source.startswith("random:")  # no folder or hub id holds these weights
     config = peft_config(form, spec, backbone, None if random_init else backbone.source)
-    if tuple(tensors[key].shape) != peft_shape(config):
-        raise InteropError(f"PEFT's {peft_type} on {backbone.name} holds {PEFT_KEY} of shape "
-                           f"{peft_shape(config)}; the prompt's {key} is {tuple(tensors[key].shape)}")
+    shape = peft_shape(config, cls.injection == "attention")
+    if tuple(tensors[key].shape) != shape:
+        raise InteropError(f"PEFT's {peft_type} on {backbone.name} holds {PEFT_KEY} of shape {shape}; the prompt's "
+                           f"{key} is {tuple(tensors[key].shape)}")
     out.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(str(out))
     save_file({keys[ours]: tensor.float().contiguous() for ours, tensor in tensors.items()}, out / PEFT_WEIGHTS_FILE,
