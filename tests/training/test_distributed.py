@@ -89,3 +89,24 @@ def test_ddp_ignores_every_frozen_tensor(tmp_path, tiny_backbone, prompt_module)
         del ddp  # its reducer holds the process group: free it while the group is alive (else gloo can hang)
     finally:
         torch.distributed.destroy_process_group()
+
+
+LATER_METHODS = ["residual_prompt_tuning", "dept", "late_prompt_tuning", "adaption_prompt", "multitask_prompt_tuning",
+                 "cartridge"]
+
+
+@pytest.mark.xdist_group("distributed")
+def test_every_later_method_trains_under_ddp(tmp_path, local_task_overrides, softprompt_train):
+    """Each method's trainable tensors (parameter groups, hooks, gates, task factors, frozen cache rows) train in two
+    DDP processes: every job finishes, its backbone unchanged, its artifact whole."""
+    sweep = tmp_path / "sweep"
+    result = softprompt_train("-m", "trainer=ddp_cpu", "backbone=tiny_random", "logger=none", "callbacks=none",
+                              *local_task_overrides, "trainer.max_steps=2", "method.num_virtual_tokens=3",
+                              f"method={','.join(LATER_METHODS)}", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (result.stdout + result.stderr).count("Starting with 2 processes") == len(LATER_METHODS)
+    for job, method in enumerate(LATER_METHODS):
+        summary = json.loads((sweep / str(job) / "metrics.json").read_text())
+        assert summary["method"] == method and summary["steps"] == 2
+        assert summary["backbone_fingerprint_start"] == summary["backbone_fingerprint_end"]
+        assert (sweep / str(job) / "prompt" / "softprompt.safetensors").is_file()

@@ -18,6 +18,9 @@ generation tasks are fed unchanged, in teacher forcing and in decoding alike.
 Folding: the update depends on the position, not on the prompt, so nothing folds away: the artifact holds
 P, A and B. PEFT cannot represent the update (PROMPT_TUNING stores P only), and mixed batches cannot
 reproduce it row by row, so both refuse in one line.
+
+Section and equation numbers follow secondary sources; they were not checked against the paper's own text
+(not reachable offline); the behaviour was checked against the authors' code.
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ checkpointing). Generation keeps the slots in its KV cache; decoding steps see t
 Encoder-decoders are refused: the decoder's cross-attention would need the prompt too, and BART's learned
 encoder positions count the slots. The artifact holds the generator (or the plain prompt) as trained: an
 instance-aware prompt has no folded form. PEFT and mixed batches cannot reproduce it and refuse in one line.
+
+Section and equation numbers follow secondary sources; they were not checked against the paper's own text
+(not reachable offline); the behaviour was checked against the authors' code.
 """
 
 from __future__ import annotations

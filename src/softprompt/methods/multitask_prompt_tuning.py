@@ -1,7 +1,8 @@
 """Multitask prompt tuning (MPT; Wang et al., ICLR 2023, "Multitask Prompt Tuning Enables Parameter-Efficient
 Transfer Learning").
 
-Section 3.1, "prompt decomposition": the prompt of task k is one prompt shared by every task, P* (l x d), times,
+"Prompt decomposition" (the method section; its numbering was not checked against the paper's text here, which was
+not reachable offline): the prompt of task k is one prompt shared by every task, P* (l x d), times,
 element by element, a task-specific low-rank matrix: P_k = P* ∘ W_k with W_k = u_k ⊗ v_k^T (rank one). PEFT's
 MULTITASK_PROMPT_TUNING (tuners/multitask_prompt_tuning/model.py) lets the factors have rank r: `prefix_task_cols`
 (T, n, r) and `prefix_task_rows` (T, r, d), task t's prompt P * (cols[t] @ rows[t]); this module computes exactly
@@ -12,11 +13,11 @@ its task: one F.embedding gather for the whole batch (its backward is determinis
 
 Initialisation follows PEFT (MultitaskPromptTuningInit, lowercased): fresh factors are N(0, task_init_std) each,
 cols drawn before rows (PEFT: std 0.02); the shared prompt from any prompt-tuning init (PEFT's TEXT is `text`,
-its RANDOM, nn.Embedding's N(0, 1), is `random_normal` with init_std 1.0). Section 3.2 (source training, target
-adaptation) starts a target task from the prompt learnt on the source tasks; PEFT's three ways read a trained MPT
+its RANDOM, nn.Embedding's N(0, 1), is `random_normal` with init_std 1.0). The paper's source training and
+target adaptation start a target task from the prompt learnt on the source tasks; PEFT's three ways read a trained MPT
 prompt, here `method.init_artifact`: `average_source_tasks` (its P; every task's factors the mean over its
 tasks), `exact_source_task` (its P and task `init_source_task`'s factors), `only_source_shared` (its P only).
-`from_artifact` continues a trained prompt of as many tasks. Section 3.1's "prompt distillation" (teacher prompts
+`from_artifact` continues a trained prompt of as many tasks. The paper's "prompt distillation" (teacher prompts
 trained per task, logit and hidden-state losses) is not implemented, as in PEFT: each task trains on its own loss.
 
 Folding: nothing computes away; the artifact holds P and every task's factors, which is also what PEFT saves.
