@@ -687,3 +687,41 @@ def fake_sweep(tmp_path: Path) -> Path:
     (root / "16" / ".hydra").mkdir(parents=True)
     (root / "16" / "metrics.json").write_text("{not json")
     return root
+
+
+@pytest.fixture(scope="session")
+def checkpointing_gradients(tiny_backbone, make_batch) -> Callable[..., tuple]:
+    """`checkpointing_gradients(build, texts, template, architecture="llama", layer=0, prepare=None)`: one verbalizer
+    cross-entropy backward without and with gradient checkpointing, each on a fresh backbone (`build(backbone)`
+    makes the module; `prepare(batch)` may add to the batch). Asserts that attention layer `layer` really ran again
+    in the checkpointed backward and that every trainable gradient is equal (1e-6); returns (plain, checkpointed)
+    gradients by parameter name and the two modules."""
+    import torch
+    import torch.nn.functional as F
+
+    from softprompt.backbones.loading import enable_gradient_checkpointing
+
+    def compare(build, texts, template, architecture="llama", layer=0, prepare=None):
+        def gradients(checkpointing: bool):
+            backbone = tiny_backbone(architecture, fresh=True)  # checkpointing, and a hook on one attention
+            if checkpointing:
+                enable_gradient_checkpointing(backbone.model)
+            module = build(backbone).train()
+            calls = []
+            attention = next(m for m in backbone.model.modules()
+                             if getattr(m, "layer_idx", None) == layer and hasattr(m, "is_causal"))
+            attention.register_forward_hook(lambda *args: calls.append(1))
+            batch = make_batch(backbone, texts, template, labels=[0, 1, 1][:len(texts)])
+            batch = prepare(batch) if prepare else batch
+            F.cross_entropy(module(batch), batch["labels"]).backward()
+            return {n: p.grad.clone() for n, p in module.named_parameters() if p.requires_grad}, len(calls), module
+
+        plain, plain_calls, plain_module = gradients(False)
+        checkpointed, checkpointed_calls, checkpointed_module = gradients(True)
+        assert checkpointed_calls == 2 * plain_calls  # the layer really was recomputed in backward
+        assert plain.keys() == checkpointed.keys() and plain
+        for name in plain:
+            assert torch.allclose(plain[name], checkpointed[name], atol=1e-6), name
+        return plain, checkpointed, (plain_module, checkpointed_module)
+
+    return compare
