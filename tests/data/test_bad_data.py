@@ -133,7 +133,9 @@ def test_file_checks_follow_globs_lists_and_leave_remote_and_compressed_files_al
         check_data_files("json", [str(tmp_path / "z*.jsonl")])
     with pytest.raises(DataError, match=r"relative paths start from "):
         check_data_files("json", "no/such/file.jsonl")
-    check_data_files("parquet", {"train": str(tmp_path / "a.jsonl")})  # only csv and json content is judged
+    check_data_files("parquet", {"train": str(tmp_path / "c.jsonl.bz2")})  # compressed: left to datasets
+    with pytest.raises(DataError, match=r"expects a Parquet file .* it looks like JSON: set task\.source\.path=json"):
+        check_data_files("parquet", {"train": str(tmp_path / "a.jsonl")})  # a Parquet file is judged by its magic
 
 
 def test_a_csv_with_an_empty_label_cell_has_a_missing_label(tmp_path):

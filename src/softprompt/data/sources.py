@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -12,9 +13,12 @@ import datasets
 from datasets import Dataset, DatasetDict
 
 from softprompt.assets.wheels import WheelAsset, extract_member, prepared_dir
+from softprompt.data.delimited import check_headers, read_options, strict_rows
 from softprompt.data.offline_tasks import BUILDERS
 from softprompt.data.task import LABEL, TaskConfig
 from softprompt.data.validation import (
+    DELIMITERS,
+    DataError,
     check_data_files,
     check_folds,
     check_labels,
@@ -26,6 +30,7 @@ from softprompt.data.validation import (
 from softprompt.errors import ConfigError
 
 SPLIT_NAMES = ("train", "validation", "test")
+INDEX = re.compile(r"-?[0-9]+")  # a label index written as text (a CSV or TSV cell)
 
 
 def asset_data_files(source: Mapping, cache_dir: Path) -> dict[str, str]:
@@ -48,18 +53,25 @@ def asset_data_files(source: Mapping, cache_dir: Path) -> dict[str, str]:
 
 
 def load_raw_splits(source: Mapping, cache_dir: Path) -> DatasetDict:
-    """`datasets.load_dataset` on a hub id or a local format (csv, json, parquet) with data_files; a file that
-    is missing, unreadable, empty, malformed or in another format is one DataError naming it."""
+    """`datasets.load_dataset` on a hub id or a local format (csv, tsv, json, parquet) with data_files; a file
+    that is missing, unreadable, empty, malformed or in another format is one DataError naming it. CSV and TSV
+    columns are read as text, exactly as written (delimited.py)."""
+    path_format = str(source["path"])
     data_files = source.get("data_files")
     if source.get("asset"):
         data_files = asset_data_files(source, cache_dir)
     elif data_files:
-        check_data_files(str(source["path"]), data_files)
+        check_data_files(path_format, data_files)
     kwargs = {"name": source.get("name"), "revision": source.get("revision")}
     if data_files:
         kwargs["data_files"] = dict(data_files) if isinstance(data_files, Mapping) else data_files
+    delimited = path_format in DELIMITERS
+    if delimited:  # tsv is datasets' csv builder with tabs
+        kwargs.update(read_options(path_format, check_headers(path_format, data_files) if data_files else None))
     try:
-        loaded = datasets.load_dataset(str(source["path"]), **{k: v for k, v in kwargs.items() if v is not None})
+        with strict_rows() if delimited else contextlib.nullcontext():
+            loaded = datasets.load_dataset("csv" if delimited else path_format,
+                                           **{k: v for k, v in kwargs.items() if v is not None})
     except Exception as error:  # whatever datasets raises on bad input: one line naming the file and line
         raise load_failure(source, data_files, error) from None
     if not isinstance(loaded, DatasetDict):
@@ -115,20 +127,39 @@ def read_splits(task: TaskConfig, cv: Mapping, cache_dir: Path) -> dict[str, Dat
 
 
 def _labels_to_indices(dataset: Dataset, label_names: list[str], where: str, column: str) -> Dataset:
-    feature = dataset.features[LABEL]
-    values = set(dataset.unique(LABEL))
-    if isinstance(feature, datasets.ClassLabel):
-        values = {feature.int2str(v) for v in values}
-        dataset = dataset.map(lambda row: {LABEL: feature.int2str(row[LABEL])},
-                              features=None, desc="label names")
-    if all(isinstance(v, int) for v in values):
-        bad = sorted(v for v in values if not 0 <= v < len(label_names))
-        if bad:
-            raise ConfigError("task.columns.label", column, f"the {where} has label indices {bad} outside "
-                              f"[0, {len(label_names)}) (one index per name in task.labels)")
+    """The label column as int64 indices into task.labels, whatever type the file gave it: names (text, or a
+    ClassLabel's names) or indices (integers, booleans, or digits in a CSV or TSV cell)."""
+    lookup = _label_lookup(dataset.unique(LABEL), dataset.features[LABEL], label_names, where, column)
+    if dataset.features[LABEL] == datasets.Value("int64") and all(k == v for k, v in lookup.items()):
         return dataset
-    unknown = sorted(str(v) for v in values if str(v) not in label_names)
-    if unknown:
-        raise ConfigError("task.labels", label_names, f"the {where} has labels {unknown} that are not listed")
+    # Explicit features: a map keeps a large_string column's type (CSV text in datasets 5), names and all.
+    features = dataset.features.copy()
+    features[LABEL] = datasets.Value("int64")
+    return dataset.map(lambda batch: {LABEL: [lookup[value] for value in batch[LABEL]]}, batched=True,
+                       features=features, desc="label indices")
+
+
+def _label_lookup(values: list, feature: object, label_names: list[str], where: str, column: str) -> dict:
+    """Each distinct label value -> its index in task.labels; a DataError for a name not listed, or an index
+    outside them."""
     index = {name: i for i, name in enumerate(label_names)}
-    return dataset.map(lambda row: {LABEL: index[str(row[LABEL])]}, desc="label indices")
+    if isinstance(feature, datasets.ClassLabel):
+        outside = sorted(v for v in values if not 0 <= v < feature.num_classes)
+        if outside:
+            raise DataError("task.columns.label", column, f"the {where} has label indices {outside} outside its "
+                            f"ClassLabel's names {feature.names}")
+        names = {v: feature.int2str(v) for v in values}
+    elif all(isinstance(v, int) for v in values) or \
+            all(isinstance(v, str) and INDEX.fullmatch(v) and v not in index for v in values):
+        indices = {v: int(v) for v in values}  # booleans and integers, or digits read from CSV, index task.labels
+        bad = sorted(set(indices.values()) - set(range(len(label_names))))
+        if bad:
+            raise DataError("task.columns.label", column, f"the {where} has label indices {bad} outside "
+                            f"[0, {len(label_names)}) (one index per name in task.labels)")
+        return indices
+    else:
+        names = {v: str(v) for v in values}
+    unknown = sorted({name for name in names.values() if name not in index})
+    if unknown:
+        raise DataError("task.labels", label_names, f"the {where} has labels {unknown} that are not listed")
+    return {v: index[name] for v, name in names.items()}

@@ -17,7 +17,7 @@ import glob
 import io
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,11 @@ from datasets import Dataset
 
 from softprompt.errors import ConfigError
 
-# task.source.path values whose files are text we can read line by line (datasets' builder names).
-LINE_FORMATS = ("csv", "json")
+# task.source.path values whose files are text we can read line by line: datasets' json and csv builders, and
+# tsv (the csv builder with tabs).
+LINE_FORMATS = ("csv", "tsv", "json")
+DELIMITERS = {"csv": ",", "tsv": "\t"}  # the delimited formats and their field separators
+PARQUET_MAGIC = b"PAR1"  # a Parquet file's first (and last) four bytes
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4", ".tar")
 HEAD_BYTES = 1 << 16  # enough to judge a file's format and whether it holds anything
 SHOWN_ROWS = 5  # example numbers quoted in a message
@@ -83,7 +86,8 @@ def _looks_like_json(line: str) -> bool:
 
 def check_data_files(path_format: str, data_files: Any) -> None:
     """Every local file of `task.source.data_files` exists, can be read, holds something, and is in the format
-    `task.source.path` names (csv or json); remote and compressed files are left to `datasets`."""
+    `task.source.path` names (csv, tsv or json; a Parquet file by its first bytes); remote and compressed files
+    are left to `datasets`."""
     for key, file in file_entries(data_files):
         if "://" in file:
             continue
@@ -105,8 +109,14 @@ def check_data_file(path_format: str, key: str, path: Path) -> None:
                         "(chmod a+r) or point at a copy") from None
     if not head:
         raise DataError(key, str(path), "the file is empty (0 bytes)")
-    if path_format not in LINE_FORMATS or path.suffix.lower() in COMPRESSED:
+    if path.suffix.lower() in COMPRESSED:
         return
+    if path_format == "parquet" or head.startswith(PARQUET_MAGIC):
+        _check_parquet(path_format, key, path, head)
+    if path_format not in LINE_FORMATS:
+        return
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(key, str(path), "it is UTF-16 text (it starts with a UTF-16 byte-order mark); save it as UTF-8")
     whole = len(head) < HEAD_BYTES
     text = head.decode("utf-8-sig", errors="replace")  # a byte-order mark (Excel's CSV) is no content
     lines = _lines(text)
@@ -115,21 +125,62 @@ def check_data_file(path_format: str, key: str, path: Path) -> None:
     if not lines:
         return
     number, first = lines[0]
-    if path_format == "csv":
-        if _looks_like_json(first):
-            raise DataError(key, str(path), f"task.source.path=csv expects CSV with a header row, but line {number} "
-                            "is JSON; set task.source.path=json for JSON Lines")
-        if whole and len(list(csv.reader(io.StringIO(text)))) < 2:
-            raise DataError(key, str(path), "the CSV file has a header row but no examples")
+    if path_format in DELIMITERS:
+        _check_delimited(path_format, key, path, (number, first), text, whole)
     elif not _looks_like_json(first):
         shown = first if len(first) <= 60 else first[:57] + "..."
-        like = "; it looks like CSV: set task.source.path=csv" if "," in first or "\t" in first else ""
+        like = "; it looks like CSV: set task.source.path=csv" if "," in first else \
+            "; it looks like TSV: set task.source.path=tsv" if "\t" in first else ""
         raise DataError(key, str(path), f"task.source.path=json expects JSON Lines (one JSON object per line), but "
                         f"line {number} is {shown!r}{like}")
 
 
+def _check_parquet(path_format: str, key: str, path: Path, head: bytes) -> None:
+    """A Parquet file where task.source.path says parquet, and only there (its first bytes say which)."""
+    if path_format != "parquet":
+        raise DataError(key, str(path), f"task.source.path={path_format} expects text, but this is a Parquet file; "
+                        "set task.source.path=parquet")
+    if not head.startswith(PARQUET_MAGIC):
+        first = head.decode("utf-8-sig", errors="replace").lstrip().split("\n", 1)[0]
+        like = "JSON: set task.source.path=json" if _looks_like_json(first) else \
+            "CSV: set task.source.path=csv" if "," in first else "TSV: set task.source.path=tsv" if "\t" in first \
+            else "another format: set task.source.path to it (csv, tsv, json)"
+        raise DataError(key, str(path), f"task.source.path=parquet expects a Parquet file (it starts with PAR1), but "
+                        f"this one starts with {head[:4]!r}; it looks like {like}")
+
+
+def first_record(lines: Iterable[str], delimiter: str) -> tuple[int, list[str]] | None:
+    """(line number, fields) of the first CSV record that is not blank (pandas skips blank lines), or None where
+    there is none or the quoting is broken. `lines`: a file opened with newline="", or a StringIO."""
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+    with contextlib.suppress(csv.Error):
+        for record in reader:
+            if len(record) > 1 or any(field.strip() for field in record):
+                return reader.line_num, record
+    return None
+
+
+def _check_delimited(path_format: str, key: str, path: Path, first: tuple[int, str], text: str, whole: bool) -> None:
+    """A CSV or TSV file (`text`: its head, all of it where `whole`) has a header row in its own format and at
+    least one example."""
+    number, line = first
+    name = path_format.upper()
+    other = "tsv" if path_format == "csv" else "csv"
+    if _looks_like_json(line):
+        raise DataError(key, str(path), f"task.source.path={path_format} expects {name} with a header row, but line "
+                        f"{number} is JSON; set task.source.path=json for JSON Lines")
+    header = first_record(io.StringIO(text, newline=""), DELIMITERS[path_format])
+    if header is not None and len(header[1]) == 1 and DELIMITERS[other] in header[1][0]:
+        separated = "tab-separated" if other == "tsv" else "comma-separated"
+        raise DataError(key, str(path), f"task.source.path={path_format} expects {name}, but the header (line "
+                        f"{header[0]}) is {separated}; set task.source.path={other}")
+    with contextlib.suppress(csv.Error):  # broken quoting: datasets fails, then malformed_line finds the line
+        if whole and len(list(csv.reader(io.StringIO(text, newline=""), delimiter=DELIMITERS[path_format]))) < 2:
+            raise DataError(key, str(path), f"the {name} file has a header row but no examples")
+
+
 def malformed_line(path_format: str, path: Path) -> str | None:
-    """What is wrong with a csv or JSON Lines file and where (`line N ...`), or None where nothing is found."""
+    """What is wrong with a CSV, TSV or JSON Lines file and where (`line N ...`), or None where nothing is found."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
@@ -153,7 +204,7 @@ def malformed_line(path_format: str, path: Path) -> str | None:
             if not isinstance(row, dict):
                 return f"line {number} is a JSON {type(row).__name__}, not an object with the columns as keys"
         return None
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True, delimiter=DELIMITERS[path_format])
     header, start = None, 1
     try:
         for record in reader:
@@ -193,6 +244,8 @@ def load_failure(source: Mapping, data_files: Any, error: Exception) -> ConfigEr
     hint = ""
     if any(word in reason for word in ("as a scalar of type", "Couldn't cast", "schema")):
         hint = "; the splits' files must hold the same columns with the same types (numbers in one, text in another?)"
+    elif "changed from" in reason:
+        hint = "; a column must hold one type in every row (numbers in some rows, text in others?)"
     return DataError("task.source.data_files", files, f"datasets could not read them as {path_format} "
                      f"({reason}){hint}")
 
@@ -220,8 +273,18 @@ def _examples(mask: np.ndarray) -> str:
     return f"examples {shown}{', ...' if len(rows) > SHOWN_ROWS else ''}, counting from 1"
 
 
+def _json_values(column: pa.ChunkedArray) -> list | None:
+    """The values of a JSON Lines column whose rows hold different types (datasets' Json feature: text in some,
+    numbers in others), decoded; None for any other column."""
+    if getattr(column.type, "extension_name", None) != "arrow.json":
+        return None
+    return [None if v is None else json.loads(v) for chunk in column.chunks for v in chunk.storage.to_pylist()]
+
+
 def _empty_mask(column: pa.ChunkedArray) -> np.ndarray:
     """Rows whose value is missing, or a string that is empty or only whitespace."""
+    if (values := _json_values(column)) is not None:
+        return np.array([v is None or (isinstance(v, str) and not v.strip()) for v in values], dtype=bool)
     missing = pc.is_null(column)
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0)
@@ -238,6 +301,11 @@ def check_texts(dataset: Dataset, fields: Mapping[str, str], where: str) -> None
         if pa.types.is_nested(column.type):
             raise DataError(f"task.columns.{field}", column_name, f"the {where} holds {column.type} values, not "
                             f"{kind}; map the field to a column of strings (nested columns as parent.child)")
+        nested = [v for v in _json_values(column) or [] if isinstance(v, list | dict)]
+        if nested:  # some rows text, others lists or records
+            raise DataError(f"task.columns.{field}", column_name, f"the {where} holds lists or records in some "
+                            f"examples (e.g. {nested[0]!r}), not {kind}; map the field to a column of strings (nested "
+                            "columns as parent.child)")
         empty = _empty_mask(column)
         if empty.any():
             raise DataError(f"task.columns.{field}", column_name,
@@ -251,6 +319,8 @@ def check_labels(dataset: Dataset, column_name: str, label_names: list[str], whe
     feature = dataset.features["label"]
     column = _column(dataset, "label")
     missing = np.asarray(pc.is_null(column).to_numpy(zero_copy_only=False), dtype=bool)
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or _json_values(column) is not None:
+        missing |= _empty_mask(column)  # an empty cell, "" or only whitespace
     if pa.types.is_floating(column.type):
         missing |= np.asarray(pc.fill_null(pc.is_nan(column), False).to_numpy(zero_copy_only=False), dtype=bool)
     if isinstance(feature, datasets.ClassLabel):
@@ -265,6 +335,12 @@ def check_labels(dataset: Dataset, column_name: str, label_names: list[str], whe
     kind = "list" if pa.types.is_nested(column.type) else "float" if pa.types.is_floating(column.type) \
         else str(column.type)
     shown = ", ".join(repr(v) for v in column.slice(0, 2).to_pylist())
+    if (values := _json_values(column)) is not None:  # one value of each type
+        kind = "mixed-type"
+        first: dict[type, object] = {}
+        for value in values:
+            first.setdefault(type(value), value)
+        shown = ", ".join(repr(v) for v in first.values())
     raise DataError(key, column_name, f"the {where} has {kind} labels (e.g. {shown}); a label is one of "
                     f"task.labels {label_names} or its integer index (one label per example)")
 
