@@ -7,6 +7,7 @@ import torch
 
 from softprompt.config import precision
 from softprompt.config.precision import backbone_config_for_precision, check_precision, resolve_auto
+from softprompt.errors import ConfigError
 
 
 def test_the_precision_rule():
@@ -28,6 +29,7 @@ def hardware(monkeypatch):
     """`hardware(cpu_flags=..., cuda=None|bf16 bool)`: what `auto` finds on this pretend machine."""
 
     def set_hardware(cpu_flags: set[str] = frozenset(), cuda: bool | None = None) -> None:
+        monkeypatch.delenv(precision.CPU_BF16_ENV, raising=False)  # the suite pins it (conftest)
         monkeypatch.setattr(precision, "cpu_flags", lambda: set(cpu_flags))
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda is not None)
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bool(cuda))
@@ -66,5 +68,20 @@ def test_cpu_flags_come_from_proc_cpuinfo(monkeypatch, tmp_path):
     real_open = open
     monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path,
                                                                        *a, **k))
+    monkeypatch.delenv(precision.CPU_BF16_ENV, raising=False)
     assert precision.cpu_flags() == {"fpu", "sse", "avx512_bf16", "amx_tile"}
     assert precision.native_bf16(on_cpu=True) == (True, "CPU with avx512_bf16")
+
+
+def test_the_environment_pins_what_auto_finds_on_a_cpu(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "0")
+    assert precision.native_bf16(on_cpu=True) == (False, "SOFTPROMPT_CPU_BF16=0")
+    on_cpu = {"precision": "auto", "accelerator": "cpu"}
+    assert resolve_auto(on_cpu, {"dtype": "float32"})["backbone_dtype"] == "float32"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "1")
+    assert resolve_auto(on_cpu, {"dtype": "float32"})["backbone_dtype"] == "bfloat16"
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "yes")
+    with pytest.raises(ConfigError, match=r"^SOFTPROMPT_CPU_BF16='yes' is invalid: allowed: 1 "):
+        precision.native_bf16(on_cpu=True)

@@ -132,6 +132,8 @@ def test_auto_trains_in_bfloat16_where_native_and_the_prompt_predicts_in_float32
     from softprompt.backbones.cache import BACKBONES
     from softprompt.config import precision
 
+    monkeypatch.delenv(precision.CPU_BF16_ENV, raising=False)
+
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512_bf16", "amx_bf16"})  # a CPU with native bfloat16
     cfg = make_cfg([*RUN, *local_task_overrides, "method.num_virtual_tokens=3"])
     assert cfg.trainer.precision == "auto"  # the default
@@ -155,8 +157,47 @@ def test_auto_trains_in_bfloat16_where_native_and_the_prompt_predicts_in_float32
     assert [p for s in native.score(reviews) for p in s.values()] == pytest.approx(expected, abs=1e-5)
 
     BACKBONES.clear()
+    monkeypatch.delenv(precision.CPU_BF16_ENV, raising=False)
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})  # the prompt moves to a machine without it
     emulated = softprompt.load(artifact)  # the fingerprint is checked as the weights would be in bfloat16
     assert emulated.module.backbone.dtype == torch.float32
     assert [p for s in emulated.score(reviews) for p in s.values()] == pytest.approx(expected, abs=0.01)
+    BACKBONES.clear()
+
+
+def test_a_float32_prompt_moves_to_a_bfloat16_machine_and_its_fingerprint_is_still_checked(
+        make_cfg, local_task_overrides, local_task_files, monkeypatch, tmp_path):
+    import json
+    import shutil
+
+    import softprompt
+    from softprompt.artifacts.format import ArtifactError
+    from softprompt.backbones.cache import BACKBONES
+    from softprompt.config import precision
+
+    monkeypatch.delenv(precision.CPU_BF16_ENV, raising=False)
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})  # trained where bfloat16 is emulated: float32
+    cfg = make_cfg([*RUN, *local_task_overrides, "method.num_virtual_tokens=3"])
+    run(cfg)
+    artifact = Path(cfg.paths.output_dir) / "prompt"
+    assert json.loads((artifact / "softprompt.json").read_text())["backbone"]["config"]["dtype"] == "float32"
+    reviews = [json.loads(line)["review"] for line in Path(local_task_files["test"]).read_text().splitlines()]
+
+    BACKBONES.clear()
+    monkeypatch.delenv(precision.CPU_BF16_ENV, raising=False)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512_bf16"})  # predicts where bfloat16 is native
+    native = softprompt.load(artifact)  # the bfloat16 weights are rounded: the check reads the float32 ones
+    assert native.module.backbone.dtype == torch.bfloat16
+    expected = [p for line in (Path(cfg.paths.output_dir) / "test_predictions.jsonl").read_text().splitlines()
+                for p in json.loads(line)["probabilities"]]
+    assert [p for s in native.score(reviews) for p in s.values()] == pytest.approx(expected, abs=0.01)
+
+    BACKBONES.clear()
+    tampered = Path(shutil.copytree(artifact, tmp_path / "tampered"))
+    spec = json.loads((tampered / "softprompt.json").read_text())
+    spec["backbone"]["fingerprint"] = "xxh3:" + "0" * 32  # weights other than the ones it was trained on
+    (tampered / "softprompt.json").write_text(json.dumps(spec))
+    with pytest.raises(ArtifactError, match="does not match the artifact"):
+        softprompt.load(tampered)
     BACKBONES.clear()

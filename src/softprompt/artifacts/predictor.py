@@ -6,6 +6,7 @@ in-process cache that training uses, refuses a backbone whose fingerprint differ
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ from softprompt.artifacts.format import (
 )
 from softprompt.backbones.cache import BACKBONES
 from softprompt.backbones.families import FAMILY_ADAPTERS
-from softprompt.backbones.loading import DTYPES, Backbone, fingerprint, fingerprint_algorithm
+from softprompt.backbones.loading import DTYPES, Backbone, fingerprint, fingerprint_algorithm, load_backbone
 from softprompt.config.precision import AUTO, MIXED_BACKBONE_DTYPES, resolve_auto
 from softprompt.data import PromptDataModule
 from softprompt.data.sampling import longest_first_shard
@@ -56,6 +57,22 @@ def check_fingerprint(spec: Mapping[str, Any], backbone: Backbone, force: bool) 
             raise ArtifactError(f"{message}; force=true loads it anyway")
         log.warning("%s; loading anyway (force=true)", message)
     return found
+
+
+def verified_backbone(spec: Mapping[str, Any], config: Mapping[str, Any], cache_dir: Path, force: bool) -> Backbone:
+    """The backbone `config` loads, checked against the artifact's family and fingerprint.
+
+    A prompt trained on float32 weights that predicts in bfloat16 (`auto` on a machine with native bfloat16) cannot
+    be checked on the rounded weights: the float32 weights are loaded once more, uncached, for the check."""
+    trained = dict(spec["backbone"]["config"])
+    rounded = config["dtype"] != trained["dtype"] and DTYPES[str(config["dtype"])] != torch.float32
+    reference = load_backbone(trained, cache_dir) if rounded else None
+    backbone = BACKBONES.get(config, cache_dir, 1)
+    if backbone.family != spec["backbone"]["family"]:
+        raise ArtifactError(f"backbone {backbone.name} loads as a {backbone.family} model; the artifact was trained "
+                            f"on a {spec['backbone']['family']} one")
+    check_fingerprint(spec, reference or backbone, force)
+    return backbone
 
 
 def plain_method_config(method: Mapping[str, Any]) -> dict[str, Any]:
@@ -133,11 +150,7 @@ def load(path: str | Path, force: bool = False, cache_dir: str | Path | None = N
     chosen_task(spec, task)  # before the backbone loads
     tensors = read_tensors(directory, spec)
     cache = Path(cache_dir or default_cache_dir()).expanduser()
-    backbone = BACKBONES.get(load_config(spec, torch.device(device)), cache, 1)
-    if backbone.family != spec["backbone"]["family"]:
-        raise ArtifactError(f"backbone {backbone.name} loads as a {backbone.family} model; the artifact was trained "
-                            f"on a {spec['backbone']['family']} one")
-    check_fingerprint(spec, backbone, force)
+    backbone = verified_backbone(spec, load_config(spec, torch.device(device)), cache, force)
     module = build_folded_module(spec, backbone, tensors, directory / TENSORS_FILE).to(device)
     return Predictor(module, input_datamodule(spec, backbone, cache, task), spec, directory, task=task)
 
@@ -185,6 +198,15 @@ def _lookup(row: Mapping[str, Any], path: str) -> Any:
     return value
 
 
+def _shown(value: Any) -> str:
+    """A value as JSON, with its JSON kind, shortened: `null`, `3 (a number)`, `["a", "b"] (a list)`."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    text = text if len(text) <= 40 else text[:37] + "..."
+    kind = ("a boolean" if isinstance(value, bool) else "a number" if isinstance(value, int | float)
+            else "an object" if isinstance(value, Mapping) else f"a {type(value).__name__}")
+    return text if value is None else f"{text} ({kind})"
+
+
 class Predictor:
     """Predictions from a loaded artifact: labels and probabilities, or generated text. Batched, eval mode,
     no gradients, longest inputs first (as the run evaluated its test split)."""
@@ -226,14 +248,19 @@ class Predictor:
         if not isinstance(item, Mapping):
             raise ArtifactError(f"{name} is a {type(item).__name__}; give a string or a dict")
         columns = self.task.columns
-        return {field: str(self._field(item, field, columns.get(field), name)) for field in self.text_fields}
+        return {field: self._field(item, field, columns.get(field), name) for field in self.text_fields}
 
-    def _field(self, row: Mapping[str, Any], field: str, column: str | None, input_name: str) -> Any:
+    def _field(self, row: Mapping[str, Any], field: str, column: str | None, input_name: str) -> str:
+        """The text of `field`; anything but a string (null, a number, a list) is refused, never stringified."""
         names = [field, *([column] if column and column != field else []),
                  *(["text"] if len(self.text_fields) == 1 and field != "text" else [])]
         for name in names:
             with contextlib.suppress(KeyError):
-                return _lookup(row, name)
+                value = _lookup(row, name)
+                if not isinstance(value, str):
+                    raise ArtifactError(f"{input_name} has {name!r}: {_shown(value)}; expected a string (the text "
+                                        "to predict on)")
+                return value
         raise ArtifactError(f"{input_name} has no {' or '.join(repr(n) for n in names)} key "
                             f"(its keys: {', '.join(map(str, row)) or 'none'})")
 

@@ -3,9 +3,10 @@
     softprompt-predict prompt=PATH input=FILE.jsonl output=PREDS.jsonl [force=true] [batch_size=N] [cache_dir=DIR]
                        [task=NAME]   (a prompt trained on a task mixture: which task)
 
-Each input line is a JSON object with the task's text field(s) (by field name, dataset column, or `text`)
-or a JSON string. Each output line has the input's `row_index`, the `prediction` (a label name or the
-generated text) and, for classification, `probabilities` ({label: p}).
+Each input line is a JSON object with the task's text field(s) (by field name, dataset column, or `text`) or a
+JSON string; a text value must be a string (null, numbers and lists are refused). The file is UTF-8, a
+byte-order mark allowed (as training reads data files). Each output line has the input's `row_index`, the
+`prediction` (a label name or the generated text) and, for classification, `probabilities` ({label: p}).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def read_inputs(file: Path) -> list[tuple[int, Any]]:
     or a file with none, is one line naming `file:line`."""
     rows = []
     try:
-        lines = file.read_text(encoding="utf-8").splitlines()
+        lines = file.read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark is no content
     except UnicodeDecodeError as error:
         raise UsageError(f"input={str(file)!r} is not UTF-8 text ({error})") from None
     for number, line in enumerate(lines, start=1):

@@ -12,7 +12,9 @@ The rule, explicit and logged at the start of every run:
     16-mixed (GPU only)   float16 (cast from backbone.dtype=float32)       float32    autocast to float16, loss scaling
 
 `auto` is resolved once per run, before anything loads (`resolve_auto`): to `32-true` with the frozen
-backbone in bfloat16 where bf16 is native, and to `32-true` as configured elsewhere. Under FSDP (which
+backbone in bfloat16 where bf16 is native, and to `32-true` as configured elsewhere. `SOFTPROMPT_CPU_BF16=0`
+(or `1`) pins what a CPU is taken to do, whatever its flags say (the test suite pins 0, so its numbers do not
+depend on the machine it runs on). Under FSDP (which
 does not cast the backbone) it resolves to `bf16-mixed` on a bf16 device. Without native support
 bfloat16 is emulated and many times slower than float32, which is why `auto` checks the hardware.
 
@@ -30,6 +32,7 @@ one dtype, and the root unit holds the fp32 prompt beside backbone weights.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,6 +46,7 @@ AUTO = "auto"
 PRECISIONS = (AUTO, "32-true", "bf16-mixed", "16-mixed")
 CPU_PRECISIONS = (AUTO, "32-true", "bf16-mixed")
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bfloat16 arithmetic
+CPU_BF16_ENV = "SOFTPROMPT_CPU_BF16"  # 0 or 1: overrides what the flags say
 ALIASES = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}  # Lightning's short spellings
 MIXED_BACKBONE_DTYPES = {"bf16-mixed": "bfloat16", "16-mixed": "float16"}
 
@@ -117,6 +121,12 @@ def native_bf16(on_cpu: bool) -> tuple[bool, str]:
             native = torch.cuda.is_bf16_supported()
             return native, f"CUDA device {name} {'supports' if native else 'lacks'} bfloat16"
         return False, "no CUDA device"
+    pinned = os.environ.get(CPU_BF16_ENV)
+    if pinned is not None:  # what `auto` finds, pinned: to reproduce numbers from a machine of the other kind
+        if pinned not in ("0", "1"):
+            raise ConfigError(CPU_BF16_ENV, pinned, "allowed: 1 (treat the CPU as running bfloat16 natively), 0 "
+                                                    "(as emulating it), or unset (read /proc/cpuinfo)")
+        return pinned == "1", f"{CPU_BF16_ENV}={pinned}"
     found = sorted(set(CPU_BF16_FLAGS) & cpu_flags())
     return bool(found), (f"CPU with {', '.join(found)}" if found else
                          f"CPU without {' or '.join(CPU_BF16_FLAGS)} (bfloat16 would be emulated)")

@@ -29,7 +29,7 @@ from softprompt.data.sampling import (
 )
 from softprompt.data.sources import load_raw_splits, select_and_map
 from softprompt.data.task import LABEL, TARGET, TaskConfig
-from softprompt.data.templates import Template, special_tokens_around
+from softprompt.data.templates import Template, as_written, special_tokens_around
 from softprompt.data.verbalizer import label_token_ids, label_words
 from softprompt.errors import ConfigError
 
@@ -131,7 +131,7 @@ class PromptDataModule(SplitLoaders):
         self.task, self.cv = task, cv
         self.template = Template.parse(template, task.text_fields, key="template")
         if answer_must_end and not self.template.answer_at_end:
-            raise ConfigError("task.template", template, "{answer} must end the template for causal LMs "
+            raise ConfigError(*as_written(template, task.template), "{answer} must end the template for causal LMs "
                               "(the answer is the next token)")
         self.tokenizer = tokenizer
         self.cache_dir = Path(cache_dir)

@@ -16,10 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from softprompt.errors import ConfigError
 
 SLOT_PATTERN = re.compile(r"\[P:(\d+)\]")
-FIELD_PATTERN = re.compile(r"\{(\w*)\}")
 ANSWER = "answer"
-ANSWER_MARK = "{answer}"
-SPLIT_PATTERN = re.compile(r"(\[P:\d+\]|\{answer\})")
 _MAX_TRUNCATION_ROUNDS = 8
 
 
@@ -44,28 +41,21 @@ class Template:
 
     @classmethod
     def parse(cls, text: str, fields: Sequence[str], key: str = "task.template") -> Template:
-        """Parse and validate; every text field must appear and nothing else may."""
-        used = FIELD_PATTERN.findall(text)
+        """Parse and validate; every text field must appear and nothing else may. Braces are str.format's: a
+        placeholder is `{name}`, and `{{` / `}}` stand for a literal brace."""
+        segments, used = _scan(text, key)
         for name in used:
             if name not in (*fields, ANSWER):
+                hint = "" if re.fullmatch(r"\w*", name) else " (write {{ and }} for a literal brace)"
                 raise ConfigError(key, text, f"unknown placeholder {{{name}}}; allowed: "
-                                  + ", ".join(f"{{{f}}}" for f in (*fields, ANSWER)))
+                                  + ", ".join(f"{{{f}}}" for f in (*fields, ANSWER)) + hint)
         for name in fields:
             if name not in used:
                 raise ConfigError(key, text, f"the template must contain the text field {{{name}}}")
         if used.count(ANSWER) > 1:
             raise ConfigError(key, text, "{answer} may appear once")
-        segments: list[str | int | None] = []
-        for piece in SPLIT_PATTERN.split(text):
-            if piece == ANSWER_MARK:
-                segments.append(None)
-            elif SLOT_PATTERN.fullmatch(piece):
-                length = int(SLOT_PATTERN.fullmatch(piece).group(1))
-                if length < 1:
-                    raise ConfigError(key, text, "a slot [P:n] needs n >= 1")
-                segments.append(length)
-            elif piece:
-                segments.append(piece)
+        if any(isinstance(s, int) and s < 1 for s in segments):
+            raise ConfigError(key, text, "a slot [P:n] needs n >= 1")
         if None not in segments:
             segments.append(None)
         return cls(text, tuple(segments), tuple(fields))
@@ -138,6 +128,48 @@ class Template:
         ids.extend(specials[1])
         slots.extend([-1] * len(specials[1]))
         return Rendered(ids, slots, answer_index)
+
+
+def as_written(template: str, task_template: str) -> tuple[str, str]:
+    """The key and the value a user wrote for `template`, the template a method renders (methods.layout): the
+    task's template without the front slot `[P:n]` a method puts before it, or else `method.template`."""
+    front = template[: len(template) - len(task_template)]
+    if template.endswith(task_template) and (not front or SLOT_PATTERN.fullmatch(front)):
+        return "task.template", task_template
+    return "method.template", template
+
+
+def _scan(text: str, key: str) -> tuple[list[str | int | None], list[str]]:
+    """The template's segments (literal text as a str.format string, slot length, None = the answer) and the
+    placeholder names it uses, in order. A brace that str.format would fail on is refused here, in one line."""
+    segments: list[str | int | None] = []
+    used: list[str] = []
+    start = i = 0
+    while i < len(text):
+        slot = SLOT_PATTERN.match(text, i)
+        char = text[i]
+        if slot or (char == "{" and text.startswith("{answer}", i)):
+            segments.extend([text[start:i]] if i > start else [])
+            segments.append(int(slot.group(1)) if slot else None)
+            used.extend([] if slot else [ANSWER])
+            start = i = slot.end() if slot else i + len("{answer}")
+        elif char in "{}" and text.startswith(char * 2, i):
+            i += 2  # a literal brace
+        elif char == "}":
+            raise ConfigError(key, text, f"the '}}' at character {i + 1} closes no '{{'; write }}}} for a literal "
+                              "brace")
+        elif char == "{":
+            end = text.find("}", i)
+            if end < 0 or "{" in text[i + 1:end]:
+                problem = "is never closed" if end < 0 else "meets another '{' before its '}'"
+                raise ConfigError(key, text, f"the '{{' at character {i + 1} {problem}; a placeholder is {{name}}, "
+                                  "and {{ and }} stand for literal braces")
+            used.append(text[i + 1:end])
+            i = end + 1
+        else:
+            i += 1
+    segments.extend([text[start:]] if len(text) > start else [])
+    return segments, used
 
 
 def special_tokens_around(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
