@@ -28,7 +28,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from softprompt.backbones.loading import Backbone
-from softprompt.config.atomic import atomic_directory, atomic_write_bytes, atomic_write_text
+from softprompt.config.atomic import atomic_directory, atomic_write_bytes
 from softprompt.config.precision import backbone_dtype, trainer_precision, uses_fsdp
 from softprompt.data.datamodule import tokenizer_identity
 from softprompt.data.task import MIXTURE, parse_task
@@ -116,19 +116,32 @@ def save_artifact(directory: str | Path, module: SoftPromptModule, job: Mapping[
                                                             tensors))
 
 
-def write_artifact(directory: str | Path, tensors: Mapping[str, torch.Tensor], spec: Mapping[str, Any]) -> Path:
-    """softprompt.safetensors (`tensors`, contiguous) and softprompt.json (`spec`, with the tensors file's sha256)
-    as the folder `directory`, atomically: built beside it, then renamed into place (replacing an old one)."""
-    directory = Path(directory)
+def run_artifact_files(module: SoftPromptModule, job: Mapping[str, Any], summary: Mapping[str, Any],
+                       backbone: Backbone, demonstration_ids: Sequence[int] = ()) -> dict[str, bytes]:
+    """What `save_artifact` writes, as {file name: bytes}: for a run that commits its artifact together with its
+    other results (training.results.write_run_results)."""
+    tensors = folded_tensors(module)
+    return artifact_files(tensors, artifact_spec(module, job, summary, backbone, demonstration_ids, tensors))
+
+
+def artifact_files(tensors: Mapping[str, torch.Tensor], spec: Mapping[str, Any]) -> dict[str, bytes]:
+    """{softprompt.safetensors: `tensors` (contiguous), softprompt.json: `spec` with the tensors file's sha256}."""
     # One metadata key: safetensors writes a metadata map in random order, and the same tensors must give the same
     # bytes (the sha256 in the spec; an exported and re-imported prompt gets the spec it had).
     about = json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "method": spec["method"]["name"]},
                        sort_keys=True)
     data = save_safetensors({key: t.contiguous() for key, t in tensors.items()}, metadata={"softprompt": about})
     spec = {**spec, "format_version": FORMAT_VERSION, DIGEST_KEY: hashlib.sha256(data).hexdigest()}
+    return {TENSORS_FILE: data, SPEC_FILE: (json.dumps(spec, indent=2) + "\n").encode("utf-8")}
+
+
+def write_artifact(directory: str | Path, tensors: Mapping[str, torch.Tensor], spec: Mapping[str, Any]) -> Path:
+    """softprompt.safetensors and softprompt.json (`artifact_files`) as the folder `directory`, atomically: built
+    beside it, then renamed into place (replacing an old one)."""
+    directory = Path(directory)
     with atomic_directory(directory) as building:
-        atomic_write_bytes(building / TENSORS_FILE, data)
-        atomic_write_text(building / SPEC_FILE, json.dumps(spec, indent=2) + "\n")
+        for name, data in artifact_files(tensors, spec).items():  # the tensors file first
+            atomic_write_bytes(building / name, data)
     return directory
 
 

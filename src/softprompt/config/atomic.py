@@ -4,6 +4,11 @@ A file is written to a temporary sibling (same folder, so the rename cannot cros
 fsynced, then renamed over the target with `os.replace`; the folder is fsynced so the rename survives a crash.
 A folder is built as a temporary sibling and renamed into place; an old folder of that name is moved aside
 first and removed after. Temporaries are named `.NAME.tmp-PID`, so readers never take them for results.
+`StagedWrites` commits several files and folders together (a run's results): all are written in full first, then
+renamed into place one after another with Ctrl-C held off.
+
+A write that fails (a full disk, a read-only file system) raises the OSError with the target's path as its
+`filename` (a write through a file handle names no file), and leaves no temporary behind.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+import signal
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -52,9 +59,16 @@ def atomic_open(path: str | Path, mode: str = "wb", **kwargs: Any) -> Iterator[I
             handle.flush()
             os.fsync(handle.fileno())
         _commit(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        _name_target(error, path)
         raise
+
+
+def _name_target(error: BaseException, path: Path) -> None:
+    """An OSError of a write through a handle (ENOSPC on write, flush or fsync) names no file: name the target."""
+    if isinstance(error, OSError) and error.errno is not None and error.filename is None:
+        error.filename = str(path)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -114,3 +128,105 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Ctrl-C is acted on only after the block, so it cannot split what the block does. (Python runs signal handlers
+    in the main thread only; a signal mask would not do, as any other thread may take the signal.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[Any] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            if callable(previous):
+                previous(signal.SIGINT, received[0])  # the default handler raises KeyboardInterrupt here
+            else:
+                os.kill(os.getpid(), signal.SIGINT)  # ignored, or ends the process, as it would have
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+class StagedWrites:
+    """Files and folders that appear together: each is written in full (fsynced) as a temporary beside its target,
+    then `commit()` renames them into place in the order they were staged, with Ctrl-C held off. Leaving the
+    `with` block without a commit (an error, a full disk, Ctrl-C) removes every temporary: the targets are as they
+    were. A rename that fails during the commit (rare: renames need no free space) removes the targets it already
+    renamed, so a commit leaves all of its targets, or none of the new ones."""
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path]] = []  # (temporary, target), in commit order
+
+    def __enter__(self) -> StagedWrites:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for temporary, _ in self._staged:
+            _remove(temporary)
+        self._staged.clear()
+
+    def _temporary(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        temporary = temporary_sibling(path)
+        self._staged.append((temporary, path))
+        return temporary
+
+    def file(self, path: str | Path, data: bytes | str) -> None:
+        """Stage `data` as the file `path`."""
+        path = Path(path)
+        temporary = self._temporary(path)
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException as error:
+            _name_target(error, path)
+            raise
+
+    def directory(self, path: str | Path, files: Mapping[str, bytes]) -> None:
+        """Stage the folder `path` holding `files` (name -> bytes), each written atomically inside it."""
+        path = Path(path)
+        temporary = self._temporary(path)
+        temporary.mkdir()
+        for name, data in files.items():
+            try:
+                atomic_write_bytes(temporary / name, data)
+            except OSError as error:  # named as the file it would have become
+                if error.errno is not None:
+                    error.filename = str(path / name)
+                raise
+        fsync_dir(temporary)
+
+    def commit(self) -> None:
+        """Rename everything staged into place, in order; an old folder of a target's name is replaced."""
+        done: list[Path] = []
+        with _sigint_held():
+            try:
+                for temporary, path in self._staged:
+                    if temporary.is_dir():
+                        if path.exists():  # a folder cannot be renamed over a folder that holds files
+                            _remove(path)
+                        os.replace(temporary, path)
+                        fsync_dir(path.parent)
+                    else:
+                        _commit(temporary, path)
+                    done.append(path)
+            except BaseException as error:
+                for path in done:
+                    _remove(path)
+                _name_target(error, self._staged[len(done)][1])
+                raise
+            finally:
+                self._staged = [(t, p) for t, p in self._staged if p not in done]

@@ -16,11 +16,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from softprompt.config.atomic import atomic_write_text
 from softprompt.errors import SoftPromptError
+from softprompt.training.outputs import OutputDirCheck
 from softprompt.training.results import FAILED_FILE
 
 log = logging.getLogger("softprompt")
@@ -83,8 +83,10 @@ def summary_line(failures: list[dict[str, Any]], jobs: int, shared: list[str] = 
     return f"{len(failures)} of {max(jobs, len(failures))} jobs failed: " + "; ".join(parts)
 
 
-class FailureSummary(Callback):
-    """At the end of a multirun: one line naming every failed job, then exit status 1."""
+class FailureSummary(OutputDirCheck):
+    """softprompt-train's Hydra callback (conf/hydra/default.yaml). At the start, the output folder is checked
+    (`OutputDirCheck`: one line, exit status 2, when it cannot be created or written); at the end of a multirun, one
+    line names every failed job, then exit status 1."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         failures, jobs = sweep_failures(Path(config.hydra.sweep.dir))

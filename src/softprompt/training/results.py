@@ -1,5 +1,6 @@
-"""What a finished run writes next to its logs: metrics.json and test predictions, each atomically (a killed run
-leaves the old file or none, never half of one)."""
+"""What a finished run writes next to its logs: test predictions, metrics.json and its prompt/ folder, as one commit:
+a run that fails or is killed while writing them leaves them as they were (or none), never some without the
+others; in particular never a loadable prompt/ without the metrics.json that marks the run finished."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from softprompt.config.atomic import atomic_open, atomic_write_text
+from softprompt.config.atomic import StagedWrites
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "test_predictions.jsonl"
@@ -29,10 +30,18 @@ def stage_metrics(metrics: Mapping[str, Any], stage: str) -> dict[str, float]:
     return {k[len(prefix):]: float(_plain(v)) for k, v in metrics.items() if k.startswith(prefix)}
 
 
-def write_run_results(output_dir: Path, summary: Mapping[str, Any], predictions: list[dict]) -> Path:
-    """test_predictions.jsonl, then metrics.json: the last file a run writes marks it finished (resume_sweep)."""
+def write_run_results(output_dir: Path, summary: Mapping[str, Any], predictions: list[dict],
+                      folders: Mapping[str, Mapping[str, bytes]] | None = None) -> Path:
+    """test_predictions.jsonl, metrics.json and `folders` ({name: {file name: bytes}}, the artifact's prompt/) in
+    `output_dir`, together: each is written in full as a temporary first (a full disk fails here, and changes
+    nothing), then they are renamed into place in that order with Ctrl-C held off. metrics.json marks the run
+    finished (resume_sweep), and the artifact appears only after it. Returns metrics.json's path."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_open(output_dir / PREDICTIONS_FILE, "w", encoding="utf-8") as handle:
-        for row in sorted(predictions, key=lambda r: (r.get("task", ""), r["row_index"])):  # dataset order
-            handle.write(json.dumps(row) + "\n")
-    return atomic_write_text(output_dir / METRICS_FILE, json.dumps(summary, indent=2, sort_keys=False) + "\n")
+    rows = sorted(predictions, key=lambda r: (r.get("task", ""), r["row_index"]))  # dataset order
+    with StagedWrites() as staged:
+        staged.file(output_dir / PREDICTIONS_FILE, "".join(json.dumps(row) + "\n" for row in rows))
+        staged.file(output_dir / METRICS_FILE, json.dumps(summary, indent=2, sort_keys=False) + "\n")
+        for name, files in (folders or {}).items():
+            staged.directory(output_dir / name, files)
+        staged.commit()
+    return output_dir / METRICS_FILE

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from softprompt.artifacts.format import ARTIFACT_DIR, save_artifact
+from softprompt.artifacts.format import ARTIFACT_DIR, run_artifact_files
 from softprompt.config.mixture import expand_task_mixture
 from softprompt.data.datamodule import SplitLoaders
 from softprompt.data.sampling import evaluates_whole_splits
@@ -22,6 +22,7 @@ from softprompt.methods.base import SoftPromptModule
 from softprompt.training.checkpointing import AtomicCheckpointIO, ValidationHistory, resume_checkpoint
 from softprompt.training.checks import check_config
 from softprompt.training.distributed import gather_objects, keep_frozen_out_of_ddp
+from softprompt.training.interrupts import Interrupted, lightning_call
 from softprompt.training.job import build_job, resolved_config, settle_precision
 from softprompt.training.loggers import finish_wandb, instantiate_all, prepare_wandb_env
 from softprompt.training.results import METRICS_FILE, stage_metrics, write_run_results
@@ -45,10 +46,18 @@ def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: SplitLo
         logger.log_hyperparams(hyperparameters)
     checkpoint = trainer.checkpoint_callback
     best_path = None
+
+    def call(what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return lightning_call(trainer, what, function, *args, **kwargs)
+        except Interrupted as interrupt:  # last.ckpt is written at every validation
+            interrupt.checkpoint_step = history.records[-1]["step"] if history.records else None
+            raise
+
     if module.trains:
         if resume_from:
             log.info("resuming from %s", resume_from)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        call("training", trainer.fit, module, datamodule=datamodule, ckpt_path=resume_from)
         best_path = checkpoint.best_model_path if checkpoint is not None and history.records else None
     if best_path:
         # The first best, as ModelCheckpoint keeps it.
@@ -57,13 +66,26 @@ def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: SplitLo
         val = history.records[-1]
     else:
         # No validation ran during fit (e.g. max_steps below the validation interval): use final weights.
-        val = {"step": trainer.global_step, **stage_metrics(trainer.validate(module, datamodule)[0], "val")}
-    test = stage_metrics(trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None)[0], "test")
-    return trainer, val, test, best_path, timer.rounded()
+        val = {"step": trainer.global_step, **stage_metrics(call("validating", trainer.validate, module,
+                                                                  datamodule)[0], "val")}
+    tested = call("testing", trainer.test, module, datamodule=datamodule, ckpt_path=best_path or None)
+    return trainer, val, stage_metrics(tested[0], "test"), best_path, timer.rounded()
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """The whole job; returns the metrics.json content."""
+    """The whole job; returns the metrics.json content. Ctrl-C raises `Interrupted`, saying what it stopped."""
+    try:
+        return _run(cfg)
+    except KeyboardInterrupt as interrupt:
+        if not isinstance(interrupt, Interrupted):
+            interrupt = Interrupted("preparing the job (its data and backbone)")
+        interrupt.output_dir = interrupt.output_dir or Path(cfg.paths.output_dir)
+        if cfg.cv.get("mode", "single") == "all" and not interrupt.what.startswith("fold"):
+            interrupt.what = f"fold {cfg.cv.fold}: {interrupt.what}"
+        raise interrupt from None
+
+
+def _run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     expand_task_mixture(cfg)
     check_config(resolved_config(cfg))
@@ -136,9 +158,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     with module.full_trainable_tensors():
         if trainer.is_global_zero:
             # The module holds the tested (best) checkpoint's tensors: trainer.test(ckpt_path=best) loaded them.
-            # Written before metrics.json, which marks the run finished (resume_sweep).
-            save_artifact(output_dir / ARTIFACT_DIR, module, plain, summary, backbone, datamodule.demonstration_ids)
-            path = write_run_results(output_dir, summary, predictions)
+            # One commit: metrics.json marks the run finished (resume_sweep); prompt/ appears only after it.
+            artifact = run_artifact_files(module, plain, summary, backbone, datamodule.demonstration_ids)
+            try:
+                path = write_run_results(output_dir, summary, predictions, {ARTIFACT_DIR: artifact})
+            except KeyboardInterrupt:
+                raise Interrupted("writing the results (nothing of them was kept)") from None
             log.info("val %s | test %s | wrote %s and %s/", val, test, path, output_dir / ARTIFACT_DIR)
     return summary
 
