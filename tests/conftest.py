@@ -8,6 +8,7 @@ subprocesses too), so the two workers do not fight over the two cores."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import runpy
 import shutil
@@ -31,6 +32,10 @@ if TYPE_CHECKING:  # the heavy imports happen where they are used: the xdist con
     from softprompt.methods.init import InitContext
     from softprompt.methods.input_level import InputLevelPrompt
     from softprompt.objectives import ClassificationObjective, GenerationObjective, Objective
+
+# `trainer.precision=auto` takes a CPU with avx512_bf16 to run bfloat16; the suite's numbers (and its subprocess runs)
+# must not depend on the machine, so every test sees a CPU that emulates it unless it pretends otherwise.
+os.environ["SOFTPROMPT_CPU_BF16"] = "0"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -241,12 +246,19 @@ def run_as_main(monkeypatch) -> Callable[..., int]:
 
     def run(module: str, *args: str) -> int:
         monkeypatch.setattr(sys, "argv", [module, *args])
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level
         try:
             with warnings.catch_warnings():  # runpy warns that the module was imported before
                 warnings.simplefilter("ignore", RuntimeWarning)
                 runpy.run_module(module, run_name="__main__", alter_sys=True)
         except SystemExit as exit_info:
             return exit_info.code if isinstance(exit_info.code, int) else 1
+        finally:  # a process ends with its app; here the handlers softprompt-train's Hydra set up must end too
+            for handler in root.handlers:
+                if handler not in handlers:
+                    handler.close()
+            root.handlers[:], root.level = handlers, level
         return 0
 
     return run

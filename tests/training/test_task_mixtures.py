@@ -174,7 +174,7 @@ def test_mixture_scores_equal_each_task_scored_alone(make_cfg, entries):
         alone = [objective.member(int(row["task_id"])).outputs(module, job.datamodule.collator()([row]))
                  for row in job.datamodule.splits["test"].select(range(8, 13))]
         together = {name: member.outputs(module, part) for name, member, part in objective.parts(batch)}
-    assert joint == pytest.approx(sum(loss * n for loss, n in parts) / 5, abs=1e-6)
+    assert joint.item() == pytest.approx(sum(loss.item() * n for loss, n in parts) / 5, abs=1e-6)
     rows = [*together["sentiment"], *together["topic"]]
     for mine, own in zip(rows, alone, strict=True):
         assert torch.allclose(mine, own[0], atol=1e-5)
