@@ -1,11 +1,14 @@
 """softprompt-report on fake sweep dirs: grouping, statistics, paired tests, files and plots.
 
-Configurations are chosen on validation and only reported on test; intervals are bootstrap intervals that stay in
-the metric's range; failed jobs (failed.json) are listed. Plot checks live in test_report_plots.py,
-argument errors in tests/cli/test_report_cli.py."""
+Configurations are chosen on validation and only reported on test; intervals stay in the metric's range; failed
+jobs (failed.json) are listed. These runs saved no test predictions, so their intervals and tests are over runs
+only (t intervals, exact sign-flip tests); the per-example statistics are in test_report_statistics.py, their
+coverage in test_interval_coverage.py, plot checks in test_report_plots.py, argument errors in
+tests/cli/test_report_cli.py."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sys
@@ -72,15 +75,20 @@ def test_default_grouping_is_method_when_nothing_varies(tmp_path: Path, write_ru
     assert default_group_by(collect_runs([tmp_path]).runs) == ["method"]
 
 
-def bootstrap_by_hand(values: list[float]) -> tuple[float, float]:
-    """The documented interval: 2.5th and 97.5th percentiles of 10,000 resampled means, numpy default_rng(0)."""
+def t_interval_by_hand(values: list[float]) -> tuple[float, float]:
+    """Runs only: mean -+ t(n-1) s / sqrt(n), clipped to [0, 1]."""
     arr = np.asarray(values)
-    means = arr[np.random.default_rng(0).integers(0, len(arr), size=(10_000, len(arr)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
+    width = stats.t.ppf(0.975, len(arr) - 1) * arr.std(ddof=1) / math.sqrt(len(arr))
+    return max(0.0, arr.mean() - width), min(1.0, arr.mean() + width)
 
 
-def test_mean_std_and_bootstrap_interval_match_hand_computation(fake_sweep: Path, sweep_accuracies,
+def sign_flip_by_hand(differences: list[float]) -> float:
+    d = np.asarray(differences)
+    flips = [abs(np.mean(d * signs)) for signs in itertools.product((1, -1), repeat=len(d))]
+    return float(np.mean([flip >= abs(d.mean()) - 1e-12 for flip in flips]))
+
+
+def test_mean_std_and_runs_only_interval_match_hand_computation(fake_sweep: Path, sweep_accuracies,
                                                                  sweep_configuration: tuple) -> None:
     key = sweep_configuration
     runs = collect_runs([fake_sweep]).runs
@@ -88,9 +96,9 @@ def test_mean_std_and_bootstrap_interval_match_hand_computation(fake_sweep: Path
     values = np.array(sweep_accuracies[key])
     assert row["test/acc_mean"] == pytest.approx(values.mean())
     assert row["test/acc_std"] == pytest.approx(values.std(ddof=1))
-    low, high = bootstrap_by_hand(sweep_accuracies[key])
+    low, high = t_interval_by_hand(sweep_accuracies[key])
     assert (row["test/acc_ci_low"], row["test/acc_ci_high"]) == (pytest.approx(low), pytest.approx(high))
-    assert values.min() <= row["test/acc_ci_low"] <= row["test/acc_mean"] <= row["test/acc_ci_high"] <= values.max()
+    assert row["test/acc_interval"] == "runs only: no test_predictions.jsonl"
     assert row["val/acc_mean"] == pytest.approx(values.mean() - 0.01)
     assert row["trainable_params_mean"] == 576 * (key[1] or 0)
 
@@ -104,30 +112,36 @@ def test_single_run_has_zero_std_and_no_interval(tmp_path: Path, write_run) -> N
     assert "| 0.7900 | 0.8000 |" in (tmp_path / "results.md").read_text()  # means, no interval
 
 
-def test_paired_t_test_against_best(fake_sweep: Path, best_configuration, sweep_accuracies) -> None:
+def test_without_predictions_the_paired_test_is_an_exact_sign_flip_over_runs(fake_sweep: Path, best_configuration,
+                                                                              sweep_accuracies) -> None:
     runs = collect_runs([fake_sweep]).runs
     summary = summarize(runs, default_group_by(runs), "test/acc")
     for key in sweep_accuracies:
         row = row_for(summary, key[0], key[1])
         if key == best_configuration:
-            assert row["is_best"] and math.isnan(row["p_vs_best"])
+            assert row["is_best"] and math.isnan(row["p_vs_best"]) and row["pairs_vs_best"] == 3
             continue
-        assert row["pairs_vs_best"] == 3
-        best, other = sweep_accuracies[best_configuration], sweep_accuracies[key]
-        assert row["p_vs_best"] == pytest.approx(stats.ttest_rel(best, other).pvalue)
+        assert row["pairs_vs_best"] == 3 and row["test_vs_best"].startswith("sign-flip")
+        differences = list(np.array(sweep_accuracies[key]) - np.array(sweep_accuracies[best_configuration]))
+        assert row["diff_vs_best"] == pytest.approx(np.mean(differences))
+        width = stats.t.ppf(0.975, 2) * np.std(differences, ddof=1) / math.sqrt(3)  # t over the paired differences
+        assert (row["diff_vs_best_low"], row["diff_vs_best_high"]) == (
+            pytest.approx(max(-1, np.mean(differences) - width)), pytest.approx(min(1, np.mean(differences) + width)))
+        assert row["p_vs_best_raw"] == pytest.approx(sign_flip_by_hand(differences)) == 0.25  # 2/2^3: the least
+    assert not (summary["p_vs_best"] < 0.05).any()  # three runs, no predictions: nothing can be significant
 
 
-def test_paired_t_test_needs_two_shared_pairs(tmp_path: Path, write_run) -> None:
+def test_one_shared_pair_gives_a_difference_but_no_evidence(tmp_path: Path, write_run) -> None:
     write_run(tmp_path / "a0", "prompt_tuning", 20, "random", 0.3, 0, 1, 0.8)
     write_run(tmp_path / "a1", "prompt_tuning", 20, "random", 0.3, 1, 1, 0.9)
     write_run(tmp_path / "b0", "prefix_tuning", 20, "random", 0.3, 0, 1, 0.5)
     write_run(tmp_path / "b2", "prefix_tuning", 20, "random", 0.3, 2, 1, 0.6)  # fold 2: no partner
     summary = summarize(collect_runs([tmp_path]).runs, ["method"], "test/acc")
     other = summary.iloc[1]
-    assert other["pairs_vs_best"] == 1 and math.isnan(other["p_vs_best"])
+    assert other["pairs_vs_best"] == 1 and other["p_vs_best"] == 1.0 and math.isnan(other["diff_vs_best_low"])
     main([str(tmp_path)])
-    assert "| prefix_tuning | 2 |" in (tmp_path / "results.md").read_text()
-    assert "| n/a |" in (tmp_path / "results.md").read_text()
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| prefix_tuning | 2 (low n) |" in markdown and "| -0.3000 p=1 |" in markdown
 
 
 def test_main_writes_csv_markdown_and_plots(fake_sweep: Path, tmp_path: Path, capsys, best_configuration,
@@ -147,17 +161,20 @@ def test_main_writes_csv_markdown_and_plots(fake_sweep: Path, tmp_path: Path, ca
     assert set(table["ranked_by"]) == {"val/acc"} and set(table["p_vs_best_on"]) == {"test/acc"}
 
     markdown = (out / "results.md").read_text()
-    assert "ranked and chosen by val/acc (mean over folds and seeds); test/acc is reported for the configuration " \
-           "chosen, never used to choose" in markdown
-    assert "val/acc (ranks and chooses): mean [95% bootstrap interval over folds]" in markdown
-    assert "test/acc (reported): mean [95% bootstrap interval over folds]" in markdown
-    assert "p vs best (paired t-test on test/acc)" in markdown
+    assert "ranked and chosen by val/acc (mean over folds and seeds; ties by the settings' natural order); test/acc " \
+           "is reported for the configuration chosen, never used to choose" in markdown
+    assert "val/acc (ranks and chooses): mean [95% CI over runs only]" in markdown
+    assert "test/acc (reported): mean [95% CI over runs only]" in markdown
+    assert "test/acc minus best: diff [95% CI], Holm p" in markdown
+    assert "test/acc minus zero-shot: diff [95% CI], Holm p" in markdown  # hard_prompt trains nothing
     best = np.array(sweep_accuracies[best_configuration])
-    (val_low, val_high), (low, high) = bootstrap_by_hand(list(best - 0.01)), bootstrap_by_hand(list(best))
+    (val_low, val_high), (low, high) = t_interval_by_hand(list(best - 0.01)), t_interval_by_hand(list(best))
     assert f"| prompt_tuning | 50 | class_labels | 0.3 | 3 | {best.mean() - 0.01:.4f} [{val_low:.4f}, " \
-           f"{val_high:.4f}] | {best.mean():.4f} [{low:.4f}, {high:.4f}] | 28,800 | 150.0 | best |" in markdown
-    p_hard = stats.ttest_rel(best, sweep_accuracies["hard_prompt", None, None, None]).pvalue
-    assert p_hard < 0.05 and f"| {p_hard:.3g}* |" in markdown
+           f"{val_high:.4f}] | {best.mean():.4f} [{low:.4f}, {high:.4f}] | best |" in markdown
+    assert "| 28,800 | 150.0 |" in markdown
+    table_rows = [line for line in markdown.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(table_rows) == 5 and not any("*" in line for line in table_rows)  # 3 runs, no predictions: p >= 0.25
+    assert "Resolution: differences under" in markdown and "(3 runs, test examples not in the intervals)" in markdown
     incomplete = markdown.split("## Incomplete", 1)[1]
     assert "2 missing/failed job(s), 0 configuration(s) short of a fold" in incomplete
     assert str(fake_sweep / "15") in incomplete and str(fake_sweep / "16") in incomplete
@@ -166,7 +183,7 @@ def test_main_writes_csv_markdown_and_plots(fake_sweep: Path, tmp_path: Path, ca
         assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
     stdout = capsys.readouterr().out
     assert f"incomplete: {fake_sweep / '15'}" in stdout and "skipped" not in stdout
-    assert "ranked and chosen by val/acc (mean over folds and seeds)" in stdout
+    assert "ranked and chosen by val/acc (mean over folds and seeds; ties" in stdout
 
 
 def test_a_killed_job_names_the_configuration_missing_its_fold(fake_sweep: Path, capsys) -> None:
@@ -176,7 +193,7 @@ def test_a_killed_job_names_the_configuration_missing_its_fold(fake_sweep: Path,
     line = "configuration method=prefix_tuning, num_virtual_tokens=50, init=random, lr=0.01 is missing fold 1"
     assert line in capsys.readouterr().out
     markdown = (fake_sweep / "results.md").read_text()
-    assert "| prefix_tuning | 50 | random | 0.01 | 2 | fold 1 |" in markdown and line in markdown
+    assert "| prefix_tuning | 50 | random | 0.01 | 2 (low n) | fold 1 |" in markdown and line in markdown
     assert markdown.count("| 3 |  |") == 4  # the other configurations have all three folds
     table = pd.read_csv(fake_sweep / "results.csv", keep_default_na=False)
     assert sorted(table["missing"]) == ["", "", "", "", "fold 1"]
@@ -258,8 +275,10 @@ def test_the_configuration_best_on_validation_is_chosen_and_its_test_score_repor
     assert not table[table["num_virtual_tokens"] == 50]["is_best"].iloc[0]  # B is better on test, and not chosen
     markdown = (val_test_disagree / "results.md").read_text()
     rows = [line for line in markdown.splitlines() if line.startswith("| 5 |") or line.startswith("| 50 |")]
-    assert rows[0].startswith("| 5 | 2 | 0.9100 [0.9000, 0.9200] | 0.6100 [0.6000, 0.6200] |")
-    assert rows[0].endswith("| best |") and not rows[1].endswith("| best |")
+    t_width = stats.t.ppf(0.975, 1) * 0.01  # two folds: t with 1 df on their spread (sd 0.0141 / sqrt 2)
+    assert rows[0].startswith(f"| 5 | 2 (low n) | 0.9100 [{0.91 - t_width:.4f}, 1.0000] | 0.6100 "
+                              f"[{0.61 - t_width:.4f}, {0.61 + t_width:.4f}] | best |")
+    assert "| best |" not in rows[1]
     assert "Ranked by test" not in markdown and "Ranked by test" not in capsys.readouterr().out
 
 
@@ -271,7 +290,7 @@ def test_ranking_by_test_is_possible_only_on_request_and_is_flagged(val_test_dis
               "configuration's score.**"
     markdown = (val_test_disagree / "results.md").read_text()
     assert warning in markdown.split("| num_virtual_tokens", 1)[0]  # in the intro, above the table
-    assert "test/acc (RANKED ON TEST at the user's request): mean [95% bootstrap interval over folds]" in markdown
+    assert "test/acc (RANKED ON TEST at the user's request): mean [95% CI over runs only]" in markdown
     assert warning in capsys.readouterr().out
 
 
@@ -281,7 +300,8 @@ def test_the_paired_test_compares_the_validation_choice_on_the_reported_metric(v
     assert summary["num_virtual_tokens"].tolist() == [5, 50]
     other = summary.iloc[1]
     assert other["pairs_vs_best"] == 2
-    assert other["p_vs_best"] == pytest.approx(stats.ttest_rel(A_AND_B[0][2], A_AND_B[1][2]).pvalue)
+    assert other["diff_vs_best"] == pytest.approx(np.mean(A_AND_B[1][2]) - np.mean(A_AND_B[0][2]))
+    assert other["p_vs_best_raw"] == 0.5  # both folds favour B: 2 of the 4 sign patterns are as extreme
 
 
 def test_runs_without_validation_metrics_are_ranked_last_and_counted(tmp_path: Path, capsys, write_run) -> None:
@@ -306,29 +326,39 @@ def test_no_configuration_is_chosen_when_none_has_the_ranking_metric(tmp_path: P
     assert "No configuration has val/acc" in capsys.readouterr().out
 
 
-# --------------------------------------------------------------------------------------------- bootstrap intervals
+# ------------------------------------------------------------------------------------------ runs-only intervals
 
 
-@pytest.mark.parametrize("values", [[0.02, 0.99], [0.0, 1.0, 1.0], [0.5, 0.51, 0.97, 0.03, 0.6], [1.0, 1.0]])
-def test_bootstrap_intervals_stay_within_the_range_and_the_fold_values(tmp_path: Path, values: list[float],
-                                                                       write_run) -> None:
+@pytest.mark.parametrize("values", [[0.02, 0.99], [0.0, 1.0, 1.0], [0.5, 0.51, 0.97, 0.03, 0.6]])
+def test_runs_only_intervals_stay_within_the_range_and_are_deterministic(tmp_path: Path, values: list[float],
+                                                                         write_run) -> None:
     for fold, acc in enumerate(values):
         write_run(tmp_path / str(fold), "prompt_tuning", 20, "random", 0.3, fold, 1, acc)
     summary = summarize(collect_runs([tmp_path]).runs, ["method"], "test/acc")
     low, high = summary.iloc[0][["test/acc_ci_low", "test/acc_ci_high"]]
-    assert 0.0 <= min(values) <= low <= summary.iloc[0]["test/acc_mean"] <= high <= max(values) <= 1.0
+    assert 0.0 <= low <= summary.iloc[0]["test/acc_mean"] <= high <= 1.0
+    assert (low, high) == pytest.approx(t_interval_by_hand(values))
     again = summarize(collect_runs([tmp_path]).runs, ["method"], "test/acc")
     assert (again.iloc[0]["test/acc_ci_low"], again.iloc[0]["test/acc_ci_high"]) == (low, high)  # deterministic
 
 
-def test_two_folds_give_no_interval_outside_zero_one_where_a_t_interval_would(tmp_path: Path, write_run) -> None:
+def test_identical_runs_without_predictions_get_no_zero_width_interval(tmp_path: Path, write_run) -> None:
+    """Two runs with the same score and no per-example outcomes: nothing says how far the truth may be (the old
+    fold bootstrap printed [0.7656, 0.7656]); the table shows the mean alone."""
+    for fold in range(2):
+        write_run(tmp_path / str(fold), "prompt_tuning", 20, "random", 0.3, fold, 1, 0.7656)
+    row = summarize(collect_runs([tmp_path]).runs, ["method"], "test/acc").iloc[0]
+    assert math.isnan(row["test/acc_ci_low"]) and math.isnan(row["test/acc_ci_high"])
+
+
+def test_two_far_apart_folds_give_the_whole_range_not_their_range(tmp_path: Path, write_run) -> None:
+    """Two folds at 0.2 and 0.99: the t interval with 1 df spans all of [0, 1] (clipped), where the old bootstrap
+    claimed [0.2, 0.99] at '95%'."""
     values = [0.2, 0.99]
-    t_half_width = stats.t.ppf(0.975, 1) * np.std(values, ddof=1) / math.sqrt(2)
-    assert np.mean(values) - t_half_width < 0 and np.mean(values) + t_half_width > 1  # the old interval
     for fold, acc in enumerate(values):
         write_run(tmp_path / str(fold), "prompt_tuning", 20, "random", 0.3, fold, 1, acc)
     row = summarize(collect_runs([tmp_path]).runs, ["method"], "test/acc").iloc[0]
-    assert (row["test/acc_ci_low"], row["test/acc_ci_high"]) == (0.2, 0.99)
+    assert (row["test/acc_ci_low"], row["test/acc_ci_high"]) == (0.0, 1.0)
 
 
 # ------------------------------------------------------------------------------------------------------ failed jobs

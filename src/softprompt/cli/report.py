@@ -1,12 +1,13 @@
 """softprompt-report: aggregate the metrics.json files of a sweep into tables, paired tests and plots.
 
     softprompt-report PATH... [out=DIR] [group_by=KEY,KEY] [metric=STAGE/NAME] [rank_by=STAGE/NAME] [wandb=true]
-                      [ensemble=mean|majority]
+                      [ensemble=mean|majority] [tune=KEY,KEY]
 
 PATH: a run dir, a sweep dir (searched recursively) or a metrics.json file; give one or more. Writes results.csv,
 results.md and the plots the data supports into `out` (default the first PATH), and prints the table, the jobs
 that did not finish and the files written. Configurations are ranked and chosen on validation; the test metric is
-only reported for them. See softprompt.analysis.report.
+only reported for them. `tune=lr` chooses lr inside each fold on its validation and reports that fold's test
+(nested selection), the way to compare methods whose hyperparameters differ. See softprompt.analysis.report.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ TOOL = Tool("softprompt-report", {
     "wandb": Key("true also logs the table and plots to wandb", boolean, default=False),
     "ensemble": Key("mean or majority: also each configuration's runs (every seed and fold) alone against their "
                     "ensemble on the test split (ensemble.md, ensemble.csv)", choice("mean", "majority")),
+    "tune": Key("comma-separated keys (e.g. lr or optimizer.lr) chosen inside each fold and seed by its validation "
+                "metric, that run's test reported: nested selection, a row per method with those keys tuned",
+                comma_list()),
 }, positional="PATH")
 
 
@@ -35,7 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         run_report(args.positional, out=args["out"], group_by=args["group_by"], metric=args["metric"],
-                   rank_by=args["rank_by"], wandb=args["wandb"], ensemble=args["ensemble"])
+                   rank_by=args["rank_by"], wandb=args["wandb"], ensemble=args["ensemble"],
+                   tune=args["tune"])
     except ReportError as error:
         TOOL.fail(error)
     return 0

@@ -15,6 +15,7 @@ from softprompt.training.results import CV_METRICS_FILE, FAILED_FILE, FOLD_DIR_P
 
 SETTING_KEYS = ("method", "backbone", "task", "num_virtual_tokens", "init", "lr", "transfer_source")
 PAIR_KEYS = ("fold", "seed")
+RUN_FIELDS = ("trainable_params", "wall_seconds", "selection_metric", "num_folds", "steps")
 STAGES = ("val", "test")
 METHOD_CONFIG = "method_config"
 HYDRA_DIR = ".hydra"
@@ -56,7 +57,7 @@ def _flatten(mapping: Mapping[str, Any], prefix: str) -> dict[str, Any]:
 def run_record(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
     """One metrics.json as a flat record (`val/acc`, `method_config.lr`, ...), so runs group like table rows."""
     record: dict[str, Any] = {key: data.get(key) for key in (*SETTING_KEYS, *PAIR_KEYS)}
-    record |= {key: data.get(key) for key in ("trainable_params", "wall_seconds", "selection_metric", "num_folds")}
+    record |= {key: data.get(key) for key in RUN_FIELDS}
     record |= _flatten(data.get(METHOD_CONFIG) or {}, METHOD_CONFIG)
     for stage in STAGES:
         for name, value in (data.get(stage) or {}).items():

@@ -16,7 +16,8 @@ import torch
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from softprompt.analysis.report.collect import ReportError
-from softprompt.analysis.report.statistics import INTERVAL_LEVEL, bootstrap_interval
+from softprompt.analysis.report.comparisons import config_spread
+from softprompt.analysis.report.statistics import INTERVAL_LEVEL
 from softprompt.artifacts.ensemble import EnsembleError, combine
 from softprompt.training.results import PREDICTIONS_FILE
 
@@ -66,8 +67,9 @@ def ensemble_members(runs: Sequence[Mapping[str, Any]], vote: str) -> dict[str, 
 
 
 def ensemble_table(runs: Sequence[Mapping[str, Any]], group_by: Sequence[str], vote: str) -> pd.DataFrame:
-    """One row per configuration: n members, their mean test metrics with a bootstrap interval over members,
-    the best and worst member, and the ensemble's metrics (no member is chosen: all of them are combined)."""
+    """One row per configuration: n members, their mean test metrics with an interval over members and test
+    examples (as the report's), the best and worst member, and the ensemble's metrics (no member is chosen: all of
+    them are combined)."""
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for run in runs:
         groups.setdefault(tuple(run.get(key) for key in group_by), []).append(run)
@@ -78,7 +80,7 @@ def ensemble_table(runs: Sequence[Mapping[str, Any]], group_by: Sequence[str], v
         row |= {"n": len(members), "test_rows": result["test_rows"], "vote": vote}
         for metric in METRICS:
             values = [m[metric] for m in result["members"]]
-            low, high = bootstrap_interval(values)
+            low, high = config_spread(members, f"test/{metric}")[0].interval((0.0, 1.0))
             row |= {f"members_mean_{metric}": sum(values) / len(values), f"members_low_{metric}": low,
                     f"members_high_{metric}": high, f"members_min_{metric}": min(values),
                     f"members_max_{metric}": max(values), f"ensemble_{metric}": result["ensemble"][metric]}
@@ -90,7 +92,7 @@ def ensemble_markdown(table: pd.DataFrame, group_by: Sequence[str], vote: str) -
     """The table as the report prints and writes it, with its rule, n and interval named."""
     lines = [f"Prompt ensemble (vote={vote}) against each member alone, on the test split. Members: every run of "
              "the configuration (all seeds and folds, none selected); n = members; member interval: "
-             f"{int(INTERVAL_LEVEL * 100)}% bootstrap interval of the members' mean.", "",
+             f"{int(INTERVAL_LEVEL * 100)}% CI of the members' mean over members and test examples.", "",
              "| " + " | ".join([*group_by, "n", "test rows", "members acc (interval)", "best/worst member acc",
                                  "ensemble acc", "members f1", "ensemble f1"]) + " |",
              "|" + "---|" * (len(group_by) + 7)]

@@ -1,0 +1,253 @@
+"""Per-example outcomes: a run's test metric rebuilt from its `test_predictions.jsonl`, one row of statistics per
+test example, so intervals and paired tests can account for test-set sampling.
+
+A metric is `stats` (one row per example) and an aggregate of their column sums: accuracy, loss and ROUGE are
+means of a per-example value (`aggregate` None); macro-F1 (per-class tp/fp/fn), BLEU (n-gram matches, totals,
+lengths) and a mixture's macro mean are corpus-level, recomputed from resampled sums. A rebuilt metric must
+reproduce the run's metrics.json, else it is not used (the report falls back to runs only and says why).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from softprompt.training.results import PREDICTIONS_FILE
+
+Aggregate = Callable[[np.ndarray], np.ndarray]  # column sums (..., k) -> metric value(s) (...)
+MACRO = "macro"
+TOLERANCE = 5e-4  # rebuilt vs metrics.json (float32 sums in torchmetrics)
+ROUGE_KEYS = {"rouge1": 1, "rouge2": 2, "rougeL": "L"}
+
+
+class Unavailable(Exception):
+    """Why a run's metric cannot be rebuilt per example (no predictions, another kind of metric, a mismatch)."""
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """One run's metric per test example. `keys`: the examples' identities ((task, row_index), in file order);
+    `stats`: (N, k); `strata`: the examples' task (resampling keeps each task's size); `aggregate`: None when the
+    metric is the mean of stats[:, 0], else the function of the column sums."""
+
+    keys: tuple[tuple[str, int], ...]
+    stats: np.ndarray
+    strata: np.ndarray
+    aggregate: Aggregate | None
+
+    def value(self) -> float:
+        if self.aggregate is None:
+            return float(self.stats[:, 0].mean())
+        return float(self.aggregate(self.stats.sum(axis=0)))
+
+
+def _mtime(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+@lru_cache(maxsize=256)
+def _read(path: str, stamp: tuple[int, int]) -> tuple[dict[str, Any], ...]:
+    """The file's rows (cached while the file is unchanged: a report reads each run for several metrics)."""
+    text = Path(path).read_text()
+    return tuple(json.loads(line) for line in text.splitlines() if line.strip())
+
+
+def prediction_rows(run: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
+    """The run's test predictions; Unavailable when it has none (an older run, or a synthetic one)."""
+    path = Path(str(run.get("path", ""))) / PREDICTIONS_FILE
+    try:
+        return _read(str(path), _mtime(path))
+    except FileNotFoundError:
+        raise Unavailable(f"no {PREDICTIONS_FILE}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise Unavailable(f"unreadable {PREDICTIONS_FILE}: {error}") from None
+
+
+def majority_share(runs: Sequence[Mapping[str, Any]]) -> float | None:
+    """The most frequent test label's share (what always predicting it scores), from the first run with
+    classification predictions; None when no run has labels."""
+    for run in runs:
+        try:
+            labels = [row["label"] for row in prediction_rows(run) if "label" in row]
+        except Unavailable:
+            continue
+        if labels:
+            return max(np.unique(labels, return_counts=True)[1]) / len(labels)
+    return None
+
+
+# ------------------------------------------------------------------------------------------- one metric, one task
+
+
+def _macro_f1(classes: int) -> Aggregate:
+    """torchmetrics' MulticlassF1Score(average="macro"): classes with no tp, fp or fn are left out."""
+    def aggregate(sums: np.ndarray) -> np.ndarray:
+        tp, fp, fn = sums[..., :classes], sums[..., classes:2 * classes], sums[..., 2 * classes:]
+        denominator = 2 * tp + fp + fn
+        f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp, dtype=float), where=denominator > 0)
+        present = denominator > 0
+        return np.divide((f1 * present).sum(-1), present.sum(-1), out=np.zeros(f1.shape[:-1]),
+                         where=present.sum(-1) > 0)
+
+    return aggregate
+
+
+def _classification(rows: Sequence[Mapping[str, Any]], name: str) -> tuple[np.ndarray, Aggregate | None]:
+    labels = np.array([row["label"] for row in rows])
+    predicted = np.array([row["prediction"] for row in rows])
+    if name == "acc":
+        return (predicted == labels).astype(float)[:, None], None
+    if name == "loss":  # the verbalizer cross-entropy; a task.loss=lm run does not reproduce it and is refused
+        probabilities = [row["probabilities"][row["label"]] for row in rows]
+        return -np.log(np.maximum(np.array(probabilities, dtype=float), 1e-45))[:, None], None
+    if name == "f1":
+        classes = len(rows[0]["probabilities"])
+        one_hot = np.eye(classes)
+        truth, guess = one_hot[labels], one_hot[predicted]
+        return np.hstack([truth * guess, guess * (1 - truth), truth * (1 - guess)]), _macro_f1(classes)
+    raise Unavailable(f"{name} is not rebuilt from classification predictions")
+
+
+def _bleu(sums: np.ndarray) -> np.ndarray:
+    """torchmetrics' SacreBLEUScore (4-grams, no smoothing) from summed matches, totals and lengths."""
+    matches, totals, pred_len, ref_len = sums[..., :4], sums[..., 4:8], sums[..., 8], sums[..., 9]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precisions = np.where(totals > 0, matches / np.where(totals > 0, totals, 1), 0.0)
+        geometric = np.exp(np.mean(np.log(np.where(precisions > 0, precisions, 1.0)), axis=-1))
+        penalty = np.where(pred_len > ref_len, 1.0, np.exp(1 - ref_len / np.where(pred_len > 0, pred_len, np.nan)))
+    score = np.where((matches.min(axis=-1) > 0) & (pred_len > 0), penalty * geometric, 0.0)
+    return np.nan_to_num(score)
+
+
+def _generation(rows: Sequence[Mapping[str, Any]], name: str) -> tuple[np.ndarray, Aggregate | None]:
+    predictions, references = [str(row["prediction"]) for row in rows], [str(row["reference"]) for row in rows]
+    if name in ROUGE_KEYS:
+        from torchmetrics.functional.text.rouge import _rouge_score_update
+
+        key = ROUGE_KEYS[name]
+        scores = _rouge_score_update(predictions, [[r] for r in references], rouge_keys_values=[key],
+                                     accumulate="best")[key]
+        return np.array([float(score["fmeasure"]) for score in scores])[:, None], None
+    if name == "bleu":
+        import torch
+        from torchmetrics.functional.text.bleu import _bleu_score_update
+        from torchmetrics.functional.text.sacre_bleu import _SacreBLEUTokenizer
+
+        tokenizer, stats = _SacreBLEUTokenizer("13a", False), []
+        for prediction, reference in zip(predictions, references, strict=True):
+            numerator, denominator = torch.zeros(4), torch.zeros(4)
+            pred_len, ref_len = _bleu_score_update([prediction], [[reference]], numerator, denominator,
+                                                   torch.tensor(0.0), torch.tensor(0.0), 4, tokenizer)
+            stats.append([*numerator.tolist(), *denominator.tolist(), float(pred_len), float(ref_len)])
+        return np.array(stats, dtype=float), _bleu
+    raise Unavailable(f"{name} is not rebuilt from generation predictions")
+
+
+def _single(rows: Sequence[Mapping[str, Any]], name: str) -> tuple[np.ndarray, Aggregate | None]:
+    if not rows:
+        raise Unavailable("no test predictions for this task")
+    if "label" in rows[0] and "probabilities" in rows[0]:
+        return _classification(rows, name)
+    if "reference" in rows[0]:
+        return _generation(rows, name)
+    raise Unavailable("predictions are neither classification nor generation rows")
+
+
+# -------------------------------------------------------------------------------------------- a mixture's macro
+
+
+def _block(parts: Sequence[tuple[np.ndarray, Aggregate | None]]) -> tuple[np.ndarray, Aggregate]:
+    """Each task's statistics in its own columns (zeros in other tasks' rows); the aggregate is the mean of the
+    tasks' own metrics, each from its columns (a mean metric over its task's examples)."""
+    widths = [stats.shape[1] + (aggregate is None) for stats, aggregate in parts]  # + a count column for means
+    total, rows, column = sum(widths), [], 0
+    spans = []
+    for (stats, aggregate), width in zip(parts, widths, strict=True):
+        block = np.zeros((len(stats), total))
+        block[:, column:column + stats.shape[1]] = stats
+        if aggregate is None:
+            block[:, column + width - 1] = 1.0
+        rows.append(block)
+        spans.append((column, width, aggregate))
+        column += width
+
+    def aggregate(sums: np.ndarray) -> np.ndarray:
+        values = [sums[..., start] / sums[..., start + width - 1] if member is None
+                  else member(sums[..., start:start + width]) for start, width, member in spans]
+        return np.mean(values, axis=0)
+
+    return np.vstack(rows), aggregate
+
+
+def _macro(rows: Sequence[Mapping[str, Any]], run: Mapping[str, Any], stage: str) -> tuple[np.ndarray, Aggregate]:
+    """The mixture's macro mean: each task's own metric (the one whose mean reproduces metrics.json's macro)."""
+    tasks = sorted({str(row["task"]) for row in rows})
+    choices = [[key.rsplit("/", 1)[1] for key in run if key.startswith(f"{stage}/{task}/")
+                and key.rsplit("/", 1)[1] != "loss"] for task in tasks]
+    reported = run.get(f"{stage}/{MACRO}")
+    for names in itertools.product(*choices):
+        if reported is not None and math.isclose(np.mean([run[f"{stage}/{t}/{n}"] for t, n in zip(
+                tasks, names, strict=True)]), reported, abs_tol=TOLERANCE):
+            parts = [_single([row for row in rows if row["task"] == task], name)
+                     for task, name in zip(tasks, names, strict=True)]
+            return _block(parts)
+    raise Unavailable(f"no choice of the tasks' metrics reproduces {stage}/{MACRO}")
+
+
+_BUILT: dict[tuple[Any, ...], Outcomes | Unavailable] = {}  # a report asks for each run's metric several times
+
+
+def run_outcomes(run: Mapping[str, Any], metric: str) -> Outcomes:
+    """The run's `metric` (`test/acc`, `test/<task>/acc`, `test/macro`) per test example; Unavailable (with the
+    reason) when it has no predictions or they do not reproduce its metrics.json. Cached while the predictions
+    file and the run's test metrics are unchanged."""
+    path = Path(str(run.get("path", ""))) / PREDICTIONS_FILE
+    try:
+        stamp: Any = _mtime(path)
+    except OSError:
+        stamp = None
+    key = (str(path), stamp, metric, tuple(sorted((k, v) for k, v in run.items() if k.startswith("test/"))))
+    if key not in _BUILT:
+        if len(_BUILT) > 4096:
+            _BUILT.clear()
+        try:
+            _BUILT[key] = _build(run, metric)
+        except Unavailable as why:
+            _BUILT[key] = why
+    found = _BUILT[key]
+    if isinstance(found, Unavailable):
+        raise Unavailable(str(found))
+    return found
+
+
+def _build(run: Mapping[str, Any], metric: str) -> Outcomes:
+    stage, name = metric.split("/", 1)
+    if stage != "test":
+        raise Unavailable(f"only test predictions are saved, not {stage}")
+    rows = list(prediction_rows(run))
+    mixture = bool(rows) and "task" in rows[0]
+    if name == MACRO and mixture:
+        stats, aggregate = _macro(rows, run, stage)
+        rows = [row for task in sorted({str(r["task"]) for r in rows}) for row in rows if row["task"] == task]
+    elif "/" in name and mixture:
+        task, name = name.rsplit("/", 1)
+        rows = [row for row in rows if row["task"] == task]
+        stats, aggregate = _single(rows, name)
+    else:
+        stats, aggregate = _single(rows, name)
+    keys = tuple((str(row.get("task", "")), int(row["row_index"])) for row in rows)
+    strata = np.unique([key[0] for key in keys], return_inverse=True)[1]
+    outcomes = Outcomes(keys, stats, strata, aggregate)
+    reported = run.get(metric)
+    if not isinstance(reported, float) or not math.isclose(outcomes.value(), reported, abs_tol=TOLERANCE):
+        raise Unavailable(f"{PREDICTIONS_FILE} gives {metric} {outcomes.value():.6f}, metrics.json says {reported}")
+    return outcomes
