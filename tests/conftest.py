@@ -144,7 +144,7 @@ def local_task_overrides(local_task_files) -> list[str]:
         "task.source.asset=null",
         f"+task.source.data_files={{train: {files['train']}, validation: {files['validation']}, "
         f"test: {files['test']}}}",
-        "task.columns={text: review, label: sentiment}",
+        "task.columns={text: review, label: sentiment, group: null}",  # no movie column: folds by label only
     ]
 
 

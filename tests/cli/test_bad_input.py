@@ -62,6 +62,10 @@ def bad_inputs(tmp_path_factory, tiny_backbone) -> Path:
     _jsonl(root / "empty_texts.jsonl", [{**r, "review": ""} if i in (1, 4, 7) else r for i, r in enumerate(ROWS)])
     _jsonl(root / "blank_texts.jsonl", [{**r, "review": " \n\t"} if i == 0 else r for i, r in enumerate(ROWS)])
     _jsonl(root / "rare_label.jsonl", [r for r in ROWS * 2 if r["sentiment"] == "positive"] + ROWS[1:4:2])
+    _jsonl(root / "three_movies.jsonl", [{**r, "movie": f"m{i % 3}"} for i, r in enumerate(ROWS * 2)])
+    _jsonl(root / "two_rotten_movies.jsonl",  # the negatives in 2 movies, the positives in 6
+           [{**r, "movie": f"{r['sentiment']}{i // 2 % (2 if r['sentiment'] == 'negative' else 6)}"}
+            for i, r in enumerate(ROWS * 2)])
     _jsonl(root / "some_empty_targets.jsonl", [{**a, "title": ""} if i in (0, 3) else a
                                                for i, a in enumerate(ARTICLES)])
     _jsonl(root / "no_targets.jsonl", [{**a, "title": "  "} for a in ARTICLES])
@@ -184,6 +188,16 @@ DATA_ROWS = [
         r"folds; lower cv\.num_folds"),
     Bad("a label rarer than the folds", {**files("rare_label.jsonl"), "cv.num_folds": "3"},
         r"cv\.num_folds=3 is invalid: label 'negative' has 2 examples in the train split .* fewer than the 3 folds"),
+    Bad("a group column not in the data", {"cv.num_folds": "2", "task.columns.group": "movie"},
+        r"task\.columns\.group='movie' is invalid: dataset columns are \['review', 'sentiment'\] in the train split "
+        r"\([^)]*train\.jsonl\); map it to one of them, or set task\.columns\.group=null \(folds by label only\)"),
+    Bad("fewer groups than folds", {**files("three_movies.jsonl"), "cv.num_folds": "4", "task.columns.group": "movie"},
+        r"cv\.num_folds=4 is invalid: the train split \([^)]*three_movies\.jsonl\) has 3 groups, fewer than the 4 "
+        r"folds \(folds are grouped by task\.columns\.group\); lower cv\.num_folds or add groups"),
+    Bad("a label in fewer groups than folds", {**files("two_rotten_movies.jsonl"), "cv.num_folds": "3",
+                                               "task.columns.group": "movie"},
+        r"cv\.num_folds=3 is invalid: label 'negative' occurs in 2 groups of the train split .* fewer than the 3 "
+        r"folds, .*; lower cv\.num_folds to 2 or less, or add groups with that label"),
     Bad("some empty generation targets", {**HEADLINES, **files("some_empty_targets.jsonl", "articles.jsonl",
                                                                "articles.jsonl")},
         r"task\.columns\.target='title' is invalid: 2 of 8 examples of the train split .* have an empty or "
@@ -211,7 +225,7 @@ MODEL_ROWS = [
 ]
 
 BASE = {"backbone": "tiny_random", "callbacks": "none", "logger": "none", "task.name": "local",
-        "task.source.asset": "null", "task.columns": "{text: review, label: sentiment}",
+        "task.source.asset": "null", "task.columns": "{text: review, label: sentiment, group: null}",
         **files("train.jsonl"), "trainer.max_steps": "2"}
 LOADING_FROM = {"backbone.random_init": "null"}  # a row with name_or_path loads from it
 

@@ -42,7 +42,7 @@ def _files(files: dict[str, str]) -> str:
 @pytest.fixture(scope="module")
 def entries(local_task_files, topic_files) -> dict[str, str]:
     """`tasks` entries (override syntax) for the local sentiment task and the local topic task."""
-    sentiment = ("task: rotten_tomatoes, name: sentiment, columns: {text: review, label: sentiment}, "
+    sentiment = ("task: rotten_tomatoes, name: sentiment, columns: {text: review, label: sentiment, group: null}, "
                  f"source: {{asset: null, data_files: {_files(local_task_files)}}}")
     topic = ("task: bbc_topic, name: topic, max_length: 32, columns: {text: body, label: topic}, "
              f"source: {{asset: null, data_files: {_files(topic_files)}}}")
@@ -151,7 +151,7 @@ def test_each_task_renders_its_own_template_and_keeps_its_own_folds(make_cfg, en
     # The sentiment task's folds are the ones it has when trained alone.
     single = make_cfg([*STEPS, "cv=kfold", "cv.num_folds=2", "cv.fold=1", "task.name=sentiment",
                        "task.source.asset=null", f"+task.source.data_files={_files(local_task_files)}",
-                       "task.columns={text: review, label: sentiment}"])
+                       "task.columns={text: review, label: sentiment, group: null}"])
     alone = build_job(resolved_config(single), Path(cfg.paths.cache_dir).expanduser()).datamodule
     assert list(alone.splits["validation"]["row_index"]) == \
         list(mixture.members["sentiment"].splits["validation"]["row_index"])

@@ -28,7 +28,7 @@ from softprompt.data.sampling import (
     longest_first_shard,
 )
 from softprompt.data.sources import load_raw_splits, select_and_map
-from softprompt.data.task import LABEL, TARGET, TaskConfig
+from softprompt.data.task import GROUP, LABEL, TARGET, TaskConfig
 from softprompt.data.templates import Template, as_written, special_tokens_around
 from softprompt.data.verbalizer import label_token_ids, label_words
 from softprompt.errors import ConfigError
@@ -69,6 +69,8 @@ class SplitLoaders(L.LightningDataModule):
         # data.max_samples (recorded in metrics.json, so a shrunken validation fold is never silent).
         self.truncated: dict[str, Any] = {}
         self.split_sizes: dict[str, Any] = {}
+        # k-fold runs: what the folds are stratified and grouped by, and the groups on each side (metrics.json).
+        self.fold_split: dict[str, Any] | None = None
         self.demonstration_ids: list[int] = []
 
     def collator(self) -> PadCollator:
@@ -147,14 +149,12 @@ class PromptDataModule(SplitLoaders):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        raw = select_and_map(load_raw_splits(self.task.source, self.cache_dir), self.task)
+        num_folds = self.cv.get("num_folds")
+        raw = select_and_map(load_raw_splits(self.task.source, self.cache_dir), self.task, keep_group=bool(num_folds))
         tokenized = {role: self._tokenize(ds, role) for role, ds in raw.items()}
         test = tokenized.get("test", tokenized.get("validation"))
-        num_folds = self.cv.get("num_folds")
         if num_folds:
-            train_idx, val_idx = train_val_indices(self._strata(tokenized["train"]), int(num_folds),
-                                                   int(self.cv["fold"]), int(self.cv["seed"]))
-            train, validation = tokenized["train"].select(train_idx), tokenized["train"].select(val_idx)
+            train, validation = self._fold(tokenized["train"], int(num_folds))
         else:  # config checks guarantee a separate validation split here
             train, validation = tokenized["train"], tokenized["validation"]
         self.splits = {"train": train, "validation": validation, "test": test}
@@ -173,6 +173,23 @@ class PromptDataModule(SplitLoaders):
         self.truncated = {role: int(sum(split["truncated"])) for role, split in self.splits.items()}
         log.info("examples whose text was cut to task.max_length=%s: %s", self.task.max_length,
                  ", ".join(f"{role} {n} of {len(self.splits[role])}" for role, n in self.truncated.items()))
+
+    def _fold(self, split: Dataset, num_folds: int) -> tuple[Dataset, Dataset]:
+        """The training part and validation fold `cv.fold` of the train split: stratified by label, and whole groups
+        where the task names a group column (the `group` field, dropped here: the model never sees it)."""
+        groups = list(split[GROUP]) if GROUP in split.column_names else None
+        train_idx, val_idx = train_val_indices(self._strata(split), num_folds, int(self.cv["fold"]),
+                                               int(self.cv["seed"]), groups)
+        self.fold_split = {"stratified_by": None if self.generation else LABEL,
+                           "grouped_by": self.task.group_column if groups is not None else None, "groups": None}
+        if groups is not None:
+            split = split.remove_columns(GROUP)
+            self.fold_split["groups"] = {"train": len({groups[i] for i in train_idx}),
+                                         "validation": len({groups[i] for i in val_idx})}
+            log.info("folds grouped by %s: %d groups train, %d validate (fold %s), none in both",
+                     self.task.group_column, self.fold_split["groups"]["train"],
+                     self.fold_split["groups"]["validation"], self.cv["fold"])
+        return split.select(train_idx), split.select(val_idx)
 
     def _demonstration_ids(self) -> list[int]:
         """k solved examples from the training fold (seeded, stratified), shared by every input, each followed by

@@ -70,6 +70,8 @@ class MixtureDataModule(SplitLoaders):
                                                       for m in self.members.values()])
         self.split_sizes = {name: m.split_sizes for name, m in self.members.items()}
         self.truncated = {name: m.truncated for name, m in self.members.items()}
+        folds = {name: m.fold_split for name, m in self.members.items()}
+        self.fold_split = folds if any(folds.values()) else None  # per task, in k-fold runs
         if self.task.weights is not None:
             sizes = [len(m.splits["train"]) for m in self.members.values()]
             weights = [float(self.task.weights[name]) for name in self.members]

@@ -14,13 +14,15 @@ from datasets import Dataset, DatasetDict
 
 from softprompt.assets.wheels import WheelAsset, extract_member, prepared_dir
 from softprompt.data.delimited import check_headers, read_options, strict_rows
+from softprompt.data.folds import check_grouped_folds
 from softprompt.data.offline_tasks import BUILDERS
-from softprompt.data.task import LABEL, TaskConfig
+from softprompt.data.task import GROUP, LABEL, TaskConfig
 from softprompt.data.validation import (
     DELIMITERS,
     DataError,
     check_data_files,
     check_folds,
+    check_groups,
     check_labels,
     check_texts,
     load_failure,
@@ -79,11 +81,12 @@ def load_raw_splits(source: Mapping, cache_dir: Path) -> DatasetDict:
     return loaded
 
 
-def select_and_map(raw: DatasetDict, task: TaskConfig) -> dict[str, Dataset]:
+def select_and_map(raw: DatasetDict, task: TaskConfig, keep_group: bool = False) -> dict[str, Dataset]:
     """Pick the task's splits, rename mapped columns to field names, check what they hold (validation.py) and
-    turn labels into indices."""
+    turn labels into indices. `keep_group` (k-fold runs): the train split keeps the task's group column, if it
+    names one, as the `group` field (the folds are cut by it; the model never sees it)."""
     label_names = task.label_names
-    columns: Mapping[str, str] = task.columns
+    mapped: dict[str, str] = {f: c for f, c in task.columns.items() if f != GROUP}
     splits: dict[str, Dataset] = {}
     for role in SPLIT_NAMES:
         split_name = task.splits.get(role)
@@ -93,14 +96,17 @@ def select_and_map(raw: DatasetDict, task: TaskConfig) -> dict[str, Dataset]:
             raise ConfigError(f"task.splits.{role}", split_name, f"dataset splits are {sorted(raw)}")
         where = f"{role} split ({split_origin(task.source, split_name)})"
         dataset = raw[split_name]
+        grouped = keep_group and role == "train" and task.group_column is not None
+        columns = {**mapped, GROUP: task.group_column} if grouped else mapped
         if len(dataset) == 0:
             raise ConfigError(f"task.splits.{role}", split_name, f"the {where} has no examples")
         if any("." in c and c not in dataset.column_names for c in columns.values()):
             dataset = dataset.flatten()  # nested columns, e.g. translation.en, become top-level ones
         for field, column in columns.items():
             if column not in dataset.column_names:
-                raise ConfigError(f"task.columns.{field}", column,
-                                  f"dataset columns are {dataset.column_names} in the {where}")
+                hint = "; map it to one of them, or set task.columns.group=null (folds by label only)"
+                raise ConfigError(f"task.columns.{field}", column, f"dataset columns are {dataset.column_names} in "
+                                  f"the {where}{hint if field == GROUP else ''}")
         keep = {column: field for field, column in columns.items()}
         dataset = dataset.select_columns(list(keep)).rename_columns(
             {c: f for c, f in keep.items() if c != f})
@@ -109,6 +115,8 @@ def select_and_map(raw: DatasetDict, task: TaskConfig) -> dict[str, Dataset]:
         if LABEL in columns:  # generation tasks have a target instead
             check_labels(dataset, columns[LABEL], label_names, where)
             dataset = _labels_to_indices(dataset, label_names, where, columns[LABEL])
+        if grouped:
+            check_groups(dataset, columns[GROUP], where)
         splits[role] = dataset
     if "train" not in splits or not ({"validation", "test"} & set(splits)):
         raise ConfigError("task.splits", dict(task.splits), "need train and validation or test")
@@ -119,10 +127,16 @@ def read_splits(task: TaskConfig, cv: Mapping, cache_dir: Path) -> dict[str, Dat
     """The task's splits, read and checked (files, columns, labels, texts, fold sizes) before a backbone loads."""
     # Local files and assets are read quietly (a hub download keeps its progress bars).
     local = bool(task.source.get("data_files") or task.source.get("asset"))
+    folded = bool(cv.get("num_folds"))
     with quiet_datasets() if local else contextlib.nullcontext():
-        splits = select_and_map(load_raw_splits(task.source, cache_dir), task)
+        splits = select_and_map(load_raw_splits(task.source, cache_dir), task, keep_group=folded)
     where = f"train split ({split_origin(task.source, task.splits['train'])})"
-    check_folds(splits["train"], cv, where, None if task.is_generation else task.label_names)
+    label_names = None if task.is_generation else task.label_names
+    check_folds(splits["train"], cv, where, label_names)
+    if folded and task.group_column is not None:
+        train = splits["train"]
+        check_grouped_folds(train[LABEL] if label_names else [0] * len(train), train[GROUP], int(cv["num_folds"]),
+                            int(cv["seed"]), where, label_names)
     return splits
 
 

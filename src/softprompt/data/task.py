@@ -18,6 +18,7 @@ from softprompt.errors import ConfigError
 
 LABEL = "label"  # the field holding a classification example's label
 TARGET = "target"  # the field holding a generation task's target text
+GROUP = "group"  # task.columns.group: the column k-fold folds keep whole (null: folds by label only)
 TASK_TYPES = ("classification", "generation")
 MIXTURE = "mixture"
 MACRO = "macro"  # a mixture selects by the mean over its tasks of each task's own task.metric
@@ -33,7 +34,7 @@ class TaskConfig:
     loss: str  # what training minimises (the objective says which are allowed)
     source: Mapping[str, Any]
     splits: Mapping[str, Any]
-    columns: Mapping[str, Any]  # our field -> dataset column
+    columns: Mapping[str, Any]  # our field -> dataset column; `group` (or null): what k-fold folds keep whole
     text_fields: list[str]
     template: str
     max_length: int = field(metadata=at_least(1))  # the task's own tokens; prompts come on top
@@ -51,9 +52,25 @@ class TaskConfig:
     def label_names(self) -> list[str]:
         return []
 
+    @property
+    def group_column(self) -> str | None:
+        """The dataset column whose groups (e.g. movies) k-fold folds keep whole, or None."""
+        return self.columns.get(GROUP)
+
     def validate(self) -> None:
         if not self.text_fields:
             raise ConfigError("task.text_fields", self.text_fields, "list at least one text field")
+        group = self.group_column
+        if group is not None and not (isinstance(group, str) and group):
+            raise ConfigError("task.columns.group", group, "must be a dataset column name, or null (folds by label "
+                              "only)")
+        shared = [f for f, c in self.columns.items() if f != GROUP and group is not None and c == group]
+        if shared:
+            raise ConfigError("task.columns.group", group, f"the field {shared[0]!r} maps that column too; group by a "
+                              "column of its own (or null: folds by label only)")
+        if GROUP in self.text_fields:
+            raise ConfigError("task.text_fields", self.text_fields, f"{GROUP!r} is the field task.columns.group "
+                              "fills (what folds keep whole); give the text field another name")
         for name in [*self.text_fields, self.answer_field]:
             if name not in self.columns:
                 raise ConfigError("task.columns", dict(self.columns), f"map the field {name!r} to a dataset column")

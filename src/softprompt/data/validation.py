@@ -3,9 +3,9 @@
 Each refusal is a DataError naming the file (by its config key) or the config key to fix and what is wrong:
 a data file that is missing, unreadable, empty, malformed (with its line number) or in another format than
 `task.source.path` says; a mapped column that is not there; labels that are missing, of the wrong type or not
-in `task.labels`; empty texts or targets; a train split too small for `cv.num_folds`. Rule for empty texts and
-targets: refused, with their count and first example numbers (a prompt trained on an empty input learns
-nothing from it, and an empty target trains only the closing eos). The cheap file checks run before
+in `task.labels`; empty texts or targets; missing groups; a train split too small for `cv.num_folds`. Rule
+for empty texts and targets: refused, with their count and first example numbers (a prompt trained on an empty
+input learns nothing from it, and an empty target trains only the closing eos). The cheap file checks run before
 `datasets.load_dataset`; a load that still fails is diagnosed by reading the file line by line.
 """
 
@@ -343,6 +343,18 @@ def check_labels(dataset: Dataset, column_name: str, label_names: list[str], whe
         shown = ", ".join(repr(v) for v in first.values())
     raise DataError(key, column_name, f"the {where} has {kind} labels (e.g. {shown}); a label is one of "
                     f"task.labels {label_names} or its integer index (one label per example)")
+
+
+def check_groups(dataset: Dataset, column_name: str, where: str) -> None:
+    """Every example names its group (the `group` field, task.columns.group): a name or a number, never missing."""
+    column = _column(dataset, "group")
+    if pa.types.is_nested(column.type) or any(isinstance(v, list | dict) for v in _json_values(column) or []):
+        raise DataError("task.columns.group", column_name, f"the {where} holds lists or records there, not group "
+                        "names; map the group to a column of names or numbers")
+    empty = _empty_mask(column)
+    if empty.any():
+        raise DataError("task.columns.group", column_name, f"{int(empty.sum())} of {len(empty)} examples of the "
+                        f"{where} have no group ({_examples(empty)}); fill or remove them")
 
 
 def check_folds(train: Dataset, cv: Mapping, where: str, label_names: list[str] | None) -> None:

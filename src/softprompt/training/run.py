@@ -149,6 +149,8 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         # Examples whose text task.max_length cut, and split sizes before and after data.max_samples.
         "truncated": datamodule.truncated,
         "split_sizes": datamodule.split_sizes,
+        # k-fold runs: {stratified_by, grouped_by (task.columns.group or null), groups: {train, validation}}.
+        "fold_split": datamodule.fold_split,
         "method_config": plain["method"],
         "tags": list(cfg.get("tags") or []),
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
