@@ -75,7 +75,7 @@ def test_artifact_holds_the_folded_tensors_of_the_tested_checkpoint_and_the_spec
     task = spec["task"]
     assert task["template"] == "Review: {text}\nSentiment:" and task["text_fields"] == ["text"]
     assert task["labels"] == ["negative", "positive"] and task["verbalizer"]["positive"] == " positive"
-    assert task["columns"] == {"text": "review", "label": "sentiment"} and task["max_length"] == 128
+    assert task["columns"] == {"text": "review", "label": "sentiment", "group": None} and task["max_length"] == 128
     assert task["source"] == task["splits"] == {}  # where the training data came from is not needed to predict
     assert spec["metrics"]["val"] == metrics["val"] and spec["metrics"]["test"] == metrics["test"]
     assert spec["metrics"]["selection_metric"] == "val/acc"
