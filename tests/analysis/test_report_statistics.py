@@ -38,13 +38,13 @@ def summary_of(root: Path, metric: str = "test/acc", **kwargs) -> pd.DataFrame:
     return summarize(collect_runs([root]).runs, ["method"], metric, **kwargs)
 
 
-# ------------------------------------------------------------------------ the acceptance case: equal differences
+# ------------------------------------------------------------------ equal fold differences: no false significance
 
 
 @pytest.fixture
 def equal_differences(tmp_path: Path, predicted_run) -> Path:
-    """The issue's case: A scores [.8125, .84375] and B [.78125, .8125] on 32 examples; on each fold A gets one
-    example more right. A t-test over folds has zero variance (scipy: p ~ 0, a `*`)."""
+    """Two folds with equal differences: A scores [.8125, .84375] and B [.78125, .8125] on 32 examples; on each
+    fold A gets one example more right. A t-test over folds has zero variance (scipy: p ~ 0, a `*`)."""
     for fold, (a, b) in enumerate([(26, 25), (27, 26)]):
         predicted_run(tmp_path / f"a{fold}", "prompt_tuning", fold, right(a), LABELS, 0.85)
         predicted_run(tmp_path / f"b{fold}", "prefix_tuning", fold, right(b), LABELS, 0.80)

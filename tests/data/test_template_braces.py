@@ -69,17 +69,13 @@ def _train_error(run_as_main, capfd, tmp_path, overrides: list[str]) -> str:
     return lines[0]
 
 
-def test_softprompt_train_refuses_an_unclosed_brace_in_one_line(run_as_main, capfd, tmp_path, tiny_overrides,
-                                                              local_task_overrides):
+@pytest.mark.parametrize(("template", "message"), [
+    ("Review: {text} {oops", "the '{' at character 16 is never closed; a placeholder is {name}, and {{ and }} stand "
+                             "for literal braces"),  # an unclosed brace: one line, no str.format traceback
+    ("Review: {answer} {text}", "{answer} must end the template for causal LMs (the answer is the next token)"),
+], ids=["unclosed_brace", "quoted_without_the_front_slots"])
+def test_softprompt_train_refuses_a_bad_template_in_one_line_quoting_what_the_user_wrote(
+        run_as_main, capfd, tmp_path, tiny_overrides, local_task_overrides, template, message):
     line = _train_error(run_as_main, capfd, tmp_path,
-                        [*tiny_overrides, *local_task_overrides, "task.template='Review: {text} {oops'"])
-    assert line == ("softprompt: error: task.template='Review: {text} {oops' is invalid: the '{' at character 16 is "
-                    "never closed; a placeholder is {name}, and {{ and }} stand for literal braces")
-
-
-def test_a_refused_task_template_is_quoted_without_the_front_slots(run_as_main, capfd, tmp_path, tiny_overrides,
-                                                                   local_task_overrides):
-    line = _train_error(run_as_main, capfd, tmp_path,
-                        [*tiny_overrides, *local_task_overrides, "task.template='Review: {answer} {text}'"])
-    assert line == ("softprompt: error: task.template='Review: {answer} {text}' is invalid: {answer} must end the "
-                    "template for causal LMs (the answer is the next token)")
+                        [*tiny_overrides, *local_task_overrides, f"task.template='{template}'"])
+    assert line == f"softprompt: error: task.template='{template}' is invalid: {message}"

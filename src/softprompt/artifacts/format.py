@@ -108,17 +108,9 @@ def artifact_spec(module: SoftPromptModule, job: Mapping[str, Any], summary: Map
     }
 
 
-def save_artifact(directory: str | Path, module: SoftPromptModule, job: Mapping[str, Any],
-                  summary: Mapping[str, Any], backbone: Backbone, demonstration_ids: Sequence[int] = ()) -> Path:
-    """Write softprompt.safetensors and softprompt.json into `directory`; returns the directory."""
-    tensors = folded_tensors(module)
-    return write_artifact(directory, tensors, artifact_spec(module, job, summary, backbone, demonstration_ids,
-                                                            tensors))
-
-
 def run_artifact_files(module: SoftPromptModule, job: Mapping[str, Any], summary: Mapping[str, Any],
                        backbone: Backbone, demonstration_ids: Sequence[int] = ()) -> dict[str, bytes]:
-    """What `save_artifact` writes, as {file name: bytes}: for a run that commits its artifact together with its
+    """A run's artifact (its folded tensors and spec) as {file name: bytes}, which the run commits together with its
     other results (training.results.write_run_results)."""
     tensors = folded_tensors(module)
     return artifact_files(tensors, artifact_spec(module, job, summary, backbone, demonstration_ids, tensors))

@@ -129,10 +129,17 @@ def check_data_file(path_format: str, key: str, path: Path) -> None:
         _check_delimited(path_format, key, path, (number, first), text, whole)
     elif not _looks_like_json(first):
         shown = first if len(first) <= 60 else first[:57] + "..."
-        like = "; it looks like CSV: set task.source.path=csv" if "," in first else \
-            "; it looks like TSV: set task.source.path=tsv" if "\t" in first else ""
+        guess = _looks_like(first)
+        like = f"; it looks like {guess.upper()}: set task.source.path={guess}" if guess in DELIMITERS else ""
         raise DataError(key, str(path), f"task.source.path=json expects JSON Lines (one JSON object per line), but "
                         f"line {number} is {shown!r}{like}")
+
+
+def _looks_like(first_line: str) -> str | None:
+    """The text format a file's first line suggests: json, csv (a comma), tsv (a tab), or None."""
+    if _looks_like_json(first_line):
+        return "json"
+    return "csv" if "," in first_line else "tsv" if "\t" in first_line else None
 
 
 def _check_parquet(path_format: str, key: str, path: Path, head: bytes) -> None:
@@ -141,10 +148,9 @@ def _check_parquet(path_format: str, key: str, path: Path, head: bytes) -> None:
         raise DataError(key, str(path), f"task.source.path={path_format} expects text, but this is a Parquet file; "
                         "set task.source.path=parquet")
     if not head.startswith(PARQUET_MAGIC):
-        first = head.decode("utf-8-sig", errors="replace").lstrip().split("\n", 1)[0]
-        like = "JSON: set task.source.path=json" if _looks_like_json(first) else \
-            "CSV: set task.source.path=csv" if "," in first else "TSV: set task.source.path=tsv" if "\t" in first \
-            else "another format: set task.source.path to it (csv, tsv, json)"
+        guess = _looks_like(head.decode("utf-8-sig", errors="replace").lstrip().split("\n", 1)[0])
+        like = f"{guess.upper()}: set task.source.path={guess}" if guess else \
+            "another format: set task.source.path to it (csv, tsv, json)"
         raise DataError(key, str(path), f"task.source.path=parquet expects a Parquet file (it starts with PAR1), but "
                         f"this one starts with {head[:4]!r}; it looks like {like}")
 

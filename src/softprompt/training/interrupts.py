@@ -45,8 +45,7 @@ def watch_ctrl_c() -> None:
     """Ctrl-C raises KeyboardInterrupt, as by default, and is remembered: library code that catches it (an import
     that swallows it, say) and fails with another error is still reported as interrupted (`ctrl_c_pressed`)."""
     _REQUESTED.clear()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, _on_ctrl_c)
+    restore_ctrl_c()
 
 
 def ctrl_c_pressed() -> bool:
