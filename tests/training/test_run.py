@@ -99,6 +99,16 @@ def test_validation_history_keeps_the_first_best_and_the_latest_passes_predictio
     assert older.predictions == {}
 
 
+def test_a_run_without_checkpoints_saves_its_final_validation_predictions(make_cfg, local_task_overrides):
+    """callbacks=none tests the final weights, so its val metrics and predictions are the last validation's."""
+    cfg = make_cfg([*RUN, *local_task_overrides, "callbacks=none"])
+    summary = run(cfg)
+    rows = read_rows(Path(cfg.paths.output_dir) / "val_predictions.jsonl")
+    assert summary["best_step"] == summary["steps"] == 4
+    for name, value in scores_of(rows).items():
+        assert value == pytest.approx(summary["val"][name], abs=1e-6), name
+
+
 def test_same_config_and_seed_give_identical_metrics(make_cfg, local_task_overrides, tmp_path):
     overrides = [*RUN, *local_task_overrides, "callbacks=none"]
     first = run(make_cfg(overrides, output_dir=tmp_path / "a"))

@@ -45,7 +45,9 @@ def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: SplitLo
                                      plugins=[AtomicCheckpointIO()])  # a kill mid-save keeps the last whole ckpt
     for logger in trainer.loggers:  # the resolved config and parameter counts, in every logger
         logger.log_hyperparams(hyperparameters)
-    checkpoint = trainer.checkpoint_callback
+    # The callback that selects by a validation metric. Lightning adds one that monitors nothing where no callback
+    # saves checkpoints (callbacks=none): it keeps the latest, so it selects nothing and the final weights count.
+    checkpoint = next((c for c in trainer.checkpoint_callbacks if c.monitor is not None), None)
     best_path = None
 
     def call(what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
