@@ -254,6 +254,8 @@ def test_report_ranks_a_mixture_run_by_its_macro_mean(mixture_run, tmp_path):
     assert default_metric(runs) == "test/macro" and default_rank_by(runs) == "val/macro"
     table = summarize(runs, default_group_by(runs), "test/macro", "val/macro")
     assert table["test/macro_mean"].iloc[0] == pytest.approx(summary["test"]["macro"])
+    # one run: its test and validation predictions rebuild the macro mean, with each stage's example sampling
+    assert table["test/macro_interval"].iloc[0] == table["val/macro_interval"].iloc[0] == "examples only"
 
 
 def test_multitask_prompt_tuning_trains_every_task_factor_even_with_multi_token_label_words(
