@@ -1,6 +1,7 @@
-"""Synthetic sweeps whose runs also saved per-example test predictions, as softprompt-train leaves them: each run's
-`test_predictions.jsonl` (label, prediction, probabilities) and a metrics.json whose test acc and f1 are the ones
-those predictions give (the report refuses predictions that do not reproduce metrics.json)."""
+"""Synthetic sweeps whose runs also saved per-example predictions, as softprompt-train leaves them: each run's
+`test_predictions.jsonl` (label, prediction, probabilities; `val_predictions.jsonl` alike where asked) and a
+metrics.json whose acc and f1 are the ones those predictions give (the report refuses predictions that do not
+reproduce metrics.json)."""
 
 from __future__ import annotations
 
@@ -20,17 +21,19 @@ def _f1(labels: Sequence[int], predicted: Sequence[int]) -> float:
     return float(MulticlassF1Score(LABELS, average="macro")(torch.tensor(list(predicted)), torch.tensor(list(labels))))
 
 
-def write_predictions(run_dir: Path, labels: Sequence[int], correct: Sequence[bool]) -> Path:
-    """The run's test predictions: example i has label `labels[i]` and is predicted right where `correct[i]`;
-    metrics.json's test acc and f1 become what those predictions score."""
+def write_predictions(run_dir: Path, labels: Sequence[int], correct: Sequence[bool], stage: str = "test",
+                      first_row: int = 0) -> Path:
+    """The run's test (or `stage="val"`: validation) predictions: example i (row_index first_row + i) has label
+    `labels[i]` and is predicted right where `correct[i]`; metrics.json's acc and f1 of that stage become what those
+    predictions score."""
     predicted = [label if right else 1 - label for label, right in zip(labels, correct, strict=True)]
-    rows = [{"row_index": i, "label": int(label), "prediction": int(guess),
+    rows = [{"row_index": first_row + i, "label": int(label), "prediction": int(guess),
              "probabilities": [0.3, 0.7] if guess else [0.7, 0.3]}
             for i, (label, guess) in enumerate(zip(labels, predicted, strict=True))]
-    (run_dir / "test_predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (run_dir / f"{stage}_predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     path = run_dir / "metrics.json"
     data = json.loads(path.read_text())
-    data["test"] = {**data["test"], "acc": float(np.mean(correct)), "f1": _f1(labels, predicted)}
+    data[stage] = {**data[stage], "acc": float(np.mean(correct)), "f1": _f1(labels, predicted)}
     path.write_text(json.dumps(data))
     return run_dir
 
@@ -55,5 +58,15 @@ def predicted_run(write_run) -> Callable[..., Path]:
         if metrics:
             set_metrics(run_dir, **metrics)
         return run_dir
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def validation_predictions() -> Callable[..., Path]:
+    """`validation_predictions(run_dir, labels, correct, first_row=0)`: the run's val_predictions.jsonl, and
+    metrics.json's val acc and f1 from it (write_predictions with stage="val")."""
+    def make(run_dir: Path, labels: Sequence[int], correct: Sequence[bool], first_row: int = 0) -> Path:
+        return write_predictions(run_dir, labels, correct, stage="val", first_row=first_row)
 
     return make

@@ -163,8 +163,8 @@ def test_main_writes_csv_markdown_and_plots(fake_sweep: Path, tmp_path: Path, ca
     markdown = (out / "results.md").read_text()
     assert "ranked and chosen by val/acc (mean over folds and seeds; ties by the settings' natural order); test/acc " \
            "is reported for the configuration chosen, never used to choose" in markdown
-    assert "val/acc (ranks and chooses): mean [95% CI over runs only]" in markdown
-    assert "test/acc (reported): mean [95% CI over runs only]" in markdown
+    assert "val/acc (ranks and chooses): mean [95% CI over runs only (no validation predictions)]" in markdown
+    assert "test/acc (reported): mean [95% CI over runs only (no test predictions)]" in markdown
     assert "test/acc minus best: diff [95% CI], Holm p" in markdown
     assert "test/acc minus zero-shot: diff [95% CI], Holm p" in markdown  # hard_prompt trains nothing
     best = np.array(sweep_accuracies[best_configuration])
@@ -290,7 +290,8 @@ def test_ranking_by_test_is_possible_only_on_request_and_is_flagged(val_test_dis
               "configuration's score.**"
     markdown = (val_test_disagree / "results.md").read_text()
     assert warning in markdown.split("| num_virtual_tokens", 1)[0]  # in the intro, above the table
-    assert "test/acc (RANKED ON TEST at the user's request): mean [95% CI over runs only]" in markdown
+    assert "test/acc (RANKED ON TEST at the user's request): mean [95% CI over runs only (no test predictions)]" \
+        in markdown
     assert warning in capsys.readouterr().out
 
 

@@ -93,7 +93,7 @@ def test_the_interval_is_the_crossed_decomposition_by_hand(tmp_path: Path, predi
     assert (row["test/acc_ci_low"], row["test/acc_ci_high"]) == (
         pytest.approx(max(0, y.mean() - width)), pytest.approx(min(1, y.mean() + width)))
     assert row["test/acc_interval"] == "runs+examples" and row["test/acc_n_examples"] == N
-    assert row["val/acc_interval"] == "runs only"  # no validation predictions are saved
+    assert row["val/acc_interval"] == "runs only: no val_predictions.jsonl"  # these runs saved none
 
 
 def test_identical_runs_get_the_test_sampling_interval_not_zero_width(tmp_path: Path, predicted_run) -> None:
@@ -130,7 +130,7 @@ def test_predictions_that_do_not_reproduce_metrics_json_are_not_used(tmp_path: P
     table = pd.read_csv(tmp_path / "results.csv")
     assert table.set_index("method")["test/acc_interval"]["prefix_tuning"].startswith("runs only: ")
     markdown = (tmp_path / "results.md").read_text()
-    assert "‡ over runs only" in markdown  # the row is marked; the header names the others' kind
+    assert "‡ test/acc: over runs only" in markdown  # the row is marked; the header names the others' kind
 
 
 # -------------------------------------------------------------------------------------------- comparisons

@@ -36,6 +36,13 @@ def test_fast_lester_ablation_runs_and_reports(fast_lester_ablation, tmp_path):
     assert sorted(zip(table["num_virtual_tokens"], table["init"], table["n"], strict=True)) == [
         (1, "class_labels", 5), (1, "random_uniform", 5), (5, "class_labels", 5), (5, "random_uniform", 5)]
     assert (sweep / "metric_vs_prompt_length.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # every run's saved predictions reproduce its metrics.json: test examples crossed with the runs, each fold's own
+    # validation examples nested in its run, for every metric (the verbalizer loss included)
+    for name in ("acc", "f1", "loss"):
+        assert set(table[f"test/{name}_interval"]) == {"runs+examples"}, name
+        assert set(table[f"val/{name}_interval"]) == {"runs+examples nested"}, name
+    assert "val/acc (ranks and chooses): mean [95% CI over runs and validation examples, each fold its own]" in \
+        (sweep / "results.md").read_text()
 
     killed = next(path.parent for path in sweep.glob("*/metrics.json") if settings(path) == (5, "class_labels", 3))
     (killed / "metrics.json").unlink()

@@ -50,6 +50,11 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, ma
             for run_dir in (ddp_dir, tmp_path / "one")]
     assert len(rows[0]) == 9  # both shares, once each, in dataset order
     assert [(r["row_index"], r["prediction"]) for r in rows[0]] == [(r["row_index"], r["prediction"]) for r in rows[1]]
+    val_rows = [[json.loads(line) for line in (run_dir / "val_predictions.jsonl").read_text().splitlines()]
+                for run_dir in (ddp_dir, tmp_path / "one")]  # the best pass's, gathered from both processes
+    assert [(r["row_index"], r["prediction"]) for r in val_rows[0]] == \
+        [(r["row_index"], r["prediction"]) for r in val_rows[1]]
+    assert sorted({r["row_index"] for r in val_rows[0]}) == [r["row_index"] for r in val_rows[0]]
     assert ddp["backbone_fingerprint_start"] == ddp["backbone_fingerprint_end"] == one["backbone_fingerprint_end"]
     # the artifact holds the whole prompt (FSDP shards gathered), the one the test stage used
     torch.testing.assert_close(load_file(ddp_dir / "prompt" / "softprompt.safetensors")["prompt"],
@@ -57,7 +62,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, ma
                                rtol=0, atol=1e-5)
     # one output dir: the worker ran this job in it (its own log), no second .hydra, nothing in cwd
     assert sorted(p.name for p in ddp_dir.iterdir()) == [".hydra", "checkpoints", "csv", "metrics.json", "prompt",
-                                                        "rank1.log", "test_predictions.jsonl", "train.log"]
+                                                        "rank1.log", "test_predictions.jsonl", "train.log",
+                                                        "val_predictions.jsonl"]
     assert list(work.iterdir()) == []
 
 

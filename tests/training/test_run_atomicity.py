@@ -70,6 +70,7 @@ def assert_no_loadable_prompt(out: Path) -> None:
     ("softprompt.safetensors", 1, "prompt/softprompt.safetensors"),
     ("softprompt.json", 1, "prompt/softprompt.json"),
     ("test_predictions.jsonl", 1, "test_predictions.jsonl"),
+    ("val_predictions.jsonl", 1, "val_predictions.jsonl"),
     ("metrics.json", 1, "metrics.json"),
     ("last.ckpt", 2, "checkpoints/last.ckpt"),  # the step-4 checkpoint; the step-2 one is kept
 ])

@@ -132,6 +132,13 @@ def test_mixture_run_reports_each_task_and_their_macro_mean(mixture_run):
     assert [len(by_task["sentiment"][0]["probabilities"]), len(by_task["topic"][0]["probabilities"])] == [2, 5]
     accuracy = np.mean([p["prediction"] == p["label"] for p in by_task["topic"]])
     assert summary["test"]["topic/acc"] == pytest.approx(accuracy)
+    # the validation pass behind metrics.json's val: one file, each row naming its task, as the test predictions
+    rows = [json.loads(line) for line in (out / "val_predictions.jsonl").read_text().splitlines()]
+    assert [row["task"] for row in rows] == sorted(row["task"] for row in rows)
+    for task in ("sentiment", "topic"):
+        mine = [row for row in rows if row["task"] == task]
+        assert [row["row_index"] for row in mine] == sorted(row["row_index"] for row in mine)
+        assert summary["val"][f"{task}/acc"] == pytest.approx(np.mean([r["prediction"] == r["label"] for r in mine]))
 
 
 def test_each_task_renders_its_own_template_and_keeps_its_own_folds(make_cfg, entries, local_task_files):
@@ -247,6 +254,8 @@ def test_report_ranks_a_mixture_run_by_its_macro_mean(mixture_run, tmp_path):
     assert default_metric(runs) == "test/macro" and default_rank_by(runs) == "val/macro"
     table = summarize(runs, default_group_by(runs), "test/macro", "val/macro")
     assert table["test/macro_mean"].iloc[0] == pytest.approx(summary["test"]["macro"])
+    # one run: its test and validation predictions rebuild the macro mean, with each stage's example sampling
+    assert table["test/macro_interval"].iloc[0] == table["val/macro_interval"].iloc[0] == "examples only"
 
 
 def test_multitask_prompt_tuning_trains_every_task_factor_even_with_multi_token_label_words(

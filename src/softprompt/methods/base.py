@@ -95,6 +95,7 @@ class SoftPromptModule(L.LightningModule):
         self.backbone_dropout = dropout
         self.strict_loading = False  # checkpoints deliberately hold the trainable state only
         self.test_predictions: list[dict[str, Any]] = []
+        self.val_predictions: list[dict[str, Any]] = []  # this process's share of the latest validation pass
         self.backbone_fingerprint: str | None = None
 
     # -- configuration ---------------------------------------------------------------------------
@@ -230,7 +231,10 @@ class SoftPromptModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self.objective.evaluate(self, batch, "val")
+        self.val_predictions.extend(self.objective.evaluate(self, batch, "val"))
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_predictions = []
 
     def on_validation_epoch_end(self) -> None:
         self.objective.end_epoch(self, "val")

@@ -13,7 +13,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from softprompt.config.atomic import atomic_open
+from softprompt.data.sampling import evaluates_whole_splits
 from softprompt.errors import ConfigError
+from softprompt.training.distributed import gather_objects
 from softprompt.training.results import LAST_CHECKPOINT, stage_metrics
 
 
@@ -44,23 +46,42 @@ class LastCheckpoint(ModelCheckpoint):
 
 
 class ValidationHistory(L.Callback):
-    """Val metrics at every validation, so the best checkpoint's metrics can be reported. Saved in
-    checkpoints, so a resumed run still knows the validations before the interruption."""
+    """Val metrics at every validation, so the best checkpoint's metrics can be reported, and the per-example
+    predictions of the passes that can still be reported: the best so far by `metric` and the latest (run.py
+    reports one of them). Saved in checkpoints, so a resumed run still knows the validations before the
+    interruption and the predictions behind them."""
 
-    def __init__(self) -> None:
+    def __init__(self, metric: str) -> None:
+        self.metric = metric
         self.records: list[dict[str, float]] = []
+        self.predictions: dict[int, list[dict[str, Any]]] = {}  # by step
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            record = stage_metrics(trainer.callback_metrics, "val")
-            self.records = [r for r in self.records if r["step"] != trainer.global_step]  # a rerun after resume
-            self.records.append({"step": trainer.global_step, **record})
+        if trainer.sanity_checking:
+            return
+        rows = list(getattr(pl_module, "val_predictions", []))
+        if not evaluates_whole_splits(trainer):
+            rows = gather_objects(trainer, rows)  # every process's share, on every process (a collective)
+        record = stage_metrics(trainer.callback_metrics, "val")
+        step = trainer.global_step
+        self.records = [r for r in self.records if r["step"] != step]  # a rerun after resume
+        self.records.append({"step": step, **record})
+        self.predictions[step] = rows
+        keep = {self.best()["step"], step}
+        self.predictions = {s: p for s, p in self.predictions.items() if s in keep}
+
+    def best(self) -> dict[str, float]:
+        """The first record with the highest `metric`: the one ModelCheckpoint keeps (it replaces its best only on
+        a strictly better value)."""
+        return max(self.records, key=lambda r: r[self.metric])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"records": self.records}
+        return {"records": self.records, "predictions": self.predictions}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.records = list(state_dict["records"])
+        # A checkpoint from before validation predictions were kept has none: those passes report no file.
+        self.predictions = dict(state_dict.get("predictions", {}))
 
 
 def resume_checkpoint(setting: str | None, output_dir: Path) -> str | None:

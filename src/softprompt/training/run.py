@@ -37,14 +37,17 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: SplitLoaders,
                   hyperparameters: dict[str, Any], resume_from: str | None):
     """Fit (when there is anything to train), resuming from `resume_from` when given, then test the best
-    checkpoint by the objective's metric."""
-    history, timer = ValidationHistory(), StepTimer()
+    checkpoint by the objective's metric. Also returns the per-example predictions of the validation pass whose
+    metrics are reported (None when a run resumed from a checkpoint that predates them)."""
+    history, timer = ValidationHistory(module.objective.metric), StepTimer()
     callbacks = [*instantiate_all(cfg.get("callbacks")), history, timer]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.get("logger")),
                                      plugins=[AtomicCheckpointIO()])  # a kill mid-save keeps the last whole ckpt
     for logger in trainer.loggers:  # the resolved config and parameter counts, in every logger
         logger.log_hyperparams(hyperparameters)
-    checkpoint = trainer.checkpoint_callback
+    # The callback that selects by a validation metric. Lightning adds one that monitors nothing where no callback
+    # saves checkpoints (callbacks=none): it keeps the latest, so it selects nothing and the final weights count.
+    checkpoint = next((c for c in trainer.checkpoint_callbacks if c.monitor is not None), None)
     best_path = None
 
     def call(what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
@@ -60,16 +63,16 @@ def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: SplitLo
         call("training", trainer.fit, module, datamodule=datamodule, ckpt_path=resume_from)
         best_path = checkpoint.best_model_path if checkpoint is not None and history.records else None
     if best_path:
-        # The first best, as ModelCheckpoint keeps it.
-        val = max(history.records, key=lambda r: r[module.objective.metric])
+        val = history.best()  # the first best, as ModelCheckpoint keeps it
     elif history.records and history.records[-1]["step"] == trainer.global_step:
         val = history.records[-1]
     else:
         # No validation ran during fit (e.g. max_steps below the validation interval): use final weights.
         val = {"step": trainer.global_step, **stage_metrics(call("validating", trainer.validate, module,
                                                                   datamodule)[0], "val")}
+    val_predictions = history.predictions.get(int(val["step"]))  # the pass that gave `val` (history saw each)
     tested = call("testing", trainer.test, module, datamodule=datamodule, ckpt_path=best_path or None)
-    return trainer, val, stage_metrics(tested[0], "test"), best_path, timer.rounded()
+    return trainer, val, stage_metrics(tested[0], "test"), best_path, timer.rounded(), val_predictions
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -112,8 +115,8 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
 
     prepare_wandb_env(cfg.get("logger"))
     counts = {"trainable_params": trainable, "folded_params": folded, "total_params": total}
-    trainer, val, test, best_path, step_seconds = _fit_and_test(cfg, module, datamodule, {**plain, **counts},
-                                                                resume_from)
+    trainer, val, test, best_path, step_seconds, val_predictions = _fit_and_test(
+        cfg, module, datamodule, {**plain, **counts}, resume_from)
     fingerprint_end = module.verify_backbone_unchanged()
 
     summary = {
@@ -163,7 +166,8 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             # One commit: metrics.json marks the run finished (resume_sweep); prompt/ appears only after it.
             artifact = run_artifact_files(module, plain, summary, backbone, datamodule.demonstration_ids)
             try:
-                path = write_run_results(output_dir, summary, predictions, {ARTIFACT_DIR: artifact})
+                path = write_run_results(output_dir, summary, predictions, {ARTIFACT_DIR: artifact},
+                                         val_predictions=val_predictions)
             except KeyboardInterrupt:
                 raise Interrupted("writing the results (nothing of them was kept)") from None
             log.info("val %s | test %s | wrote %s and %s/", val, test, path, output_dir / ARTIFACT_DIR)

@@ -1,13 +1,16 @@
 """softprompt-report: aggregate the metrics.json files of a sweep into tables, paired tests and plots.
 
-Only metrics.json, failed.json and test_predictions.jsonl files are read, so a report never needs the model, the
-data or the training config. Configurations are ranked and chosen on validation; the test metric is only reported
-for them, with an interval over runs and test examples and paired, Holm-corrected comparisons.
+Only metrics.json, failed.json, test_predictions.jsonl and val_predictions.jsonl files are read, so a report never
+needs the model, the data or the training config. Configurations are ranked and chosen on validation (an interval
+over runs and validation examples, nested in the folds under k-fold); the test metric is only reported for them,
+with an interval over runs and test examples and paired, Holm-corrected comparisons.
 
 The modules, each importing only those above it:
 - collect: finding runs (metrics.json as flat records) and the jobs that left none (failed.json, missing output);
-- outcomes: a run's test metric per example, rebuilt from its test_predictions.jsonl;
-- intervals: the crossed (runs x test examples) variance decomposition and Banerjee's interval;
+- outcomes: a run's test (validation) metric per example, rebuilt from its test_predictions.jsonl
+  (val_predictions.jsonl);
+- intervals: the crossed (runs x test examples) variance decomposition and Banerjee's interval; the nested one
+  (examples within folds: k-fold validation);
 - comparisons: each configuration's interval and paired comparisons (crossed, McNemar, sign-flip), Holm;
 - selection: ranking order (natural-order ties) and nested selection (`tune=lr`);
 - statistics: tasks (each ranked on its own), grouping keys, the ranking and reported metrics, summaries;

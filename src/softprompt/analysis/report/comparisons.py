@@ -3,7 +3,9 @@ runs saved them (softprompt.analysis.report.outcomes), else from the runs alone.
 
 A comparison pairs the two configurations on the (fold, seed) runs both have and on the test examples they share:
 the crossed variance decomposition (softprompt.analysis.report.intervals) applied to the per-run and per-example
-DIFFERENCES, so training randomness and test-set sampling both count, once. A single pair of runs on accuracy gets
+DIFFERENCES, so training randomness and test-set sampling both count, once. Validation examples differ by fold under
+k-fold: a configuration's interval, or a comparison's (a pair shares its fold's examples), is then nested
+(`intervals.nested`): examples within runs. A single pair of runs on accuracy gets
 the exact McNemar test on its discordant examples. Runs without predictions get a t interval over their paired
 differences and an exact sign-flip test, whose smallest p is 2/2^n (0.5 at n = 2): equal fold differences never
 look significant. p-values are Holm-corrected over every comparison of a table (`holm`).
@@ -21,19 +23,19 @@ import numpy as np
 from scipy import stats
 
 from softprompt.analysis.report.intervals import (
+    NESTED,
     RUNS_AND_EXAMPLES,
     Spread,
     from_draws,
     from_matrix,
+    from_sets,
     resample_weights,
     runs_only,
 )
-from softprompt.analysis.report.outcomes import Outcomes, Unavailable, run_outcomes
+from softprompt.analysis.report.outcomes import Outcomes, Unavailable, run_outcomes, stage_word
 
 PAIR_KEYS = ("fold", "seed")
-CROSSED_TEST = "paired over runs and test examples"
 MCNEMAR = "exact McNemar (one run each)"
-SIGN_FLIP = "sign-flip over runs (no test predictions)"
 EXACT_FLIPS = 16  # up to 2^16 sign patterns enumerated; more runs draw 20,000 of them (seeded)
 Run = Mapping[str, Any]
 
@@ -80,13 +82,23 @@ def _by_pair(runs: Sequence[Run], metric: str) -> dict[tuple[Any, Any], list[Run
     return pairs
 
 
-def _outcomes(groups: Sequence[Sequence[Run]], metric: str) -> list[list[Outcomes]]:
-    """Every run's outcomes, on one set of examples; Unavailable when a run has none or the examples differ."""
-    found = [[run_outcomes(run, metric) for run in group] for group in groups]
-    keys = found[0][0].keys
-    if any(outcome.keys != keys for group in found for outcome in group):
-        raise Unavailable("the runs' test predictions cover different test examples")
-    return found
+@dataclass(frozen=True)
+class _Unit:
+    """What one mean is taken over: a run (or the runs of one (fold, seed) pair, averaged; or a paired difference)
+    on one set of examples (`keys`), as per-example outcomes (`vector`; mean metrics) or as its value and its values
+    on the bootstrap resamples of its examples (`draws`; corpus-level metrics)."""
+
+    keys: tuple[tuple[str, int], ...]
+    value: float
+    vector: np.ndarray | None = None
+    draws: np.ndarray | None = None
+
+    def minus(self, other: _Unit) -> _Unit:
+        if other.keys != self.keys:
+            raise Unavailable("the paired runs' predictions cover different examples")
+        if self.vector is not None and other.vector is not None:
+            return _Unit(self.keys, self.value - other.value, vector=self.vector - other.vector)
+        return _Unit(self.keys, self.value - other.value, draws=self.draws - other.draws)  # type: ignore[operator]
 
 
 _DRAWN: dict[int, tuple[Outcomes, np.ndarray]] = {}  # by the (cached) outcomes' identity, kept alive with them
@@ -105,12 +117,39 @@ def _draws(outcomes: Outcomes) -> np.ndarray:
     return draws
 
 
-def _group_matrix(group: Sequence[Outcomes]) -> np.ndarray:
-    return np.mean([outcome.stats[:, 0] for outcome in group], axis=0)
+def _unit(group: Sequence[Outcomes]) -> _Unit:
+    """The runs of `group` (which must share their examples) averaged into one unit."""
+    keys = group[0].keys
+    if any(outcome.keys != keys for outcome in group):
+        raise Unavailable("the runs of one (fold, seed) cover different examples")
+    value = float(np.mean([outcome.value() for outcome in group]))
+    if group[0].aggregate is None:
+        return _Unit(keys, value, vector=np.mean([outcome.stats[:, 0] for outcome in group], axis=0))
+    return _Unit(keys, value, draws=np.mean([_draws(outcome) for outcome in group], axis=0))
 
 
-def _group_values(group: Sequence[Outcomes]) -> tuple[float, np.ndarray]:
-    return float(np.mean([o.value() for o in group])), np.mean([_draws(o) for o in group], axis=0)
+def _spread(units: Sequence[_Unit]) -> Spread:
+    """The mean over `units` with its variance components. On one set of examples (test; validation without folds)
+    the runs and examples are crossed (`from_matrix`, `from_draws`); on disjoint sets (k-fold validation: each fold
+    its own held-out examples) the examples are nested in the units (`from_sets`). Sets that overlap without being
+    the same are neither: Unavailable."""
+    sets: dict[tuple[tuple[str, int], ...], int] = {}
+    clusters = [sets.setdefault(unit.keys, len(sets)) for unit in units]
+    if len(sets) == 1:
+        if units[0].vector is not None:
+            return from_matrix(np.vstack([unit.vector for unit in units]))
+        return from_draws(np.array([unit.value for unit in units]), np.vstack([unit.draws for unit in units]),
+                          len(units[0].keys))
+    if len(set().union(*sets)) < sum(map(len, sets)):
+        raise Unavailable("the runs' predictions cover overlapping but different examples")
+    within = []
+    for index, keys in enumerate(sets):
+        members = [unit for unit, cluster in zip(units, clusters, strict=True) if cluster == index]
+        if members[0].vector is not None:  # the set's unit-averaged outcome: its variance over examples, over M
+            within.append(float(np.mean([u.vector for u in members], axis=0).var(ddof=1)) / len(keys))
+        else:
+            within.append(float(np.mean([u.draws for u in members], axis=0).var(ddof=1)))
+    return from_sets(np.array([unit.value for unit in units]), clusters, np.array(within), sum(map(len, sets)))
 
 
 def config_spread(members: Sequence[Run], metric: str) -> tuple[Spread, str]:
@@ -120,13 +159,9 @@ def config_spread(members: Sequence[Run], metric: str) -> tuple[Spread, str]:
     if not runs:
         return runs_only([]), "no values"
     try:
-        found = _outcomes([[run] for run in runs], metric)
+        return _spread([_unit([run_outcomes(run, metric)]) for run in runs]), ""
     except Unavailable as why:
         return runs_only([run[metric] for run in runs]), str(why)
-    if found[0][0].aggregate is None:
-        return from_matrix(np.vstack([group[0].stats[:, 0] for group in found])), ""
-    points, draws = zip(*(_group_values(group) for group in found), strict=True)
-    return from_draws(np.array(points), np.vstack(draws), len(found[0][0].keys)), ""
 
 
 def sign_flip_p(differences: Sequence[float]) -> float:
@@ -160,31 +195,29 @@ def compare(this: Sequence[Run], other: Sequence[Run], metric: str, bounds: tupl
     if not pairs:
         return NO_PAIRS
     span = (bounds[0] - bounds[1], bounds[1] - bounds[0]) if bounds else None
+    word = stage_word(metric)
     try:
-        found = _outcomes([*(mine[p] for p in pairs), *(theirs[p] for p in pairs)], metric)
+        found = [([run_outcomes(run, metric) for run in mine[p]], [run_outcomes(run, metric) for run in theirs[p]])
+                 for p in pairs]
+        differences = [_unit(a).minus(_unit(b)) for a, b in found]
+        spread = _spread(differences)
     except Unavailable:
-        differences = [np.mean([r[metric] for r in mine[p]]) - np.mean([r[metric] for r in theirs[p]])
-                       for p in pairs]
-        spread = runs_only(differences)
+        paired = [np.mean([r[metric] for r in mine[p]]) - np.mean([r[metric] for r in theirs[p]]) for p in pairs]
+        spread = runs_only(paired)
         low, high = spread.interval(span)
-        return Comparison(spread.estimate, low, high, sign_flip_p(differences), spread.half_width(), len(pairs), 0,
-                          SIGN_FLIP)
-    own, others = found[:len(pairs)], found[len(pairs):]
-    if own[0][0].aggregate is None:
-        differences = np.vstack([_group_matrix(a) - _group_matrix(b) for a, b in zip(own, others, strict=True)])
-        spread = from_matrix(differences)
-        binary = all(np.isin(o.stats, (0.0, 1.0)).all() for group in found for o in group)
-        if len(pairs) == 1 and binary and len(own[0]) == len(others[0]) == 1:
-            low, high = spread.interval(span)
-            return Comparison(spread.estimate, low, high, mcnemar_p(differences[0]), spread.half_width(), 1,
-                              differences.shape[1], MCNEMAR)
-    else:
-        values = [(_group_values(a), _group_values(b)) for a, b in zip(own, others, strict=True)]
-        spread = from_draws(np.array([a[0] - b[0] for a, b in values]), np.vstack([a[1] - b[1] for a, b in values]),
-                            len(own[0][0].keys))
+        return Comparison(spread.estimate, low, high, sign_flip_p(paired), spread.half_width(), len(pairs), 0,
+                          f"sign-flip over runs (no {word} predictions)")
     low, high = spread.interval(span)
+    single = len(pairs) == 1 and len(found[0][0]) == len(found[0][1]) == 1
+    if single and differences[0].vector is not None and \
+            all(np.isin(o.stats, (0.0, 1.0)).all() for group in found[0] for o in group):
+        return Comparison(spread.estimate, low, high, mcnemar_p(differences[0].vector), spread.half_width(), 1,
+                          spread.n_examples, MCNEMAR)
+    method = {RUNS_AND_EXAMPLES: f"paired over runs and {word} examples",
+              NESTED: f"paired over runs and {word} examples (nested: each fold its own)"}.get(
+                  spread.kind, f"paired over {word} examples (one run each)")
     return Comparison(spread.estimate, low, high, spread.p_value(), spread.half_width(), len(pairs), spread.n_examples,
-                      CROSSED_TEST if spread.kind == RUNS_AND_EXAMPLES else "paired over test examples (one run each)")
+                      method)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

@@ -20,6 +20,9 @@ the coverage by simulation.
 
 Corpus-level metrics (macro-F1, BLEU, a mixture's macro) get the example component from a seeded bootstrap over
 examples: the same resampled example indices for every run and configuration, the metric recomputed on each.
+
+Nested examples (validation under k-fold: each fold validates on its own held-out part) are handled by `nested`,
+whose docstring says why the run spread alone then holds the example sampling.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ LEVEL = 0.95
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0  # fixed, so the same predictions always give the same interval
 RUNS_AND_EXAMPLES, EXAMPLES_ONLY, RUNS_ONLY = "runs+examples", "examples only", "runs only"
+NESTED = "runs+examples nested"  # each fold (run) scored on its own examples
 SMALLEST_P = 1e-12  # p-values are reported no smaller than this
 
 
@@ -58,7 +62,7 @@ def half_width(runs: np.ndarray | float, examples: np.ndarray | float, n: np.nda
 class Spread:
     """A mean over runs with its variance components: `runs` (s_runs^2/n, n-1 df; 0 for one run), `examples`
     (the test-example component, N-1 df; 0 when only the runs are known), `floor` (test sampling alone), and what
-    they cover (`kind`)."""
+    they cover (`kind`). For NESTED spreads `n` counts the independent units (folds), which set the run df."""
 
     estimate: float
     runs: float
@@ -138,8 +142,40 @@ def crossed_draws(points: np.ndarray, draws: np.ndarray) -> tuple[float, float, 
     return estimate, float(np.var(points, ddof=1)) / n, max(pooled - noise / n, 0.0), pooled
 
 
+def nested(values: np.ndarray, clusters: Sequence[int], within: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(estimate, run component, floor) of a mean over units whose examples are nested in them, vectorised over
+    leading axes. `values` (..., n): each unit's metric; `clusters` (n,): which example set each unit was scored on
+    (0..F-1; units of one set share its examples); `within` (..., F): each set's example-sampling variance of its
+    units' mean metric (the variance over its examples of the unit-averaged outcome over its size, or over
+    bootstrap resamples).
+
+    Why the run spread alone: under k-fold, fold f's run is scored on its own held-out examples, x_f = mu + a_f +
+    e_f, where e_f (variance sigma_w^2/M given the run) is the sampling error of f's examples and is independent
+    across folds, because their examples are disjoint. So Var(mean of n folds) = (sigma_a^2 + sigma_w^2/M)/n, whose
+    unbiased estimate is s_x^2/n, the variance of the per-fold scores over n: each fold's score already carries its
+    own example noise, and it averages out over folds. Adding an example component (as for test, where every run
+    shares the examples, so their sampling error does not average out over runs) would count it twice. The interval
+    is then a t(F-1) interval on the run spread, never narrower than example sampling alone (the floor: the
+    within-set variance is a lower bound of the whole, and folds that happen to agree must not hide it). Units of
+    one set (seeds of one fold) share its examples, so they are not independent: the set is the unit, its mean
+    weighted by its share of units (the estimate stays the mean over units) with the cluster-robust variance
+    F/(F-1) sum_f w_f^2 (X_f - mean)^2, F-1 df, which is s_x^2/n with one unit per set. (One set is the crossed case:
+    `crossed`.) Folds partition one pool and train on each other's examples, so their scores are not quite
+    independent (Nadeau and Bengio 2003): like the test interval, it covers runs given the task's training pool."""
+    values, labels = np.asarray(values, dtype=float), np.asarray(clusters)
+    n, sets = values.shape[-1], int(labels.max()) + 1
+    members = np.eye(sets)[labels]  # (n, F)
+    weights = members.sum(axis=0) / n
+    estimate = values.mean(axis=-1)
+    floor = (np.asarray(within, dtype=float) * weights ** 2).sum(axis=-1)
+    means = values @ members / members.sum(axis=0)
+    runs = sets / (sets - 1) * (weights ** 2 * (means - estimate[..., None]) ** 2).sum(axis=-1)
+    return estimate, runs, floor
+
+
 def runs_only(values: Sequence[float]) -> Spread:
-    """A t interval over runs, for metrics without per-example outcomes (validation; runs without predictions)."""
+    """A t interval over runs, for metrics without per-example outcomes (runs without predictions)."""
     arr = np.asarray(values, dtype=float)
     runs = float(arr.var(ddof=1)) / len(arr) if len(arr) > 1 else 0.0
     return Spread(float(arr.mean()) if len(arr) else math.nan, runs, 0.0, len(arr), 0, RUNS_ONLY)
@@ -156,6 +192,13 @@ def from_draws(points: np.ndarray, draws: np.ndarray, n_examples: int) -> Spread
     estimate, runs, examples, floor = crossed_draws(points, draws)
     n = len(points)
     return Spread(estimate, runs, examples, n, n_examples, EXAMPLES_ONLY if n == 1 else RUNS_AND_EXAMPLES, floor)
+
+
+def from_sets(values: np.ndarray, clusters: Sequence[int], within: np.ndarray, n_examples: int) -> Spread:
+    """Units on two or more disjoint example sets (k-fold validation): `nested`'s components; `n_examples` counts
+    the examples of every set."""
+    estimate, runs, floor = nested(values, clusters, within)
+    return Spread(float(estimate), float(runs), 0.0, len(set(clusters)), n_examples, NESTED, float(floor))
 
 
 @lru_cache(maxsize=16)

@@ -1,5 +1,6 @@
-"""Per-example outcomes: a run's test metric rebuilt from its `test_predictions.jsonl`, one row of statistics per
-test example, so intervals and paired tests can account for test-set sampling.
+"""Per-example outcomes: a run's test (validation) metric rebuilt from its `test_predictions.jsonl`
+(`val_predictions.jsonl`: the validation pass metrics.json reports), one row of statistics per example, so intervals
+and paired tests can account for the sampling of the examples.
 
 A metric is `stats` (one row per example) and an aggregate of their column sums: accuracy, loss and ROUGE are
 means of a per-example value (`aggregate` None); macro-F1 (per-class tp/fp/fn), BLEU (n-gram matches, totals,
@@ -20,12 +21,20 @@ from typing import Any
 
 import numpy as np
 
-from softprompt.training.results import PREDICTIONS_FILE
+from softprompt.training.results import PREDICTIONS_FILE, VAL_PREDICTIONS_FILE
 
 Aggregate = Callable[[np.ndarray], np.ndarray]  # column sums (..., k) -> metric value(s) (...)
 MACRO = "macro"
 TOLERANCE = 5e-4  # rebuilt vs metrics.json (float32 sums in torchmetrics)
 ROUGE_KEYS = {"rouge1": 1, "rouge2": 2, "rougeL": "L"}
+FILES = {"test": PREDICTIONS_FILE, "val": VAL_PREDICTIONS_FILE}  # each stage's per-example predictions
+STAGE_WORDS = {"test": "test", "val": "validation"}
+
+
+def stage_word(metric: str) -> str:
+    """`test` for test/..., `validation` for val/...: how tables name a metric's examples."""
+    stage = metric.split("/", 1)[0]
+    return STAGE_WORDS.get(stage, stage)
 
 
 class Unavailable(Exception):
@@ -61,15 +70,16 @@ def _read(path: str, stamp: tuple[int, int]) -> tuple[dict[str, Any], ...]:
     return tuple(json.loads(line) for line in text.splitlines() if line.strip())
 
 
-def prediction_rows(run: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
-    """The run's test predictions; Unavailable when it has none (an older run, or a synthetic one)."""
-    path = Path(str(run.get("path", ""))) / PREDICTIONS_FILE
+def prediction_rows(run: Mapping[str, Any], stage: str = "test") -> tuple[dict[str, Any], ...]:
+    """The run's test (or `stage`) predictions; Unavailable when it has none (an older run, or a synthetic one)."""
+    name = FILES[stage]
+    path = Path(str(run.get("path", ""))) / name
     try:
         return _read(str(path), _mtime(path))
     except FileNotFoundError:
-        raise Unavailable(f"no {PREDICTIONS_FILE}") from None
+        raise Unavailable(f"no {name}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise Unavailable(f"unreadable {PREDICTIONS_FILE}: {error}") from None
+        raise Unavailable(f"unreadable {name}: {error}") from None
 
 
 def majority_share(runs: Sequence[Mapping[str, Any]]) -> float | None:
@@ -154,7 +164,7 @@ def _generation(rows: Sequence[Mapping[str, Any]], name: str) -> tuple[np.ndarra
 
 def _single(rows: Sequence[Mapping[str, Any]], name: str) -> tuple[np.ndarray, Aggregate | None]:
     if not rows:
-        raise Unavailable("no test predictions for this task")
+        raise Unavailable("no predictions for this task")
     if "label" in rows[0] and "probabilities" in rows[0]:
         return _classification(rows, name)
     if "reference" in rows[0]:
@@ -207,15 +217,16 @@ _BUILT: dict[tuple[Any, ...], Outcomes | Unavailable] = {}  # a report asks for 
 
 
 def run_outcomes(run: Mapping[str, Any], metric: str) -> Outcomes:
-    """The run's `metric` (`test/acc`, `test/<task>/acc`, `test/macro`) per test example; Unavailable (with the
-    reason) when it has no predictions or they do not reproduce its metrics.json. Cached while the predictions
-    file and the run's test metrics are unchanged."""
-    path = Path(str(run.get("path", ""))) / PREDICTIONS_FILE
+    """The run's `metric` (`test/acc`, `test/<task>/acc`, `test/macro`, `val/acc`, ...) per example of its stage;
+    Unavailable (with the reason) when it has no predictions or they do not reproduce its metrics.json. Cached
+    while the predictions file and the run's metrics of that stage are unchanged."""
+    stage = metric.split("/", 1)[0]
+    path = Path(str(run.get("path", ""))) / FILES.get(stage, PREDICTIONS_FILE)
     try:
         stamp: Any = _mtime(path)
     except OSError:
         stamp = None
-    key = (str(path), stamp, metric, tuple(sorted((k, v) for k, v in run.items() if k.startswith("test/"))))
+    key = (str(path), stamp, metric, tuple(sorted((k, v) for k, v in run.items() if k.startswith(f"{stage}/"))))
     if key not in _BUILT:
         if len(_BUILT) > 4096:
             _BUILT.clear()
@@ -231,9 +242,9 @@ def run_outcomes(run: Mapping[str, Any], metric: str) -> Outcomes:
 
 def _build(run: Mapping[str, Any], metric: str) -> Outcomes:
     stage, name = metric.split("/", 1)
-    if stage != "test":
-        raise Unavailable(f"only test predictions are saved, not {stage}")
-    rows = list(prediction_rows(run))
+    if stage not in FILES:
+        raise Unavailable(f"no predictions are saved for {stage}")
+    rows = list(prediction_rows(run, stage))
     mixture = bool(rows) and "task" in rows[0]
     if name == MACRO and mixture:
         stats, aggregate = _macro(rows, run, stage)
@@ -249,5 +260,5 @@ def _build(run: Mapping[str, Any], metric: str) -> Outcomes:
     outcomes = Outcomes(keys, stats, strata, aggregate)
     reported = run.get(metric)
     if not isinstance(reported, float) or not math.isclose(outcomes.value(), reported, abs_tol=TOLERANCE):
-        raise Unavailable(f"{PREDICTIONS_FILE} gives {metric} {outcomes.value():.6f}, metrics.json says {reported}")
+        raise Unavailable(f"{FILES[stage]} gives {metric} {outcomes.value():.6f}, metrics.json says {reported}")
     return outcomes

@@ -17,13 +17,12 @@ import pandas as pd
 
 from softprompt.analysis.report.collect import METHOD_CONFIG, SETTING_KEYS, STAGES, ReportError
 from softprompt.analysis.report.comparisons import Comparison, compare, config_spread, holm, pair_of
-from softprompt.analysis.report.intervals import LEVEL, RUNS_ONLY, runs_only
+from softprompt.analysis.report.intervals import LEVEL, RUNS_ONLY
 from softprompt.analysis.report.selection import CHOSEN, chosen_cell, nested, order, resolve_tune
 
 RANK_STAGE, REPORT_STAGE = "val", "test"  # choose on validation, report on test
 SIGNIFICANCE = 0.05  # on Holm-adjusted p-values
 INTERVAL_LEVEL = LEVEL
-INTERVAL = "95% CI over runs and test examples"
 LOW_N = 3  # rows with fewer runs are flagged: their run variance has n - 1 < 2 degrees of freedom
 ZERO_SHOT, BEST = "zero_shot", "best"
 BOUNDED_METRICS = ("acc", "f1", "bleu", "rouge")  # names (or prefixes: rougeL, rouge1) of metrics in [0, 1]
@@ -152,19 +151,19 @@ def missing_pairs(members: Sequence[Mapping[str, Any]], expected: set[tuple[Any,
 
 
 def _summary_row(settings: dict[str, Any], members: Sequence[Mapping[str, Any]], metrics: Sequence[str],
-                 expected: set[tuple[Any, Any]], crossed: Iterable[str]) -> dict[str, Any]:
-    """One configuration: n, the folds it lacks, mean/std/interval of every metric (over runs and test examples for
-    the `crossed` ones where the runs saved predictions, else over runs), and what each interval covers."""
+                 expected: set[tuple[Any, Any]]) -> dict[str, Any]:
+    """One configuration: n, the folds it lacks, mean/std/interval of every metric (over runs and the examples of
+    its stage where the runs saved predictions that reproduce it, else over runs), and what each interval
+    covers."""
     row: dict[str, Any] = {**settings, "n": len(members), "missing": missing_pairs(members, expected)}
     for metric in metrics:
         values = _values(members, metric)
         row[f"{metric}_mean"] = float(np.mean(values)) if values else math.nan
         row[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0 if values else math.nan
-        spread, why = config_spread(members, metric) if metric in crossed else (runs_only(values), "")
+        spread, why = config_spread(members, metric)
         row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = spread.interval(metric_range(metric))
         row[f"{metric}_interval"] = spread.kind + (f": {why}" if why and spread.kind == RUNS_ONLY else "")
-        if metric in crossed:
-            row[f"{metric}_n_examples"] = spread.n_examples
+        row[f"{metric}_n_examples"] = spread.n_examples
     for key in ("trainable_params", "wall_seconds", "steps"):
         values = _values(members, key)
         row[f"{key}_mean"] = float(np.mean(values)) if values else math.nan
@@ -198,8 +197,7 @@ def _ranked(runs: Sequence[Mapping[str, Any]], group_by: Sequence[str], metric: 
     if tune:
         groups = {key: nested(members, tune, rank_by) for key, members in groups.items()}
     metrics, expected = sorted({*available_metrics(runs), metric, rank_by}), expected_pairs(runs)
-    crossed = {name for name in (metric, rank_by) if is_test(name)}
-    rows = [(members, _summary_row(dict(zip(keys, key, strict=True)), members, metrics, expected, crossed))
+    rows = [(members, _summary_row(dict(zip(keys, key, strict=True)), members, metrics, expected))
             for key, members in groups.items()]
     for members, row in rows if tune else ():
         row["tuned"], row[CHOSEN] = ",".join(tune), chosen_cell(members, tune)

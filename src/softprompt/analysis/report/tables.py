@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from softprompt.analysis.report.collect import Collection, Incomplete
-from softprompt.analysis.report.intervals import EXAMPLES_ONLY, RUNS_AND_EXAMPLES, RUNS_ONLY
+from softprompt.analysis.report.intervals import EXAMPLES_ONLY, NESTED, RUNS_AND_EXAMPLES, RUNS_ONLY
+from softprompt.analysis.report.outcomes import FILES, stage_word
 from softprompt.analysis.report.selection import CHOSEN, cell
 from softprompt.analysis.report.statistics import (
     BEST,
@@ -27,14 +28,30 @@ from softprompt.analysis.report.statistics import (
 
 __all__ = ["cell", "markdown_report", "markdown_table", "ranking_notes", "resolution_line", "task_lines"]
 
-COVERS = {RUNS_AND_EXAMPLES: "95% CI over runs and test examples",
-          EXAMPLES_ONLY: "95% CI over test examples only (one run)",
-          RUNS_ONLY: "95% CI over runs only"}
-MARKS = {EXAMPLES_ONLY: "†", RUNS_ONLY: "‡", RUNS_AND_EXAMPLES: "§"}
-LEGEND = {EXAMPLES_ONLY: "† one run: the interval covers test-set sampling only (that run's own population score)",
-          RUNS_ONLY: "‡ over runs only: no per-example test predictions for this row (an older run?), so test-set "
-                     "sampling is not in its interval",
-          RUNS_AND_EXAMPLES: "§ over runs and test examples"}
+MARKS = {EXAMPLES_ONLY: "†", RUNS_ONLY: "‡", RUNS_AND_EXAMPLES: "§", NESTED: "¶"}
+
+
+def covers(kind: str, metric: str) -> str:
+    """What an interval of `kind` on `metric` covers, for headers and captions."""
+    word = stage_word(metric)
+    return {RUNS_AND_EXAMPLES: f"95% CI over runs and {word} examples",
+            NESTED: f"95% CI over runs and {word} examples, each fold its own",
+            EXAMPLES_ONLY: f"95% CI over {word} examples only (one run)",
+            RUNS_ONLY: f"95% CI over runs only (no {word} predictions)"}[kind]
+
+
+def legend(kind: str, metric: str) -> str:
+    """The note under a table for a row whose `metric` interval covers other sources than its header says."""
+    word, stage = stage_word(metric), metric.split("/", 1)[0]
+    file = FILES.get(stage, f"{stage}_predictions.jsonl")
+    return f"{MARKS[kind]} {metric}: " + {
+        EXAMPLES_ONLY: f"one run: the interval covers {word}-set sampling only (that run's own population score)",
+        RUNS_ONLY: f"over runs only: no usable {file} for this row (an older run?), so " + (
+            "test-set sampling is not in its interval" if stage == "test" else
+            f"{word} sampling is in it only through the runs' spread (folds validating on their own examples); one "
+            "run gets no interval"),
+        RUNS_AND_EXAMPLES: f"over runs and {word} examples (every run on the same examples)",
+        NESTED: f"over runs and {word} examples, each fold scored on its own examples"}[kind]
 
 
 def _kind(row: Mapping[str, Any], metric: str) -> str:
@@ -54,7 +71,7 @@ def _interval_cell(row: Mapping[str, Any], metric: str, header: str) -> str:
     if is_missing(mean):
         return "-"
     kind = _kind(row, metric)
-    mark = MARKS[kind] if kind != header else ""
+    mark = MARKS.get(kind, "") if kind != header else ""
     return f"{mean:.4f}{mark}" if is_missing(low) else f"{mean:.4f} [{low:.4f}, {high:.4f}]{mark}"
 
 
@@ -124,8 +141,8 @@ def markdown_table(summary: pd.DataFrame, group_by: Sequence[str], metric: str) 
     ranks = "RANKED ON TEST at the user's request" if is_test(rank_by) else "ranks and chooses"
     names = [rank_by, *([metric] if metric != rank_by else [])]
     headers = {name: _header_kind(summary, name) for name in names}
-    titles = [f"{rank_by} ({ranks}): mean [{COVERS[headers[rank_by]]}]"]
-    titles += [f"{metric} (reported): mean [{COVERS[headers[metric]]}]"] if metric != rank_by else []
+    titles = [f"{rank_by} ({ranks}): mean [{covers(headers[rank_by], rank_by)}]"]
+    titles += [f"{metric} (reported): mean [{covers(headers[metric], metric)}]"] if metric != rank_by else []
     against = [BEST, *([ZERO_SHOT] if _has_zero_shot(summary) else [])]
     compared = [f"{metric} minus {'best' if a == BEST else 'zero-shot'}: diff [95% CI], Holm p" for a in against]
     chosen = [f"{summary['tuned'].iloc[0]} chosen per fold (on {rank_by})"] if CHOSEN in summary else []
@@ -140,9 +157,9 @@ def markdown_table(summary: pd.DataFrame, group_by: Sequence[str], metric: str) 
                  *(_comparison_cell(row, a) for a in against),
                  "-" if is_missing(params) else f"{round(params):,}", "-" if is_missing(wall) else f"{wall:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    marks = {_kind(row, name) for row in summary.to_dict("records") for name in names
+    marks = {(name, _kind(row, name)) for row in summary.to_dict("records") for name in names
              if _kind(row, name) != headers[name]}
-    lines += [""] + [LEGEND[kind] for kind in sorted(marks)] if marks else []
+    lines += [""] + [legend(kind, name) for name, kind in sorted(marks)] if marks else []
     return "\n".join(lines)
 
 
@@ -153,7 +170,8 @@ def resolution_line(summary: pd.DataFrame, metric: str) -> str:
     n_text = f"{runs[0]}" if len(runs) == 1 else f"{runs[0]}-{runs[-1]}"
     sizes = pd.to_numeric(summary.get(f"{metric}_n_examples"), errors="coerce").dropna()
     sizes = sizes[sizes > 0]
-    examples = f"{int(sizes.max())} test examples" if len(sizes) else "test examples not in the intervals"
+    word = stage_word(metric)
+    examples = f"{int(sizes.max())} {word} examples" if len(sizes) else f"{word} examples not in the intervals"
     if widths.empty:
         return f"Resolution: nothing compared at this n ({n_text} runs, {examples})."
     width = float(np.median(widths))
@@ -173,8 +191,12 @@ def _method_note(summary: pd.DataFrame, metric: str) -> str:
             "averaged over runs, less the run-by-example interaction; corpus-level metrics get it from a seeded "
             "bootstrap over examples, the same resamples for every run). They cover the population score over "
             "training runs (given this training pool) and test examples, and are never narrower than test "
-            "sampling alone. Validation intervals are t intervals over runs (no validation predictions are saved; "
-            "each fold validates on its own examples). Comparisons are paired on shared "
+            "sampling alone. Validation metrics come from each run's val_predictions.jsonl (the validation pass "
+            "metrics.json reports: the selected checkpoint's). Runs on the same validation examples get the same "
+            "formula; under k-fold each fold validates on its own examples (nested in the runs), so the runs' spread "
+            "already holds validation sampling: t(F-1) s_runs/sqrt(n) over the F folds (a fold's seeds averaged "
+            "first), never narrower than validation sampling alone; one run: validation sampling only; runs without "
+            "val_predictions.jsonl: a t interval over runs. Comparisons are paired on shared "
             f"(fold, seed) runs and test examples (the same decomposition on the differences; one run each on "
             f"accuracy: exact McNemar; no predictions: exact sign-flip over runs), this row minus the other; "
             f"p-values are Holm-corrected over the {count} comparisons in this table (the intervals are each 95%); "
@@ -236,4 +258,4 @@ def markdown_report(collection: Collection, summary: pd.DataFrame, group_by: Seq
 def interval_caption(summary_rows: pd.DataFrame, metric: str) -> str:
     """What a plot's bars are (the table's intervals)."""
     kinds = {_kind(row, metric) for row in summary_rows.to_dict("records")}
-    return "; ".join(COVERS[kind] for kind in sorted(kinds)) if kinds else COVERS[RUNS_ONLY]
+    return "; ".join(covers(kind, metric) for kind in sorted(kinds or {RUNS_ONLY}))
