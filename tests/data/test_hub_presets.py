@@ -8,6 +8,7 @@ How to record the schema of a new hub preset: docs/tasks.md#recording-a-hub-pres
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +19,17 @@ import pytest
 from datasets import ClassLabel, Features, Translation, Value
 from datasets.exceptions import DatasetNotFoundError
 from omegaconf import OmegaConf
+from sacrebleu.metrics import BLEU
 
+from softprompt.analysis.report.collect import collect_runs
+from softprompt.analysis.report.outcomes import run_outcomes
 from softprompt.config.compose import config_dir
+from softprompt.data.datamodule import PromptDataModule
 from softprompt.data.sources import read_splits
 from softprompt.data.task import GROUP, LABEL, TARGET, TaskConfig, parse_task
 from softprompt.data.validation import DataError
+from softprompt.objectives.generation import GenerationObjective
+from softprompt.training.run import run
 
 LOCAL_FORMATS = ("json", "csv", "tsv", "parquet", "text")
 SPLITS = ("train", "validation", "test")
@@ -200,9 +207,10 @@ def _value(feature: Any, split: str, column: str, i: int, schema: HubSchema) -> 
     if isinstance(feature, ClassLabel):
         return -1 if split in schema.hidden_labels else i % feature.num_classes
     if isinstance(feature, Translation):
-        return {language: f"{split} {language} sentence {i}" for language in feature.languages}
-    if feature.dtype == "string":
-        return f"{split} {column} {i // 2 if column == schema.shared else i}"
+        return {language: f"the {split} {language} sentence number {i} of the replica" for language in
+                feature.languages}
+    if feature.dtype == "string":  # eight 13a tokens: long enough for BLEU's 4-grams
+        return f"the {split} {column} number {i // 2 if column == schema.shared else i} of the replica"
     return i
 
 
@@ -247,7 +255,8 @@ def offline_hub(hub_replica, monkeypatch) -> Path:
         folder = hub_replica / (revision or "main") / path
         if not folder.is_dir():
             raise DatasetNotFoundError(f"Revision '{revision}' doesn't exist for dataset '{path}' on the Hub.")
-        return real(str(folder), *args, **kwargs)
+        # Its own datasets cache: a replica built anew is read anew (the hub's cache is keyed by commit).
+        return real(str(folder), *args, cache_dir=str(hub_replica / "datasets-cache"), **kwargs)
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     return hub_replica
@@ -297,3 +306,98 @@ def test_reading_a_script_repository_from_main_fails_as_on_the_hub(offline_hub, 
     refusal = rf"task\.source\.path='{SCHEMAS[name].repo}' is invalid: .*Dataset scripts are no longer supported"
     with pytest.raises(DataError, match=rf"{refusal}, but found {SCHEMAS[name].script}"):
         read_splits(parse_task(node), {"num_folds": None, "fold": 0, "seed": 0}, tmp_path)
+
+
+# ------------------------------------------------------------------ E2E: once per source, against all references
+
+
+@pytest.fixture
+def evaluated(monkeypatch) -> list[tuple[str, int]]:
+    """(stage, rows) of every generation batch evaluated. The text scored is each row's last reference without its
+    last word (real decoding still runs, once per row): scores well inside (0, 1), and higher against all of a
+    source's references than against one."""
+    seen: list[tuple[str, int]] = []
+    evaluate, texts = GenerationObjective.evaluate, GenerationObjective.texts
+
+    def counting_evaluate(self, module, batch, stage):
+        seen.append((stage, len(batch["row_index"])))
+        self.batch_references = batch["references"] if "references" in batch else [[t] for t in batch["target_text"]]
+        return evaluate(self, module, batch, stage)
+
+    def near_last_reference(self, tokens):
+        assert len(texts(self, tokens)) == len(self.batch_references)  # one generated text per row
+        return [" ".join(refs[-1].split()[:-1]) for refs in self.batch_references]
+
+    monkeypatch.setattr(GenerationObjective, "evaluate", counting_evaluate)
+    monkeypatch.setattr(GenerationObjective, "texts", near_last_reference)
+    return seen
+
+
+TINY_GENERATION_RUN = ["backbone=tiny_random", "method=prompt_tuning", "method.init=vocab",
+                       "method.num_virtual_tokens=3",
+                       "trainer.max_steps=2", "trainer.val_check_interval=2", "data.batch_size=4",
+                       "data.eval_batch_size=3"]
+
+
+def sacrebleu(predictions: list[str], references: list[list[str]]) -> float:
+    streams = [[refs[k] for refs in references] for k in range(len(references[0]))]
+    return BLEU(smooth_method="none").corpus_score(predictions, streams).score / 100
+
+
+def test_e2e_nlg_generates_once_per_source_and_scores_bleu_against_all_its_references(offline_hub, make_cfg,
+                                                                                        evaluated):
+    """The replica's E2E splits hold two rows (references) per meaning representation: training reads all 8 rows,
+    evaluation generates for the 4 sources only, and BLEU is SacreBLEU's multi-reference corpus BLEU."""
+    cfg = make_cfg(["task=e2e_nlg", *TINY_GENERATION_RUN, "task.generation.max_new_tokens=4"])
+    summary = run(cfg)
+    out = Path(cfg.paths.output_dir)
+
+    assert summary["split_sizes"]["train"]["used"] == 8  # every (source, reference) pair trains
+    assert summary["references"] == {"validation": {"sources": 4, "references": 8},
+                                     "test": {"sources": 4, "references": 8}}
+    assert sum(rows for stage, rows in evaluated if stage == "test") == 4
+    rows = [json.loads(line) for line in (out / "test_predictions.jsonl").read_text().splitlines()]
+    replica = replica_rows(SCHEMAS["e2e_nlg"], "test")["human_reference"]
+    assert [row["row_index"] for row in rows] == [0, 2, 4, 6]  # each source's first row
+    assert [row["references"] for row in rows] == [replica[i:i + 2] for i in (0, 2, 4, 6)]
+    predictions, references = [row["prediction"] for row in rows], [row["references"] for row in rows]
+    assert 0.5 < summary["test"]["bleu"] < 1.0
+    assert summary["test"]["bleu"] == pytest.approx(sacrebleu(predictions, references), abs=1e-6)
+    assert sacrebleu(predictions, [refs[:1] for refs in references]) < summary["test"]["bleu"] - 0.1
+    # The report rebuilds BLEU and ROUGE per source from the predictions file, and gets the run's numbers.
+    record = collect_runs([out]).runs[0]
+    for metric in ("test/bleu", "test/rougeL"):
+        assert run_outcomes(record, metric).value() == pytest.approx(summary["test"][metric.split("/")[1]], abs=1e-6)
+
+
+def test_a_mixture_scores_each_task_by_its_own_references_setting(offline_hub, make_cfg, evaluated):
+    short = "max_length: 64, generation: {max_new_tokens: 4}"
+    cfg = make_cfg([f"tasks=[{{task: e2e_nlg, {short}}},{{task: xsum, {short}}}]", *TINY_GENERATION_RUN])
+    summary = run(cfg)
+    assert summary["references"] == {"e2e_nlg": {"validation": {"sources": 4, "references": 8},
+                                                 "test": {"sources": 4, "references": 8}}, "xsum": None}
+    rows = [json.loads(line) for line in (Path(cfg.paths.output_dir) / "test_predictions.jsonl").open()]
+    e2e, xsum = ([row for row in rows if row["task"] == task] for task in ("e2e_nlg", "xsum"))
+    assert len(e2e) == 4 and all(len(row["references"]) == 2 for row in e2e)
+    assert len(xsum) == 8 and all(isinstance(row["reference"], str) and "references" not in row for row in xsum)
+    assert summary["test"]["e2e_nlg/bleu"] == pytest.approx(
+        sacrebleu([r["prediction"] for r in e2e], [r["references"] for r in e2e]), abs=1e-6)
+    assert summary["test"]["xsum/bleu"] == pytest.approx(
+        sacrebleu([r["prediction"] for r in xsum], [[r["reference"]] for r in xsum]), abs=1e-6)
+    record = collect_runs([Path(cfg.paths.output_dir)]).runs[0]
+    for task in ("e2e_nlg", "xsum"):
+        assert run_outcomes(record, f"test/{task}/bleu").value() == pytest.approx(summary["test"][f"{task}/bleu"],
+                                                                                abs=1e-6)
+
+
+def test_k_fold_keeps_each_sources_references_on_one_side(offline_hub, preset, tiny_backbone, tmp_path):
+    task = preset("e2e_nlg")
+    data = {"batch_size": 4, "eval_batch_size": 8, "num_workers": 0, "padding_side": "right", "max_samples": {}}
+    module = PromptDataModule(task, data, {"num_folds": 2, "fold": 0, "seed": 0}, task.template,
+                              tiny_backbone().tokenizer, tmp_path, seed=0)
+    module.setup()
+    train, validation = module.splits["train"], module.splits["validation"]
+    assert len(train) == 4 and not set(train["text"]) & set(validation["text"])
+    assert [len(refs) for refs in validation["references"]] == [2, 2]
+    assert module.fold_split == {"stratified_by": None, "grouped_by": "source",
+                                 "groups": {"train": 2, "validation": 2}}
