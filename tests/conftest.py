@@ -554,6 +554,7 @@ def task_config() -> Callable[..., TaskConfig]:
                   "splits": {"train": "train", "validation": "validation", "test": "test"}, **task}
         if generation:
             filled.setdefault("generation", {"max_new_tokens": 8, "num_beams": 1})
+            filled.setdefault("references", "single")
         return parse_task(filled)
 
     return _task

@@ -107,6 +107,14 @@ def test_generation_prompt_reproduces_the_generated_text(run_job, headline_task_
     assert predictor.predict([{"pair": {"body": body}} for _, body in headlines]) == expected  # a nested column
     with pytest.raises(ArtifactError, match="generation task: it has no label probabilities"):
         predictor.score(["Shares rose"])
+    # Written before format 4, a generation task had no task.references: it reads as `single` and predicts the same.
+    old = tmp_path / "format3"
+    shutil.copytree(out / "prompt", old)
+    spec = json.loads((old / SPEC_FILE).read_text())
+    assert spec["task"].pop("references") == "single"
+    (old / SPEC_FILE).write_text(json.dumps({**spec, "format_version": 3}))
+    BACKBONES.clear()
+    assert softprompt.load(old).predict([body for _, body in headlines]) == expected
 
 
 @pytest.mark.xdist_group("distributed")  # two training processes: one such test at a time

@@ -60,6 +60,7 @@ def test_rouge_of_the_predictions_file_is_the_reported_rouge(make_cfg, generatio
     (["method=prompt_tuning", "method.init=class_labels"], "method.init"),
     (["task.metric=acc"], "task.metric"),
     (["task.generation.num_beams=0"], "task.generation.num_beams"),
+    (["task.references=all"], "task.references"),
     (["task.template='Article: {text}{answer} is the gist'"], "task.template"),
 ])
 def test_bad_generation_settings_fail_with_one_clear_line(make_cfg, generation_overrides, overrides, key):

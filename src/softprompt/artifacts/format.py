@@ -38,8 +38,9 @@ from softprompt.methods.base import SoftPromptModule
 from softprompt.methods.layout import prompt_template
 
 FORMAT = "softprompt-artifact"
-# 2: the whole task config, and every method setting (typed configs); 3: the tensors file's sha256
-FORMAT_VERSION = 3
+# 2: the whole task config, and every method setting (typed configs); 3: the tensors file's sha256;
+# 4: generation tasks record task.references
+FORMAT_VERSION = 4
 DIGEST_KEY = "tensors_sha256"  # format 3 on: the sha256 of softprompt.safetensors, checked on every read
 ARTIFACT_DIR = "prompt"  # in a run's output dir
 TENSORS_FILE = "softprompt.safetensors"
@@ -168,9 +169,11 @@ def read_spec(directory: Path) -> dict[str, Any]:
     try:
         if version == 1:
             spec = upgrade_v1(spec)
+        if version < 4:
+            spec = upgrade_v3(spec)
     except (KeyError, TypeError, AttributeError) as error:
-        raise ArtifactError(f"{path} lacks the field {error} that format_version 1 had; the file is incomplete "
-                            "or was edited") from None
+        raise ArtifactError(f"{path} lacks the field {error} that format_version {version} had; the file is "
+                            "incomplete or was edited") from None
     check_spec(spec, path, version)
     spec["format_version"] = FORMAT_VERSION
     return spec
@@ -254,6 +257,16 @@ def upgrade_v1(spec: dict[str, Any]) -> dict[str, Any]:
         for key, value in V1_METHOD.items():
             method.setdefault(key, value)
     spec["format_version"] = FORMAT_VERSION
+    return spec
+
+
+def upgrade_v3(spec: dict[str, Any]) -> dict[str, Any]:
+    """A spec before version 4 in version 4's shape: its generation tasks (a mixture's too) evaluated every row
+    against its own target, which is task.references=single."""
+    task = spec["task"]
+    for node in (task["tasks"].values() if task.get("type") == MIXTURE else [task]):
+        if node.get("type") == "generation":
+            node.setdefault("references", "single")
     return spec
 
 

@@ -67,5 +67,8 @@ class PadCollator:
         for i, row in enumerate(rows):
             target_ids[i, :len(row["target_ids"])] = torch.as_tensor(row["target_ids"])
             target_mask[i, :len(row["target_ids"])] = 1
-        return {"target_ids": target_ids, "target_mask": target_mask,
-                "target_text": [str(r[self.target_field]) for r in rows]}
+        targets = {"target_ids": target_ids, "target_mask": target_mask,
+                   "target_text": [str(r[self.target_field]) for r in rows]}
+        if "references" in rows[0]:  # task.references=grouped: every reference of each row's source
+            targets["references"] = [[str(ref) for ref in r["references"]] for r in rows]
+        return targets

@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from softprompt.data.collate import PadCollator
 from softprompt.data.folds import stratified_sample, train_val_indices
+from softprompt.data.references import group_references, reference_counts, source_keys
 from softprompt.data.sampling import (
     ResumableLoader,
     ShuffledShardSampler,
@@ -71,6 +72,8 @@ class SplitLoaders(L.LightningDataModule):
         self.split_sizes: dict[str, Any] = {}
         # k-fold runs: what the folds are stratified and grouped by, and the groups on each side (metrics.json).
         self.fold_split: dict[str, Any] | None = None
+        # task.references=grouped: per evaluation split, the sources scored and their references (metrics.json).
+        self.references: dict[str, Any] | None = None
         self.demonstration_ids: list[int] = []
 
     def collator(self) -> PadCollator:
@@ -128,6 +131,7 @@ class PromptDataModule(SplitLoaders):
         # Causal LMs: nothing may follow the answer position (the answer or target comes next).
         self.specials = (leading, [] if answer_must_end else trailing)
         self.generation = task.is_generation
+        self.grouped_references = task.grouped_references
         self.num_demonstrations = num_demonstrations
         self.demonstration_separator = demonstration_separator
         self.task, self.cv = task, cv
@@ -159,6 +163,9 @@ class PromptDataModule(SplitLoaders):
             train, validation = tokenized["train"], tokenized["validation"]
         self.splits = {"train": train, "validation": validation, "test": test}
         self.demonstration_ids = self._demonstration_ids()
+        if self.grouped_references:  # training keeps every (source, reference) pair
+            for role in ("validation", "test"):
+                self.splits[role] = group_references(self.splits[role], self.task.text_fields)
         self.split_sizes = {role: {"available": len(split), "used": len(split)} for role, split in self.splits.items()}
         limits = self.data_cfg.get("max_samples") or {}
         for role, limit in limits.items():
@@ -171,23 +178,32 @@ class PromptDataModule(SplitLoaders):
                 log.info("data.max_samples.%s=%s: %s uses %d of the %d examples of %s", role, limit, role, int(limit),
                          self.split_sizes[role]["available"], where)
         self.truncated = {role: int(sum(split["truncated"])) for role, split in self.splits.items()}
+        if self.grouped_references:
+            self.references = {role: reference_counts(self.splits[role]) for role in ("validation", "test")}
+            log.info("task.references=grouped: %s", ", ".join(
+                f"{role} {n['sources']} sources, {n['references']} references" for role, n in self.references.items()))
         log.info("examples whose text was cut to task.max_length=%s: %s", self.task.max_length,
                  ", ".join(f"{role} {n} of {len(self.splits[role])}" for role, n in self.truncated.items()))
 
     def _fold(self, split: Dataset, num_folds: int) -> tuple[Dataset, Dataset]:
         """The training part and validation fold `cv.fold` of the train split: stratified by label, and whole groups
-        where the task names a group column (the `group` field, dropped here: the model never sees it)."""
+        where the task names a group column (the `group` field, dropped here: the model never sees it), or, with
+        grouped references, whole sources (a source's references never sit on both sides)."""
         groups = list(split[GROUP]) if GROUP in split.column_names else None
+        if groups is None and self.grouped_references:
+            groups = source_keys(split, self.task.text_fields)
         train_idx, val_idx = train_val_indices(self._strata(split), num_folds, int(self.cv["fold"]),
                                                int(self.cv["seed"]), groups)
+        grouped_by = self.task.group_column or ("source" if self.grouped_references else None)
         self.fold_split = {"stratified_by": None if self.generation else LABEL,
-                           "grouped_by": self.task.group_column if groups is not None else None, "groups": None}
+                           "grouped_by": grouped_by if groups is not None else None, "groups": None}
         if groups is not None:
-            split = split.remove_columns(GROUP)
+            if GROUP in split.column_names:
+                split = split.remove_columns(GROUP)
             self.fold_split["groups"] = {"train": len({groups[i] for i in train_idx}),
                                          "validation": len({groups[i] for i in val_idx})}
             log.info("folds grouped by %s: %d groups train, %d validate (fold %s), none in both",
-                     self.task.group_column, self.fold_split["groups"]["train"],
+                     grouped_by, self.fold_split["groups"]["train"],
                      self.fold_split["groups"]["validation"], self.cv["fold"])
         return split.select(train_idx), split.select(val_idx)
 

@@ -84,13 +84,14 @@ def stratified_sample(labels: Sequence[int], k: int, seed: int) -> np.ndarray:
 
 
 def check_grouped_folds(labels: Sequence[int], groups: Sequence, num_folds: int, seed: int, where: str,
-                        label_names: list[str] | None) -> None:
+                        label_names: list[str] | None, grouped_by: str) -> None:
     """Grouped folds can be cut: at least one group per fold and, for a classification task, each label in groups
-    enough to reach every fold, and reaching every fold `grouped_folds` cuts."""
+    enough to reach every fold, and reaching every fold `grouped_folds` cuts. `grouped_by` says, in messages, which
+    setting groups them."""
     _, counts = _group_counts(labels, groups)
     if len(counts) < num_folds:
         raise DataError("cv.num_folds", num_folds, f"the {where} has {len(counts)} groups, fewer than the {num_folds} "
-                        "folds (folds are grouped by task.columns.group); lower cv.num_folds or add groups")
+                        f"folds (folds are grouped by {grouped_by}); lower cv.num_folds or add groups")
     if label_names is None:
         return
     labels = np.asarray(labels)
@@ -100,7 +101,7 @@ def check_grouped_folds(labels: Sequence[int], groups: Sequence, num_folds: int,
         if spread < num_folds:
             raise DataError("cv.num_folds", num_folds, f"label {label_names[label]!r} occurs in {spread} groups of the "
                             f"{where}, fewer than the {num_folds} folds, so some folds would hold none of it (folds "
-                            f"are grouped by task.columns.group); lower cv.num_folds to {spread} or less, or add "
+                            f"are grouped by {grouped_by}); lower cv.num_folds to {spread} or less, or add "
                             "groups with that label")
     folds = grouped_folds(labels, groups, num_folds, seed)
     for label, spread in zip(present.tolist(), holders.tolist(), strict=True):

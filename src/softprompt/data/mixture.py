@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from softprompt.data.collate import PadCollator
 from softprompt.data.datamodule import PromptDataModule, SplitLoaders
+from softprompt.data.references import REFERENCES
 from softprompt.data.task import LABEL, TARGET, MixtureTask
 
 log = logging.getLogger("softprompt")
@@ -57,6 +58,8 @@ class MixtureDataModule(SplitLoaders):
 
     def _model_columns(self, split: Dataset) -> Dataset:
         answer = ["target_ids", TARGET] if self.generation else [LABEL]
+        if REFERENCES in split.column_names:  # a grouped task's evaluation split
+            answer.append(REFERENCES)
         kept = split.select_columns([*MODEL_COLUMNS, *answer])
         return kept if self.generation else kept.cast_column(LABEL, Value("int64"))  # ClassLabel vs int per task
 
@@ -66,9 +69,16 @@ class MixtureDataModule(SplitLoaders):
         for member in self.members.values():
             member.setup()
         for role in ("train", "validation", "test"):
-            self.splits[role] = concatenate_datasets([self._model_columns(m.splits[role])
-                                                      for m in self.members.values()])
+            parts = [self._model_columns(m.splits[role]) for m in self.members.values()]
+            if any(REFERENCES in part.column_names for part in parts):
+                # One set of columns for all tasks: a single-reference task's rows carry their own target; its
+                # objective scores them as before.
+                parts = [part if REFERENCES in part.column_names else
+                         part.add_column(REFERENCES, [[str(target)] for target in part[TARGET]]) for part in parts]
+            self.splits[role] = concatenate_datasets(parts)
         self.split_sizes = {name: m.split_sizes for name, m in self.members.items()}
+        counts = {name: m.references for name, m in self.members.items()}
+        self.references = counts if any(counts.values()) else None  # per task, where grouped
         self.truncated = {name: m.truncated for name, m in self.members.items()}
         folds = {name: m.fold_split for name, m in self.members.items()}
         self.fold_split = folds if any(folds.values()) else None  # per task, in k-fold runs

@@ -16,6 +16,7 @@ from softprompt.assets.wheels import WheelAsset, extract_member, prepared_dir
 from softprompt.data.delimited import check_headers, read_options, strict_rows
 from softprompt.data.folds import check_grouped_folds
 from softprompt.data.offline_tasks import BUILDERS
+from softprompt.data.references import source_keys
 from softprompt.data.task import GROUP, LABEL, TaskConfig
 from softprompt.data.validation import (
     DELIMITERS,
@@ -133,10 +134,13 @@ def read_splits(task: TaskConfig, cv: Mapping, cache_dir: Path) -> dict[str, Dat
     where = f"train split ({split_origin(task.source, task.splits['train'])})"
     label_names = None if task.is_generation else task.label_names
     check_folds(splits["train"], cv, where, label_names)
-    if folded and task.group_column is not None:
-        train = splits["train"]
-        check_grouped_folds(train[LABEL] if label_names else [0] * len(train), train[GROUP], int(cv["num_folds"]),
-                            int(cv["seed"]), where, label_names)
+    if folded and (task.group_column is not None or task.grouped_references):
+        train = splits["train"]  # folds keep groups whole: the group column's, or each source's references
+        by_column = task.group_column is not None
+        groups = train[GROUP] if by_column else source_keys(train, task.text_fields)
+        check_grouped_folds(train[LABEL] if label_names else [0] * len(train), groups, int(cv["num_folds"]),
+                            int(cv["seed"]), where, label_names,
+                            "task.columns.group" if by_column else "source, task.references=grouped")
     return splits
 
 

@@ -53,6 +53,11 @@ class TaskConfig:
         return []
 
     @property
+    def grouped_references(self) -> bool:
+        """Evaluation scores each distinct source against all its rows' targets (generation tasks may ask it)."""
+        return False
+
+    @property
     def group_column(self) -> str | None:
         """The dataset column whose groups (e.g. movies) k-fold folds keep whole, or None."""
         return self.columns.get(GROUP)
@@ -98,6 +103,13 @@ class GenerationTask(TaskConfig):
     target_prefix: str  # put before the target text (" " for a word-level continuation)
     max_target_length: int = field(metadata=at_least(1))  # target tokens, the closing eos included
     generation: Mapping[str, Any]  # decoding settings (objectives.decoding.DecodingConfig)
+    # Evaluation: `single` scores each row against its own target; `grouped` generates once per distinct source
+    # (rows whose text fields are equal) and scores against all of its rows' targets. Training uses every row.
+    references: Literal["single", "grouped"]
+
+    @property
+    def grouped_references(self) -> bool:
+        return self.references == "grouped"
 
     def validate(self) -> None:
         super().validate()

@@ -53,7 +53,7 @@ def build_objective(task: TaskConfig | MixtureTask, adapter: type[FamilyAdapter]
                                  for name, member in task.members.items()})
     if isinstance(task, GenerationTask):
         return GenerationObjective(tokenizer, DecodingConfig.from_config(task.generation), adapter, task.metric,
-                                   prefix)
+                                   prefix, grouped=task.grouped_references)
     words = label_words(task.label_names, task.verbalizer)
     return ClassificationObjective(label_token_ids(words, tokenizer), adapter, hidden_size, task.metric,
                                    task.label_names, words, loss=task.loss, prefix=prefix)

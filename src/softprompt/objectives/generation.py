@@ -15,19 +15,27 @@ from transformers import PreTrainedTokenizerBase
 from softprompt.backbones.families import FamilyAdapter
 from softprompt.errors import ConfigError
 from softprompt.objectives.base import STAGES, Objective, PromptedModel
+from softprompt.objectives.bleu import MultiReferenceBLEU
 from softprompt.objectives.decoding import DecodingConfig
 from softprompt.objectives.scoring import Batch
 
 
 class TextMetrics(nn.Module):
-    """ROUGE-1/2/L F-measure (no stemming) and corpus SacreBLEU, all from torchmetrics, in [0, 1]."""
+    """ROUGE-1/2/L F-measure (no stemming) and corpus SacreBLEU, in [0, 1]. `grouped`: each prediction has a list of
+    references; ROUGE takes, per prediction and ROUGE variant, the F-measure of the reference that scores highest
+    (torchmetrics' accumulate="best"), and BLEU is multi-reference corpus BLEU as SacreBLEU computes it (bleu.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, grouped: bool = False) -> None:
         super().__init__()
-        self.rouge = ROUGEScore(rouge_keys=("rouge1", "rouge2", "rougeL"))
-        self.bleu = SacreBLEUScore()
+        self.grouped = grouped
+        self.rouge = ROUGEScore(rouge_keys=("rouge1", "rouge2", "rougeL"), accumulate="best")
+        self.bleu = MultiReferenceBLEU() if grouped else SacreBLEUScore()
 
-    def update(self, predictions: list[str], references: list[str]) -> None:
+    def update(self, predictions: list[str], references: Sequence[str] | Sequence[Sequence[str]]) -> None:
+        if self.grouped:  # lists of references
+            self.rouge.update(predictions, [list(refs) for refs in references])
+            self.bleu.update(predictions, references)
+            return
         self.rouge.update(predictions, references)
         self.bleu.update(predictions, [[r] for r in references])
 
@@ -47,7 +55,7 @@ class GenerationObjective(Objective):
     LOSSES = ("lm",)
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, decoding: DecodingConfig,
-                 adapter: type[FamilyAdapter], metric: str = "rougeL", prefix: str = "") -> None:
+                 adapter: type[FamilyAdapter], metric: str = "rougeL", prefix: str = "", grouped: bool = False) -> None:
         super().__init__(metric, prefix)
         if not adapter.generates:
             raise ConfigError("task.type", "generation", f"a {adapter.family} backbone has no decoder to generate "
@@ -57,7 +65,9 @@ class GenerationObjective(Objective):
         self.tokenizer = tokenizer
         self.decoding = decoding
         self.eos_token_id = int(tokenizer.eos_token_id)
-        self.metrics = nn.ModuleDict({stage: TextMetrics() for stage in STAGES})
+        # task.references=grouped: batches carry each source's references; predictions list them all.
+        self.grouped = grouped
+        self.metrics = nn.ModuleDict({stage: TextMetrics(grouped) for stage in STAGES})
         self.epoch_values: dict[str, dict[str, torch.Tensor]] = {}
 
     def outputs(self, module: PromptedModel, batch: Batch) -> torch.Tensor:
@@ -79,9 +89,10 @@ class GenerationObjective(Objective):
         logits = module.adapter.vocab_logits(module.backbone, hidden).float()
         self.log_loss(module, stage, self.target_loss(logits, batch), size)
         texts = self.texts(tokens)
-        references = list(batch["target_text"])
+        key, references = ("references", list(batch["references"])) if self.grouped else \
+            ("reference", list(batch["target_text"]))
         self.metrics[stage].update(texts, references)
-        return [{"row_index": row, "prediction": text, "reference": reference}
+        return [{"row_index": row, "prediction": text, key: reference}
                 for row, text, reference in zip(batch["row_index"].tolist(), texts, references, strict=True)]
 
     def generate_texts(self, module: PromptedModel, batch: Batch) -> list[str]:

@@ -154,6 +154,8 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         "split_sizes": datamodule.split_sizes,
         # k-fold runs: {stratified_by, grouped_by (task.columns.group or null), groups: {train, validation}}.
         "fold_split": datamodule.fold_split,
+        # task.references=grouped: {validation, test: {sources, references}} scored (a mixture's: per task); else null.
+        "references": datamodule.references,
         "method_config": plain["method"],
         "tags": list(cfg.get("tags") or []),
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],

@@ -4,7 +4,8 @@ and paired tests can account for the sampling of the examples.
 
 A metric is `stats` (one row per example) and an aggregate of their column sums: accuracy, loss and ROUGE are
 means of a per-example value (`aggregate` None); macro-F1 (per-class tp/fp/fn), BLEU (n-gram matches, totals,
-lengths) and a mixture's macro mean are corpus-level, recomputed from resampled sums. A rebuilt metric must
+lengths; against all of a source's references where its rows list `references`) and a mixture's macro mean are
+corpus-level, recomputed from resampled sums. A rebuilt metric must
 reproduce the run's metrics.json, else it is not used (the report falls back to runs only and says why).
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from softprompt.objectives.bleu import bleu_from_sums, bleu_statistics
 from softprompt.training.results import PREDICTIONS_FILE, VAL_PREDICTIONS_FILE
 
 Aggregate = Callable[[np.ndarray], np.ndarray]  # column sums (..., k) -> metric value(s) (...)
@@ -127,26 +129,22 @@ def _classification(rows: Sequence[Mapping[str, Any]], name: str) -> tuple[np.nd
     raise Unavailable(f"{name} is not rebuilt from classification predictions")
 
 
-def _bleu(sums: np.ndarray) -> np.ndarray:
-    """torchmetrics' SacreBLEUScore (4-grams, no smoothing) from summed matches, totals and lengths."""
-    matches, totals, pred_len, ref_len = sums[..., :4], sums[..., 4:8], sums[..., 8], sums[..., 9]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precisions = np.where(totals > 0, matches / np.where(totals > 0, totals, 1), 0.0)
-        geometric = np.exp(np.mean(np.log(np.where(precisions > 0, precisions, 1.0)), axis=-1))
-        penalty = np.where(pred_len > ref_len, 1.0, np.exp(1 - ref_len / np.where(pred_len > 0, pred_len, np.nan)))
-    score = np.where((matches.min(axis=-1) > 0) & (pred_len > 0), penalty * geometric, 0.0)
-    return np.nan_to_num(score)
+def _references(row: Mapping[str, Any]) -> list[str]:
+    """A row's references: all of its source's (task.references=grouped), or its one reference."""
+    return [str(r) for r in row["references"]] if "references" in row else [str(row["reference"])]
 
 
 def _generation(rows: Sequence[Mapping[str, Any]], name: str) -> tuple[np.ndarray, Aggregate | None]:
-    predictions, references = [str(row["prediction"]) for row in rows], [str(row["reference"]) for row in rows]
-    if name in ROUGE_KEYS:
+    predictions, references = [str(row["prediction"]) for row in rows], [_references(row) for row in rows]
+    if name in ROUGE_KEYS:  # the best reference's F-measure, as the run's ROUGEScore(accumulate="best")
         from torchmetrics.functional.text.rouge import _rouge_score_update
 
         key = ROUGE_KEYS[name]
-        scores = _rouge_score_update(predictions, [[r] for r in references], rouge_keys_values=[key],
-                                     accumulate="best")[key]
+        scores = _rouge_score_update(predictions, references, rouge_keys_values=[key], accumulate="best")[key]
         return np.array([float(score["fmeasure"]) for score in scores])[:, None], None
+    if name == "bleu" and "references" in rows[0]:  # grouped: SacreBLEU's multi-reference statistics
+        return np.array([bleu_statistics(p, refs) for p, refs in zip(predictions, references, strict=True)]), \
+            bleu_from_sums
     if name == "bleu":
         import torch
         from torchmetrics.functional.text.bleu import _bleu_score_update
@@ -155,10 +153,10 @@ def _generation(rows: Sequence[Mapping[str, Any]], name: str) -> tuple[np.ndarra
         tokenizer, stats = _SacreBLEUTokenizer("13a", False), []
         for prediction, reference in zip(predictions, references, strict=True):
             numerator, denominator = torch.zeros(4), torch.zeros(4)
-            pred_len, ref_len = _bleu_score_update([prediction], [[reference]], numerator, denominator,
+            pred_len, ref_len = _bleu_score_update([prediction], [reference], numerator, denominator,
                                                    torch.tensor(0.0), torch.tensor(0.0), 4, tokenizer)
             stats.append([*numerator.tolist(), *denominator.tolist(), float(pred_len), float(ref_len)])
-        return np.array(stats, dtype=float), _bleu
+        return np.array(stats, dtype=float), bleu_from_sums
     raise Unavailable(f"{name} is not rebuilt from generation predictions")
 
 
@@ -167,7 +165,7 @@ def _single(rows: Sequence[Mapping[str, Any]], name: str) -> tuple[np.ndarray, A
         raise Unavailable("no predictions for this task")
     if "label" in rows[0] and "probabilities" in rows[0]:
         return _classification(rows, name)
-    if "reference" in rows[0]:
+    if "reference" in rows[0] or "references" in rows[0]:
         return _generation(rows, name)
     raise Unavailable("predictions are neither classification nor generation rows")
 
