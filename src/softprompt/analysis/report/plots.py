@@ -127,24 +127,43 @@ def _finish(fig: Any, axes: Sequence[Any], data: pd.DataFrame, metric: str, rank
     return fig
 
 
-def _legend(ax: Any, title: str, below: float = 0.19) -> None:
-    """Below the axes (and their tick labels), where it cannot hide a point."""
+def _legend(ax: Any, title: str, below: float = 0.19, beside: bool = False) -> None:
+    """Below the axes (and their tick labels), where it cannot hide a point; `beside`: right of them (under turned
+    tick labels a legend would cover the axis label), the figure widened to make room."""
+    if beside:
+        ax.figure.set_figwidth(ax.figure.get_figwidth() + 2.2)
+        ax.legend(title=title, fontsize="small", title_fontsize="small", loc="upper left",
+                  bbox_to_anchor=(1.02, 1.0), ncol=1, frameon=False)
+        return
     ax.legend(title=title, fontsize="small", title_fontsize="small", loc="upper center",
               bbox_to_anchor=(0.5, -below), ncol=2, frameon=False)
 
 
-def _numeric_axis(ax: Any, values: Sequence[float], label: str) -> None:
-    """Exact positions; a log axis when the values span more than a decade (ticks at the values themselves)."""
+def _numeric_axis(ax: Any, values: Sequence[float], label: str) -> bool:
+    """Exact positions; a log axis when the values span more than a decade (ticks at the values themselves).
+    Returns whether the ticks crowd (their labels are then turned, and the legend goes beside the axes)."""
     log = values[0] > 0 and values[-1] / values[0] > 10
     if log:
         ax.set_xscale("log")
         ax.minorticks_off()
-    ax.set_xticks(values, [cell(float(v)) for v in values])
+    positions = np.log10(values) if log else np.asarray(values, dtype=float)
+    span = float(positions[-1] - positions[0]) or 1.0
+    gaps = np.diff(positions) / span  # neighbouring ticks' distance, as a fraction of the axis
+    crowded = bool(len(gaps)) and float(gaps.min()) < 0.12
+    labels, last = [], -np.inf
+    for position, value in zip(positions, values, strict=True):
+        # Upright labels overlap at under ~12% of the axis apart, turned ones at under ~2%: a tick that close to
+        # the last labelled one keeps its mark and loses its label (the table has every value).
+        keep = (position - last) / span >= 0.02
+        labels.append(cell(float(value)) if keep else "")
+        last = position if keep else last
+    ax.set_xticks(values, labels, rotation=90 if crowded else 0)
     ax.set_xlabel(label + (", log scale" if log else ""))
     if log:  # room for the n labels right of the last point, in decades
         ax.set_xlim(values[0] / 10 ** 0.15, values[-1] * 10 ** 0.3)
     else:
         ax.margins(x=0.12)
+    return crowded
 
 
 def _plot_prompt_length(data: pd.DataFrame, metric: str, rank_by: str, refs: Sequence[Reference],
@@ -164,9 +183,9 @@ def _plot_prompt_length(data: pd.DataFrame, metric: str, rank_by: str, refs: Seq
             ys += _draw_series(ax, line["num_virtual_tokens"].to_numpy(float), line, metric,
                                "none" if is_missing(init) else cell(init), index, line=True)
         ys += _references(ax, refs, metric)
-        _numeric_axis(ax, lengths, "prompt length (virtual tokens)")
+        crowded = _numeric_axis(ax, lengths, "prompt length (virtual tokens)")
         ax.set_title(str(method))
-        _legend(ax, title="init")
+        _legend(ax, title="init", beside=crowded)
     return _finish(fig, axes[0], data, metric, rank_by, ys, task)
 
 
@@ -196,8 +215,8 @@ def _plot_lr(data: pd.DataFrame, metric: str, rank_by: str, refs: Sequence[Refer
         line = data[data["method"] == method].sort_values("lr")
         ys += _draw_series(ax, line["lr"].to_numpy(float), line, metric, str(method), index, line=True)
     ys += _references(ax, refs, metric)
-    _numeric_axis(ax, sorted(set(data["lr"].astype(float))), "learning rate")
-    _legend(ax, title="method")
+    crowded = _numeric_axis(ax, sorted(set(data["lr"].astype(float))), "learning rate")
+    _legend(ax, title="method", beside=crowded)
     return _finish(fig, [ax], data, metric, rank_by, ys, task)
 
 
