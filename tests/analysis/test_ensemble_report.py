@@ -5,11 +5,14 @@ live prompts; members that did not see the same test rows are refused."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 import softprompt
 from softprompt.cli.report import main as report_main
@@ -43,8 +46,25 @@ def test_prompt_ensemble_reports_each_seed_alone_and_their_ensemble(ensemble_swe
     mixed = softprompt.load_many([p.parent / "prompt" for p in runs])
     live = mixed.ensemble([row["review"] for row in rows], vote="mean")
     truth = [row["sentiment"] for row in rows]
-    assert table["ensemble_acc"][0] == pytest.approx(sum(p == t for p, t in zip(live, truth, strict=True)) / len(rows),
-                                                     abs=1e-6)
+    correct = [float(p == t) for p, t in zip(live, truth, strict=True)]
+    assert table["ensemble_acc"][0] == pytest.approx(sum(correct) / len(rows), abs=1e-6)
+
+
+def test_the_ensemble_gets_a_test_sampling_interval_and_a_paired_gain_over_its_members(ensemble_sweep):
+    table = pd.read_csv(ensemble_sweep / "ensemble.csv")
+    runs = sorted(ensemble_sweep.glob("*/test_predictions.jsonl"))
+    members = np.array([[json.loads(line)["prediction"] for line in p.read_text().splitlines()] for p in runs])
+    labels = np.array([json.loads(line)["label"] for line in runs[0].read_text().splitlines()])
+    ensemble = table["ensemble_acc"][0]
+    # The ensemble is one predictor: its interval is the t interval over the test examples' correctness.
+    n = len(labels)
+    half = stats.t.ppf(0.975, n - 1) * math.sqrt(ensemble * (1 - ensemble) * n / (n - 1) / n)
+    assert (table["ensemble_low_acc"][0], table["ensemble_high_acc"][0]) == pytest.approx(
+        (max(0.0, ensemble - half), min(1.0, ensemble + half)), abs=1e-6)
+    # Its gain is paired on the examples: ensemble correct minus the members' mean correctness, per example.
+    assert table["gain_acc"][0] == pytest.approx(ensemble - (members == labels).mean(), abs=1e-6)
+    assert table["gain_low_acc"][0] <= table["gain_acc"][0] <= table["gain_high_acc"][0]
+    assert "ensemble minus members' mean acc" in (ensemble_sweep / "ensemble.md").read_text()
 
 
 def test_members_that_predicted_other_test_rows_are_refused(ensemble_sweep, tmp_path, capsys):

@@ -11,12 +11,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from softprompt.analysis.report.collect import ReportError
 from softprompt.analysis.report.comparisons import config_spread
+from softprompt.analysis.report.intervals import from_matrix
 from softprompt.analysis.report.statistics import INTERVAL_LEVEL
 from softprompt.artifacts.ensemble import EnsembleError, combine
 from softprompt.training.results import PREDICTIONS_FILE
@@ -62,8 +64,23 @@ def ensemble_members(runs: Sequence[Mapping[str, Any]], vote: str) -> dict[str, 
         combined = combine([[r["probabilities"] for r in predictions] for _, predictions in members], vote)
     except EnsembleError as error:
         raise ReportError(f"ensemble: {error}") from None
+    truth = np.asarray(labels)
+    member_correct = np.array([[r["prediction"] for r in predictions] for _, predictions in members]) == truth
+    ensemble_correct = np.array([c.label for c in combined]) == truth
     return {"members": singles, "ensemble": _metrics([c.label for c in combined], labels, width),
-            "test_rows": len(rows)}
+            "test_rows": len(rows), "ensemble_correct": ensemble_correct.astype(float),
+            "members_correct": member_correct.mean(axis=0)}
+
+
+def _accuracy_gain(result: Mapping[str, Any]) -> dict[str, float]:
+    """The ensemble's accuracy with its interval over test examples, and its gain over the members' mean accuracy,
+    paired on the examples: both are about THESE members (the ensemble is one predictor built from them), so they
+    cover test-set sampling, not a new draw of members."""
+    alone = from_matrix(result["ensemble_correct"][None, :])
+    gain = from_matrix((result["ensemble_correct"] - result["members_correct"])[None, :])
+    (low, high), (gain_low, gain_high) = alone.interval((0.0, 1.0)), gain.interval((-1.0, 1.0))
+    return {"ensemble_low_acc": low, "ensemble_high_acc": high, "gain_acc": gain.estimate,
+            "gain_low_acc": gain_low, "gain_high_acc": gain_high, "gain_p_acc": gain.p_value()}
 
 
 def ensemble_table(runs: Sequence[Mapping[str, Any]], group_by: Sequence[str], vote: str) -> pd.DataFrame:
@@ -84,7 +101,7 @@ def ensemble_table(runs: Sequence[Mapping[str, Any]], group_by: Sequence[str], v
             row |= {f"members_mean_{metric}": sum(values) / len(values), f"members_low_{metric}": low,
                     f"members_high_{metric}": high, f"members_min_{metric}": min(values),
                     f"members_max_{metric}": max(values), f"ensemble_{metric}": result["ensemble"][metric]}
-        table.append(row)
+        table.append(row | _accuracy_gain(result))
     return pd.DataFrame(table)
 
 
@@ -92,15 +109,21 @@ def ensemble_markdown(table: pd.DataFrame, group_by: Sequence[str], vote: str) -
     """The table as the report prints and writes it, with its rule, n and interval named."""
     lines = [f"Prompt ensemble (vote={vote}) against each member alone, on the test split. Members: every run of "
              "the configuration (all seeds and folds, none selected); n = members; member interval: "
-             f"{int(INTERVAL_LEVEL * 100)}% CI of the members' mean over members and test examples.", "",
+             f"{int(INTERVAL_LEVEL * 100)}% CI of the members' mean over members and test examples. Ensemble acc "
+             "and its gain over the members' mean acc (paired on the test examples, t test): 95% CI over test "
+             "examples, for these members (the ensemble is one predictor built from them).", "",
              "| " + " | ".join([*group_by, "n", "test rows", "members acc (interval)", "best/worst member acc",
-                                 "ensemble acc", "members f1", "ensemble f1"]) + " |",
-             "|" + "---|" * (len(group_by) + 7)]
+                                 "ensemble acc (interval)", "ensemble minus members' mean acc [interval], p",
+                                 "members f1", "ensemble f1"]) + " |",
+             "|" + "---|" * (len(group_by) + 8)]
     for _, row in table.iterrows():
         cells = [str(row[key]) for key in group_by]
         cells += [str(row["n"]), str(row["test_rows"]),
                   f"{row['members_mean_acc']:.4f} ({_interval(row, 'acc')})",
-                  f"{row['members_max_acc']:.4f} / {row['members_min_acc']:.4f}", f"{row['ensemble_acc']:.4f}",
+                  f"{row['members_max_acc']:.4f} / {row['members_min_acc']:.4f}",
+                  f"{row['ensemble_acc']:.4f} ({row['ensemble_low_acc']:.4f}-{row['ensemble_high_acc']:.4f})",
+                  f"{row['gain_acc']:+.4f} [{row['gain_low_acc']:+.4f}, {row['gain_high_acc']:+.4f}], "
+                  f"p={row['gain_p_acc']:.3g}",
                   f"{row['members_mean_f1']:.4f}", f"{row['ensemble_f1']:.4f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
