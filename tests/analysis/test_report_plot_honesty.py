@@ -99,3 +99,28 @@ def test_the_caption_says_runs_examples_steps_and_the_interval(runs: list[dict[s
         assert "Banerjee" in caption and "chosen by val/acc" in caption
     caption = " ".join(t.get_text() for t in figures(runs)["metric_vs_lr.png"].texts).replace("\n", " ")
     assert "15 training steps" in caption
+
+
+def test_crowded_log_ticks_stay_readable(tmp_path: Path, predicted_run) -> None:
+    """An lr grid with neighbours a few percent of a decade apart (0.009 and 0.01): labels are turned, the one that
+    would overlap its neighbour's is left blank (its tick stays), and the legend sits beside the axes, not over the
+    axis label."""
+    rates = (0.003, 0.009, 0.01, 0.3)
+    for fold in range(2):
+        for index, lr in enumerate(rates):
+            predicted_run(tmp_path / f"prompt_tuning_{lr}_{fold}", "prompt_tuning", fold,
+                          [i < 18 + index for i in range(N)], LABELS, (18 + index) / N, lr=lr, num_folds=2, steps=15)
+    (ax,) = figures(collect_runs([tmp_path]).runs)["metric_vs_lr.png"].axes
+    assert list(ax.get_xticks()) == list(rates)  # every value keeps its tick
+    labels = [label.get_text() for label in ax.get_xticklabels()]
+    assert labels == ["0.003", "0.009", "", "0.3"]
+    assert all(label.get_rotation() == 90 for label in ax.get_xticklabels())
+    anchor = ax.get_legend().get_bbox_to_anchor().transformed(ax.transAxes.inverted())
+    assert anchor.x0 > 1.0  # right of the axes
+
+
+def test_ticks_far_apart_stay_upright_with_the_legend_below(runs: list[dict[str, Any]]) -> None:
+    (ax,) = figures(runs)["metric_vs_lr.png"].axes
+    assert [label.get_text() for label in ax.get_xticklabels()] == ["0.001", "0.01", "0.3"]
+    assert all(label.get_rotation() == 0 for label in ax.get_xticklabels())
+    assert ax.get_legend().get_bbox_to_anchor().transformed(ax.transAxes.inverted()).y0 < 0

@@ -110,8 +110,9 @@ def ensemble_markdown(table: pd.DataFrame, group_by: Sequence[str], vote: str) -
     lines = [f"Prompt ensemble (vote={vote}) against each member alone, on the test split. Members: every run of "
              "the configuration (all seeds and folds, none selected); n = members; member interval: "
              f"{int(INTERVAL_LEVEL * 100)}% CI of the members' mean over members and test examples. Ensemble acc "
-             "and its gain over the members' mean acc (paired on the test examples, t test): 95% CI over test "
-             "examples, for these members (the ensemble is one predictor built from them).", "",
+             f"and its gain over the members' mean acc (paired on the test examples, t test): "
+             f"{int(INTERVAL_LEVEL * 100)}% CI over test examples, for these members (the ensemble is one predictor "
+             "built from them).", "",
              "| " + " | ".join([*group_by, "n", "test rows", "members acc (interval)", "best/worst member acc",
                                  "ensemble acc (interval)", "ensemble minus members' mean acc [interval], p",
                                  "members f1", "ensemble f1"]) + " |",

@@ -152,9 +152,9 @@ def _numeric_axis(ax: Any, values: Sequence[float], label: str) -> bool:
     crowded = bool(len(gaps)) and float(gaps.min()) < 0.12
     labels, last = [], -np.inf
     for position, value in zip(positions, values, strict=True):
-        # Upright labels overlap at under ~12% of the axis apart, turned ones at under ~2%: a tick that close to
+        # Upright labels overlap at under ~12% of the axis apart, turned ones at under ~3%: a tick that close to
         # the last labelled one keeps its mark and loses its label (the table has every value).
-        keep = (position - last) / span >= 0.02
+        keep = (position - last) / span >= 0.03
         labels.append(cell(float(value)) if keep else "")
         last = position if keep else last
     ax.set_xticks(values, labels, rotation=90 if crowded else 0)
