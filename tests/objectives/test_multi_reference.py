@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 from datasets import Dataset
 from sacrebleu.metrics import BLEU
@@ -12,6 +13,7 @@ from torchmetrics.text import SacreBLEUScore
 from torchmetrics.text.rouge import ROUGEScore
 
 from softprompt.data.references import REFERENCES, group_references, reference_counts
+from softprompt.objectives.bleu import bleu_from_sums, bleu_statistics
 from softprompt.objectives.generation import TextMetrics
 
 
@@ -65,6 +67,21 @@ def test_grouped_bleu_matches_sacrebleu_on_random_corpora():
         references = [[sentence() for _ in range(rng.randint(1, 4))] for _ in range(size)]
         assert grouped_scores(predictions, references)["bleu"] == pytest.approx(
             sacrebleu(predictions, references), abs=1e-6)
+
+
+def test_with_one_reference_each_our_statistics_give_the_runs_torchmetrics_bleu():
+    """The report rebuilds every BLEU from bleu_statistics; a single-reference run scored with torchmetrics'
+    SacreBLEUScore must come out the same."""
+    rng = random.Random(1)
+    words = ["the", "a", "cheap", "pub", "near", "river", "serves", "food", ",", ".", "family", "coffee"]
+    for _ in range(50):
+        size = rng.randint(2, 8)
+        predictions = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 12))) for _ in range(size)]
+        references = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 12))) for _ in range(size)]
+        statistics = [bleu_statistics(p, [r]) for p, r in zip(predictions, references, strict=True)]
+        ours = bleu_from_sums(np.sum(statistics, axis=0))
+        theirs = float(SacreBLEUScore()(predictions, [[r] for r in references]))
+        assert float(ours) == pytest.approx(theirs, abs=1e-6)
 
 
 def test_a_tie_in_reference_length_takes_the_shorter_reference_as_sacrebleu_does():

@@ -142,21 +142,9 @@ def _generation(rows: Sequence[Mapping[str, Any]], name: str) -> tuple[np.ndarra
         key = ROUGE_KEYS[name]
         scores = _rouge_score_update(predictions, references, rouge_keys_values=[key], accumulate="best")[key]
         return np.array([float(score["fmeasure"]) for score in scores])[:, None], None
-    if name == "bleu" and "references" in rows[0]:  # grouped: SacreBLEU's multi-reference statistics
+    if name == "bleu":  # SacreBLEU's statistics; with one reference each they are torchmetrics' SacreBLEUScore's
         return np.array([bleu_statistics(p, refs) for p, refs in zip(predictions, references, strict=True)]), \
             bleu_from_sums
-    if name == "bleu":
-        import torch
-        from torchmetrics.functional.text.bleu import _bleu_score_update
-        from torchmetrics.functional.text.sacre_bleu import _SacreBLEUTokenizer
-
-        tokenizer, stats = _SacreBLEUTokenizer("13a", False), []
-        for prediction, reference in zip(predictions, references, strict=True):
-            numerator, denominator = torch.zeros(4), torch.zeros(4)
-            pred_len, ref_len = _bleu_score_update([prediction], [reference], numerator, denominator,
-                                                   torch.tensor(0.0), torch.tensor(0.0), 4, tokenizer)
-            stats.append([*numerator.tolist(), *denominator.tolist(), float(pred_len), float(ref_len)])
-        return np.array(stats, dtype=float), bleu_from_sums
     raise Unavailable(f"{name} is not rebuilt from generation predictions")
 
 
