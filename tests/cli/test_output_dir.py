@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from softprompt.training import outputs
+from softprompt.config import atomic
 from softprompt.training.outputs import output_write_error
 
 
@@ -74,7 +74,7 @@ def test_a_run_dir_on_a_full_disk_is_one_line_and_left_as_it_was(run_as_main, ca
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return handle
 
-    monkeypatch.setattr(outputs, "open", full_disk, raising=False)
+    monkeypatch.setattr(atomic, "open", full_disk, raising=False)  # the probe is the first file written
     status, lines = run_train(run_as_main, capfd, f"hydra.run.dir={tmp_path}/new/run")
     assert status == 2
     assert lines == [f"softprompt: error: hydra.run.dir='{tmp_path}/new/run' is invalid: cannot write into it (No "

@@ -47,6 +47,15 @@ def _commit(temporary: Path, path: Path) -> None:
 
 
 @contextlib.contextmanager
+def synced_open(path: Path, mode: str, **kwargs: Any) -> Iterator[IO]:
+    """A handle on `path` whose writes are flushed and fsynced when the block ends without an error."""
+    with open(path, mode, **kwargs) as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "wb", **kwargs: Any) -> Iterator[IO]:
     """A handle to write `path` through: the target changes only when the block ends without an error."""
     path = Path(path)
@@ -54,10 +63,8 @@ def atomic_open(path: str | Path, mode: str = "wb", **kwargs: Any) -> Iterator[I
     remove_stale_temporaries(path)
     temporary = temporary_sibling(path)
     try:
-        with open(temporary, mode, **kwargs) as handle:
+        with synced_open(temporary, mode, **kwargs) as handle:
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
         _commit(temporary, path)
     except BaseException as error:
         temporary.unlink(missing_ok=True)
@@ -187,10 +194,8 @@ class StagedWrites:
         path = Path(path)
         temporary = self._temporary(path)
         try:
-            with open(temporary, "wb") as handle:
+            with synced_open(temporary, "wb") as handle:
                 handle.write(data.encode("utf-8") if isinstance(data, str) else data)
-                handle.flush()
-                os.fsync(handle.fileno())
         except BaseException as error:
             _name_target(error, path)
             raise

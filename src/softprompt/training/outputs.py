@@ -12,7 +12,6 @@ is refused in one line, and a refused run leaves no folder behind.
 from __future__ import annotations
 
 import errno
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from softprompt.config.atomic import TEMPORARY_MARK, temporary_sibling
+from softprompt.config.atomic import TEMPORARY_MARK, synced_open, temporary_sibling
 from softprompt.errors import ConfigError, SoftPromptError
 from softprompt.training.results import LAST_CHECKPOINT
 
@@ -70,10 +69,8 @@ def check_output_dir(key: str, path: str | Path) -> None:
                               f"{_fix(error.errno, key)}") from None
         probe = temporary_sibling(path / "softprompt-probe")  # .softprompt-probe.tmp-PID
         try:
-            with open(probe, "wb") as handle:
+            with synced_open(probe, "wb") as handle:  # fsynced: a full disk shows here, not at the first save
                 handle.write(bytes(PROBE_BYTES))
-                handle.flush()
-                os.fsync(handle.fileno())
         except OSError as error:
             raise ConfigError(key, str(path), f"cannot write into it ({error.strerror}); "
                               f"{_fix(error.errno, key)}") from None
