@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from softprompt.backbones.attention_prefix import PREFIX_KWARG, ROLE_ATTRIBUTE, PrefixKV
+from softprompt.backbones.families import PromptedInput
 
 TEXTS = ["ok", "a much longer review that goes on", "middling"]
 WORDS = [["n"], ["p"]]
@@ -95,8 +96,9 @@ def test_a_prefix_on_t5_changes_exactly_its_attention(role, make_batch, method_m
     batch = make_batch(backbone, TEXTS, "Review: {text}")
     embeds = backbone.model.get_input_embeddings()(batch["input_ids"])
     with torch.no_grad():
-        module.adapter.hidden_states(backbone.model, embeds, batch["attention_mask"])
-        module.adapter.hidden_states(backbone.model, embeds, batch["attention_mask"], **{PREFIX_KWARG: only})
+        module.adapter.hidden_states(backbone.model, PromptedInput(embeds, batch["attention_mask"]))
+        module.adapter.hidden_states(backbone.model, PromptedInput(embeds, batch["attention_mask"],
+                                                                   attention={PREFIX_KWARG: only}))
     assert not torch.allclose(outputs[role][0], outputs[role][1], atol=1e-4)  # the prefixed attention changed
     upstream = {"encoder": [], "decoder": ["encoder"], "cross": ["decoder"]}[role]
     for other in ("encoder", "decoder"):

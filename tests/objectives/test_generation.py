@@ -144,9 +144,7 @@ def test_cached_beam_search_equals_the_same_search_without_cache(method, archite
     eos = frequent_token(module, batch)
     config = DecodingConfig(max_new_tokens=NEW_TOKENS, num_beams=3)
     with torch.no_grad():
-        first, session = module.adapter.start_generation(module.backbone, module.embed_inputs(batch),
-                                                         batch["attention_mask"], batch["answer_index"],
-                                                         module.position_offset, **module.attention_kwargs())
+        first, session = module.adapter.start_generation(module.backbone, module.prompted(batch))
         cached = beam_search(first.float(), session, eos, config)
     reference_session = NoCacheSession(module, batch)
     reference = beam_search(reference_session.logits().float(), reference_session, eos, config)

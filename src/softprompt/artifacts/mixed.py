@@ -32,7 +32,7 @@ from softprompt.artifacts.ensemble import EnsembleError, check_vote, combine
 from softprompt.artifacts.format import ArtifactError, artifact_dir, read_spec
 from softprompt.artifacts.predictor import Predictor, _argmax, load
 from softprompt.backbones.attention_prefix import PREFIX_KWARG, enable_prefix_injection, prefix_kv
-from softprompt.backbones.families import place_prompts
+from softprompt.backbones.families import PromptedInput, place_prompts
 from softprompt.backbones.loading import fingerprint_algorithm
 from softprompt.data.collate import PadCollator, insert_demonstrations
 from softprompt.data.sampling import longest_first_shard
@@ -222,7 +222,8 @@ class MixedPredictor:
             parts.append({**inputs, "prompt_index": torch.full_like(inputs["answer_index"], p)})
         stacked = _stack(parts)
         embeds, offsets, kwargs = self.prompted_inputs(stacked)
-        hidden = self.adapter.hidden_states(self.backbone, embeds, stacked["attention_mask"], offsets, **kwargs)
+        hidden = self.adapter.hidden_states(self.backbone, PromptedInput(embeds, stacked["attention_mask"], offsets,
+                                                                         kwargs))
         scores: list[torch.Tensor | None] = [None] * len(batch["input_ids"])
         start = 0
         for p, rows, part, inputs in groups:
@@ -240,8 +241,8 @@ class MixedPredictor:
         embeds, offsets, kwargs = self.prompted_inputs(batch)
         objectives = [self.predictors[p].objective for p in batch["prompt_index"].tolist()]
         longest = max(o.decoding.max_new_tokens for o in objectives)
-        first, session = self.adapter.start_generation(self.backbone, embeds, batch["attention_mask"],
-                                                       batch["answer_index"], offsets, **kwargs)
+        first, session = self.adapter.start_generation(self.backbone, PromptedInput(
+            embeds, batch["attention_mask"], offsets, kwargs, batch["answer_index"]))
         # Greedy tokens do not depend on later steps, so cutting at a row's own limit is exact.
         tokens = decode(first.float(), session, objectives[0].eos_token_id, DecodingConfig(longest))
         return [o.texts([t[:o.decoding.max_new_tokens]])[0] for o, t in zip(objectives, tokens, strict=True)]

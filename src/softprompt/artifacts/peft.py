@@ -35,6 +35,7 @@ from softprompt.artifacts.format import (
 )
 from softprompt.artifacts.predictor import build_folded_module, check_fingerprint
 from softprompt.backbones.cache import BACKBONES
+from softprompt.backbones.families import Family
 from softprompt.backbones.loading import Backbone, check_backbone, fingerprint
 from softprompt.config.compose import compose_train, config_dir
 from softprompt.data.templates import Template, special_tokens_around
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 PEFT_CONFIG_FILE = "adapter_config.json"  # peft.utils.CONFIG_NAME
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"  # peft.utils.SAFETENSORS_WEIGHTS_NAME
 PEFT_KEY = "prompt_embeddings"
-TASK_TYPES = {"causal_lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}
+TASK_TYPES = {Family.CAUSAL_LM: "CAUSAL_LM", Family.SEQ2SEQ: "SEQ_2_SEQ_LM"}
 FAMILIES = {task_type: family for family, task_type in TASK_TYPES.items()}
 DEFAULT_BACKBONE_PRESET = "smollm2_135m"  # the base preset a local backbone folder overrides
 

@@ -6,13 +6,41 @@ reference.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from softprompt.errors import ConfigError
+
+
+class Family(StrEnum):
+    """How a backbone reads a template and where its answer is (a string in configs, metrics.json and artifacts)."""
+
+    CAUSAL_LM = "causal_lm"
+    MASKED_LM = "masked_lm"
+    SEQ2SEQ = "seq2seq"
+    ENCODER_HEAD = "encoder_head"
+
+
+@dataclass(frozen=True)
+class PromptedInput:
+    """One batch as the backbone reads it with a method's prompt in: the input embeddings (virtual tokens placed),
+    the attention mask, where real tokens' position ids start (the prefix length for attention-level prompts: an
+    int, or a (batch, 1) tensor of per-row offsets in mixed-prompt batches) and the keyword arguments that reach
+    every attention call (key/value prefixes). Generation tasks add the answer position and the target tokens."""
+
+    embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    position_offset: int | torch.Tensor = 0
+    attention: Mapping[str, Any] = field(default_factory=dict)
+    answer_index: torch.Tensor | None = None
+    target_ids: torch.Tensor | None = None
+    target_mask: torch.Tensor | None = None
 
 
 def place_prompts(embeds: torch.Tensor, prompts: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
@@ -23,7 +51,7 @@ def place_prompts(embeds: torch.Tensor, prompts: torch.Tensor, slots: torch.Tens
 
 
 class FamilyAdapter:
-    family = ""
+    family: ClassVar[Family]
     needs_head = False  # True: a trainable linear head scores labels instead of a verbalizer
     supports_left_padding = True
     answer_is_next_token = False  # True: the answer follows the template, so {answer} must end it
@@ -40,19 +68,18 @@ class FamilyAdapter:
         return padding_idx + 1 if padding_idx is not None else 0
 
     @classmethod
-    def hidden_states(cls, model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                      position_offset: int = 0, cache: DynamicCache | None = None,
-                      **attention_kwargs) -> torch.Tensor:
+    def hidden_states(cls, model: PreTrainedModel, inputs: PromptedInput,
+                      cache: DynamicCache | None = None) -> torch.Tensor:
         """Final hidden states of the body (no head); `cache`, if given, is filled for generation.
 
-        Position ids count real tokens only (so padding never shifts them), starting at
-        `position_offset` (the prefix length for attention-level prompts, as PEFT places them): an int, or a
-        (batch, 1) tensor of per-row offsets in mixed-prompt batches.
+        Position ids count real tokens only (so padding never shifts them), starting at the input's
+        `position_offset` (as PEFT places them after a prefix).
         """
-        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0) + position_offset + cls.position_start(model)
+        mask = inputs.attention_mask
+        positions = (mask.cumsum(-1) - 1).clamp(min=0) + inputs.position_offset + cls.position_start(model)
         caching = {"cache": cache, "use_cache": True} if cache is not None else {"use_cache": False}
-        output = model.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                  position_ids=positions, **caching, **attention_kwargs)
+        output = model.base_model(inputs_embeds=inputs.embeds, attention_mask=mask, position_ids=positions,
+                                  **caching, **inputs.attention)
         return output.last_hidden_state
 
     @staticmethod
@@ -87,38 +114,32 @@ class FamilyAdapter:
     generates = False
 
     @classmethod
-    def target_hidden(cls, model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                      answer_index: torch.Tensor, target_ids: torch.Tensor, target_mask: torch.Tensor,
-                      position_offset: int = 0, **attention_kwargs) -> torch.Tensor:
+    def target_hidden(cls, model: PreTrainedModel, inputs: PromptedInput) -> torch.Tensor:
         """(batch, target_len, d): teacher-forced hidden states, the j-th predicting target token j."""
         raise NotImplementedError
 
     @classmethod
-    def start_generation(cls, model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                         answer_index: torch.Tensor, position_offset: int = 0, **attention_kwargs
+    def start_generation(cls, model: PreTrainedModel, inputs: PromptedInput
                          ) -> tuple[torch.Tensor, GenerationSession]:
         """Read the prompted source once (filling the KV cache); return the first step's logits and a
         session that decodes further tokens one step at a time."""
         raise NotImplementedError
 
     @classmethod
-    def score_and_start_generation(cls, model: PreTrainedModel, inputs_embeds: torch.Tensor,
-                                   attention_mask: torch.Tensor, answer_index: torch.Tensor,
-                                   target_ids: torch.Tensor, target_mask: torch.Tensor, position_offset: int = 0,
-                                   **attention_kwargs) -> tuple[torch.Tensor, torch.Tensor, GenerationSession]:
+    def score_and_start_generation(cls, model: PreTrainedModel, inputs: PromptedInput
+                                   ) -> tuple[torch.Tensor, torch.Tensor, GenerationSession]:
         """Evaluation's two reads of the source in one: (`target_hidden`'s teacher-forced states, the first
         step's logits, a decoding session). Families override it to read the source once."""
-        hidden = cls.target_hidden(model, inputs_embeds, attention_mask, answer_index, target_ids, target_mask,
-                                   position_offset, **attention_kwargs)
-        first, session = cls.start_generation(model, inputs_embeds, attention_mask, answer_index, position_offset,
-                                              **attention_kwargs)
+        hidden = cls.target_hidden(model, inputs)
+        first, session = cls.start_generation(model, inputs)
         return hidden, first, session
 
 
 class GenerationSession:
     """Cached decoding state of one batch; the method's attention kwargs reach every step."""
 
-    def __init__(self, model: PreTrainedModel, adapter: type[FamilyAdapter], attention_kwargs: dict) -> None:
+    def __init__(self, model: PreTrainedModel, adapter: type[FamilyAdapter],
+                 attention_kwargs: Mapping[str, Any]) -> None:
         self.model, self.adapter, self.attention_kwargs = model, adapter, attention_kwargs
         self.cache: DynamicCache | EncoderDecoderCache | None = None
         self.rows: dict[str, torch.Tensor] = {}  # per-row tensors that follow beam reordering
@@ -162,7 +183,7 @@ class Seq2SeqSession(GenerationSession):
 class CausalLMAdapter(FamilyAdapter):
     """Decoder-only LMs (Llama, Qwen, GPT-2, SmolLM2): the answer is the next token after the template."""
 
-    family = "causal_lm"
+    family = Family.CAUSAL_LM
     answer_is_next_token = True
 
     @staticmethod
@@ -183,59 +204,53 @@ class CausalLMAdapter(FamilyAdapter):
     generates = True
 
     @classmethod
-    def target_hidden(cls, model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                      answer_index: torch.Tensor, target_ids: torch.Tensor, target_mask: torch.Tensor,
-                      position_offset: int = 0, **attention_kwargs) -> torch.Tensor:
+    def target_hidden(cls, model: PreTrainedModel, inputs: PromptedInput) -> torch.Tensor:
         """The target follows the padded source; masks and position ids skip any pads in between.
 
         The last target token is never an input (nothing is predicted from it), so it is left out.
         """
-        source_len, target_len = inputs_embeds.shape[1], target_ids.shape[1]
-        embeds = torch.cat([inputs_embeds, cls.embed(model, target_ids[:, :-1]).to(inputs_embeds.dtype)], dim=1)
-        mask = torch.cat([attention_mask, target_mask[:, :-1].to(attention_mask.dtype)], dim=1)
-        hidden = cls.hidden_states(model, embeds, mask, position_offset, **attention_kwargs)
+        target_ids = inputs.target_ids
+        source_len, target_len = inputs.embeds.shape[1], target_ids.shape[1]
+        embeds = torch.cat([inputs.embeds, cls.embed(model, target_ids[:, :-1]).to(inputs.embeds.dtype)], dim=1)
+        mask = torch.cat([inputs.attention_mask, inputs.target_mask[:, :-1].to(inputs.attention_mask.dtype)], dim=1)
+        hidden = cls.hidden_states(model, replace(inputs, embeds=embeds, attention_mask=mask))
         steps = torch.arange(target_len, device=hidden.device)
-        positions = torch.where(steps == 0, answer_index[:, None], source_len - 1 + steps)
+        positions = torch.where(steps == 0, inputs.answer_index[:, None], source_len - 1 + steps)
         return hidden[torch.arange(len(hidden), device=hidden.device)[:, None], positions]
 
     @classmethod
-    def _prefill(cls, model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                 answer_index: torch.Tensor, position_offset: int, attention_kwargs: dict
-                 ) -> tuple[torch.Tensor, CausalSession]:
+    def _prefill(cls, model: PreTrainedModel, inputs: PromptedInput) -> tuple[torch.Tensor, CausalSession]:
         """The source read once into a KV cache: (the hidden state at the answer position, the session)."""
-        session = CausalSession(model, cls, attention_kwargs)
+        session = CausalSession(model, cls, inputs.attention)
         session.cache = DynamicCache(config=model.config)
-        hidden = cls.hidden_states(model, inputs_embeds, attention_mask, position_offset, cache=session.cache,
-                                   **attention_kwargs)
-        session.rows = {"attention_mask": attention_mask,
-                        "next_position": (attention_mask.sum(-1, keepdim=True) + position_offset)[:, 0]}
+        hidden = cls.hidden_states(model, inputs, cache=session.cache)
+        mask, answer_index = inputs.attention_mask, inputs.answer_index
+        session.rows = {"attention_mask": mask,
+                        "next_position": (mask.sum(-1, keepdim=True) + inputs.position_offset)[:, 0]}
         return hidden[torch.arange(len(answer_index), device=answer_index.device), answer_index], session
 
     @classmethod
-    def start_generation(cls, model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                         answer_index: torch.Tensor, position_offset: int = 0, **attention_kwargs
+    def start_generation(cls, model: PreTrainedModel, inputs: PromptedInput
                          ) -> tuple[torch.Tensor, GenerationSession]:
-        last, session = cls._prefill(model, inputs_embeds, attention_mask, answer_index, position_offset,
-                                     attention_kwargs)
+        last, session = cls._prefill(model, inputs)
         return cls.vocab_logits(model, last), session
 
     @classmethod
-    def score_and_start_generation(cls, model: PreTrainedModel, inputs_embeds: torch.Tensor,
-                                   attention_mask: torch.Tensor, answer_index: torch.Tensor,
-                                   target_ids: torch.Tensor, target_mask: torch.Tensor, position_offset: int = 0,
-                                   **attention_kwargs) -> tuple[torch.Tensor, torch.Tensor, GenerationSession]:
+    def score_and_start_generation(cls, model: PreTrainedModel, inputs: PromptedInput
+                                   ) -> tuple[torch.Tensor, torch.Tensor, GenerationSession]:
         """The source is read once: the prefill's cache also serves the teacher-forced target tokens, which are
         then cropped off so decoding starts from the source alone."""
-        last, session = cls._prefill(model, inputs_embeds, attention_mask, answer_index, position_offset,
-                                     attention_kwargs)
+        last, session = cls._prefill(model, inputs)
         states = [last[:, None]]
+        target_ids = inputs.target_ids
         fed = target_ids.shape[1] - 1  # the last target token is never an input
         if fed:
-            mask = torch.cat([attention_mask, target_mask[:, :-1].to(attention_mask.dtype)], dim=1)
+            mask = torch.cat([inputs.attention_mask, inputs.target_mask[:, :-1].to(inputs.attention_mask.dtype)],
+                             dim=1)
             positions = session.rows["next_position"][:, None] + torch.arange(fed, device=target_ids.device)
-            output = model.base_model(inputs_embeds=cls.embed(model, target_ids[:, :-1]).to(inputs_embeds.dtype),
+            output = model.base_model(inputs_embeds=cls.embed(model, target_ids[:, :-1]).to(inputs.embeds.dtype),
                                       attention_mask=mask, position_ids=positions, cache=session.cache,
-                                      use_cache=True, **attention_kwargs)
+                                      use_cache=True, **inputs.attention)
             states.append(output.last_hidden_state)
             session.cache.crop(-fed)
         return torch.cat(states, dim=1), cls.vocab_logits(model, last), session
@@ -248,19 +263,19 @@ class MaskedLMAdapter(FamilyAdapter):
     answer positions only (never on every position).
     """
 
-    family = "masked_lm"
+    family = Family.MASKED_LM
 
     @staticmethod
     def _head(model: PreTrainedModel) -> torch.nn.Module:
         for name in ("cls", "lm_head", "generator_lm_head", "predictions"):
             if hasattr(model, name):
                 return getattr(model, name)
-        raise ConfigError("backbone.family", "masked_lm", f"{type(model).__name__} has no known MLM head")
+        raise ConfigError("backbone.family", Family.MASKED_LM, f"{type(model).__name__} has no known MLM head")
 
     @staticmethod
     def answer_token_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
         if tokenizer.mask_token_id is None:
-            raise ConfigError("backbone.family", "masked_lm", "the tokenizer has no mask token")
+            raise ConfigError("backbone.family", Family.MASKED_LM, "the tokenizer has no mask token")
         return tokenizer.mask_token_id
 
     @staticmethod
@@ -283,7 +298,7 @@ class MaskedLMAdapter(FamilyAdapter):
 class EncoderHeadAdapter(FamilyAdapter):
     """Encoders with no LM head (all-MiniLM, say): a trainable linear head on the pooled output."""
 
-    family = "encoder_head"
+    family = Family.ENCODER_HEAD
     needs_head = True
 
 
@@ -291,18 +306,18 @@ class Seq2SeqAdapter(FamilyAdapter):
     """T5, BART: input-level prompts go on the encoder input; the answer is the decoder's first step
     (Lester et al.'s T5 setting). Prefixes go into encoder self-, decoder self- and cross-attention."""
 
-    family = "seq2seq"
+    family = Family.SEQ2SEQ
     supports_left_padding = False  # BART's learned positions are not mask-aware
 
-    @staticmethod
-    def hidden_states(model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                      position_offset: int = 0, **attention_kwargs) -> torch.Tensor:
+    @classmethod
+    def hidden_states(cls, model: PreTrainedModel, inputs: PromptedInput,
+                      cache: DynamicCache | None = None) -> torch.Tensor:
         """The decoder's first hidden state (batch, 1, d), after the encoder read the prompted input."""
-        encoded = Seq2SeqAdapter._encode(model, inputs_embeds, attention_mask, attention_kwargs)
-        start = Seq2SeqAdapter._start_tokens(model, len(inputs_embeds), inputs_embeds.device)
+        encoded = cls._encode(model, inputs)
+        start = cls._start_tokens(model, len(inputs.embeds), inputs.embeds.device)
         decoder = model.get_decoder()
-        return decoder(input_ids=start, encoder_hidden_states=encoded, encoder_attention_mask=attention_mask,
-                       use_cache=False, **attention_kwargs).last_hidden_state
+        return decoder(input_ids=start, encoder_hidden_states=encoded, encoder_attention_mask=inputs.attention_mask,
+                       use_cache=False, **inputs.attention).last_hidden_state
 
     @staticmethod
     def answer_hidden(hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -321,66 +336,54 @@ class Seq2SeqAdapter(FamilyAdapter):
     generates = True
 
     @staticmethod
-    def _encode(model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                attention_kwargs: dict) -> torch.Tensor:
+    def _encode(model: PreTrainedModel, inputs: PromptedInput) -> torch.Tensor:
         """The encoder's output for the prompted input (prefixes reach its self-attention)."""
-        return model.get_encoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                   **attention_kwargs).last_hidden_state
+        return model.get_encoder()(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask,
+                                   **inputs.attention).last_hidden_state
 
     @staticmethod
     def _start_tokens(model: PreTrainedModel, rows: int, device: torch.device) -> torch.Tensor:
         return torch.full((rows, 1), model.config.decoder_start_token_id, dtype=torch.long, device=device)
 
     @classmethod
-    def target_hidden(cls, model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                      answer_index: torch.Tensor, target_ids: torch.Tensor, target_mask: torch.Tensor,
-                      position_offset: int = 0, **attention_kwargs) -> torch.Tensor:
+    def target_hidden(cls, model: PreTrainedModel, inputs: PromptedInput) -> torch.Tensor:
         """The decoder reads the start token and the target shifted right (targets are right-padded)."""
-        encoded = cls._encode(model, inputs_embeds, attention_mask, attention_kwargs)
-        return cls._teacher_forced(model, encoded, attention_mask, target_ids, target_mask, attention_kwargs)
+        return cls._teacher_forced(model, cls._encode(model, inputs), inputs)
 
     @classmethod
-    def _teacher_forced(cls, model: PreTrainedModel, encoded: torch.Tensor, attention_mask: torch.Tensor,
-                        target_ids: torch.Tensor, target_mask: torch.Tensor, attention_kwargs: dict) -> torch.Tensor:
+    def _teacher_forced(cls, model: PreTrainedModel, encoded: torch.Tensor, inputs: PromptedInput) -> torch.Tensor:
+        target_ids = inputs.target_ids
         start = cls._start_tokens(model, len(target_ids), target_ids.device)
         decoder_ids = torch.cat([start, target_ids[:, :-1]], dim=1)
-        decoder_mask = torch.cat([torch.ones_like(start), target_mask[:, :-1].long()], dim=1)
+        decoder_mask = torch.cat([torch.ones_like(start), inputs.target_mask[:, :-1].long()], dim=1)
         return model.get_decoder()(input_ids=decoder_ids, attention_mask=decoder_mask, encoder_hidden_states=encoded,
-                                   encoder_attention_mask=attention_mask, use_cache=False,
-                                   **attention_kwargs).last_hidden_state
+                                   encoder_attention_mask=inputs.attention_mask, use_cache=False,
+                                   **inputs.attention).last_hidden_state
 
     @classmethod
-    def _session(cls, model: PreTrainedModel, encoded: torch.Tensor, attention_mask: torch.Tensor,
-                 attention_kwargs: dict) -> tuple[torch.Tensor, GenerationSession]:
+    def _session(cls, model: PreTrainedModel, encoded: torch.Tensor, inputs: PromptedInput
+                 ) -> tuple[torch.Tensor, GenerationSession]:
         """(the first step's logits, a decoding session) over an encoded source."""
-        session = Seq2SeqSession(model, cls, attention_kwargs)
+        session = Seq2SeqSession(model, cls, inputs.attention)
         session.cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        session.rows = {"encoded": encoded, "encoder_mask": attention_mask}
+        session.rows = {"encoded": encoded, "encoder_mask": inputs.attention_mask}
         start = cls._start_tokens(model, len(encoded), encoded.device)
         return session.step(start[:, 0]), session
 
     @classmethod
-    def start_generation(cls, model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                         answer_index: torch.Tensor, position_offset: int = 0, **attention_kwargs
+    def start_generation(cls, model: PreTrainedModel, inputs: PromptedInput
                          ) -> tuple[torch.Tensor, GenerationSession]:
-        encoded = cls._encode(model, inputs_embeds, attention_mask, attention_kwargs)
-        return cls._session(model, encoded, attention_mask, attention_kwargs)
+        return cls._session(model, cls._encode(model, inputs), inputs)
 
     @classmethod
-    def score_and_start_generation(cls, model: PreTrainedModel, inputs_embeds: torch.Tensor,
-                                   attention_mask: torch.Tensor, answer_index: torch.Tensor,
-                                   target_ids: torch.Tensor, target_mask: torch.Tensor, position_offset: int = 0,
-                                   **attention_kwargs) -> tuple[torch.Tensor, torch.Tensor, GenerationSession]:
+    def score_and_start_generation(cls, model: PreTrainedModel, inputs: PromptedInput
+                                   ) -> tuple[torch.Tensor, torch.Tensor, GenerationSession]:
         """The encoder reads the source once, for the teacher-forced decoder pass and for decoding."""
-        encoded = cls._encode(model, inputs_embeds, attention_mask, attention_kwargs)
-        hidden = cls._teacher_forced(model, encoded, attention_mask, target_ids, target_mask, attention_kwargs)
-        first, session = cls._session(model, encoded, attention_mask, attention_kwargs)
+        encoded = cls._encode(model, inputs)
+        hidden = cls._teacher_forced(model, encoded, inputs)
+        first, session = cls._session(model, encoded, inputs)
         return hidden, first, session
 
 
-FAMILY_ADAPTERS: dict[str, type[FamilyAdapter]] = {
-    "seq2seq": Seq2SeqAdapter,
-    "causal_lm": CausalLMAdapter,
-    "masked_lm": MaskedLMAdapter,
-    "encoder_head": EncoderHeadAdapter,
-}
+FAMILY_ADAPTERS: dict[Family, type[FamilyAdapter]] = {
+    adapter.family: adapter for adapter in (Seq2SeqAdapter, CausalLMAdapter, MaskedLMAdapter, EncoderHeadAdapter)}

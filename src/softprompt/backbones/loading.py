@@ -30,6 +30,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from softprompt.assets.wheels import WheelAsset, extract_member, prepared_dir
 from softprompt.backbones.attention_prefix import ATTENTION_BACKENDS, UnreachableAttentionError, configure_attention
 from softprompt.backbones.checkpointing import checkpoint_in_any_mode
+from softprompt.backbones.families import Family
 from softprompt.backbones.gguf_conversion import convert_gguf_to_hf
 from softprompt.backbones.tiny_random import build_tiny_random
 from softprompt.errors import ConfigError
@@ -37,8 +38,8 @@ from softprompt.errors import ConfigError
 log = logging.getLogger("softprompt")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-FAMILY_MODEL_CLASSES = {"causal_lm": AutoModelForCausalLM, "masked_lm": AutoModelForMaskedLM,
-                        "seq2seq": AutoModelForSeq2SeqLM, "encoder_head": AutoModel}
+FAMILY_MODEL_CLASSES = {Family.CAUSAL_LM: AutoModelForCausalLM, Family.MASKED_LM: AutoModelForMaskedLM,
+                        Family.SEQ2SEQ: AutoModelForSeq2SeqLM, Family.ENCODER_HEAD: AutoModel}
 FAMILIES = ("auto", *FAMILY_MODEL_CLASSES)
 
 
@@ -51,7 +52,7 @@ class Backbone:
     name: str
     source: str
     revision: str | None
-    family: str
+    family: Family
 
     @property
     def hidden_size(self) -> int:
@@ -191,7 +192,7 @@ def load_backbone(cfg: Mapping, cache_dir: Path) -> Backbone:
         config = AutoConfig.for_model(**init["config"])
         family = detect_family(config, requested)
         model, tokenizer = build_tiny_random(init["config"], int(init["seed"]), dtype, FAMILY_MODEL_CLASSES[family],
-                                             with_mask_token=family == "masked_lm")
+                                             with_mask_token=family == Family.MASKED_LM)
         source = f"random:{cfg['name']}:seed{init['seed']}"
     else:
         kwargs = {"revision": revision, "trust_remote_code": bool(cfg.get("trust_remote_code", False))}
@@ -234,26 +235,26 @@ def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
     checkpoint_in_any_mode(model)
 
 
-def detect_family(config: PretrainedConfig, requested: str) -> str:
+def detect_family(config: PretrainedConfig, requested: str) -> Family:
     """The family from the model config (its architectures, else its model type), unless requested."""
     if requested not in FAMILIES:
         raise ConfigError("backbone.family", requested, f"allowed: {', '.join(FAMILIES)}")
     if requested != "auto":
-        return requested
+        return Family(requested)
     architectures = config.architectures or []
     if config.is_encoder_decoder:
-        return "seq2seq"
+        return Family.SEQ2SEQ
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
-        return "causal_lm"
+        return Family.CAUSAL_LM
     if any(a.endswith("ForMaskedLM") for a in architectures):
-        return "masked_lm"
+        return Family.MASKED_LM
     if architectures and all(a.endswith("Model") for a in architectures):
-        return "encoder_head"  # a bare body (e.g. sentence encoders): no LM head to score words with
+        return Family.ENCODER_HEAD  # a bare body (e.g. sentence encoders): no LM head to score words with
     # Encoders (BERT, RoBERTa, ...) appear in both mappings: their pretrained head is the MLM one.
     if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
-        return "masked_lm"
+        return Family.MASKED_LM
     if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        return "causal_lm"
+        return Family.CAUSAL_LM
     raise ConfigError("backbone.family", requested, f"could not detect a supported family for "
                       f"{config.model_type} {architectures}; supported: {', '.join(FAMILIES[1:])}")
 

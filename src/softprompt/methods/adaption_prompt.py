@@ -32,6 +32,7 @@ from softprompt.backbones.attention_prefix import (
     enable_prefix_injection,
     projects_keys_values,
 )
+from softprompt.backbones.families import Family
 from softprompt.config.typed import at_least
 from softprompt.errors import ConfigError, SoftPromptError
 from softprompt.methods.base import NotRepresentable, PeftForm, SoftPromptModule
@@ -39,7 +40,7 @@ from softprompt.methods.config import PromptConfig
 from softprompt.methods.init import RANDOM_INITS, InitContext, initial_embeddings, random_values
 from softprompt.methods.inspection import input_level_report
 
-FAMILY = "causal_lm"  # the paper's and PEFT's setting: decoder-only self-attention
+FAMILY = Family.CAUSAL_LM  # the paper's and PEFT's setting: decoder-only self-attention
 ROLE = "self"
 TENSORS = ("prompt", "gate")
 
@@ -102,7 +103,7 @@ class AdaptionPrompt(SoftPromptModule):
                    **common)
 
     @classmethod
-    def peft_form(cls, config: AdaptionPromptConfig, family: str) -> PeftForm:
+    def peft_form(cls, config: AdaptionPromptConfig, family: Family) -> PeftForm:
         """PEFT's ADAPTION_PROMPT trains the same structure (one gate per layer; it gives our logits on Llama and
         Mistral), so the benchmark trains it beside ours; but it is no prompt-learning adapter (it saves an
         adaption_prompt and an adaption_gate under each wrapped attention module's path), so nothing is exported.

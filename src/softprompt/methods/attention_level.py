@@ -24,6 +24,7 @@ from softprompt.backbones.attention_prefix import (
     enable_prefix_injection,
     prefix_kv,
 )
+from softprompt.backbones.families import Family
 from softprompt.config.precision import full_precision
 from softprompt.methods.base import NotRepresentable, PeftForm, SoftPromptModule
 from softprompt.methods.config import PrefixConfig
@@ -92,10 +93,10 @@ class AttentionLevelPrefix(SoftPromptModule):
                    initial_state=initial_state, **common)
 
     @classmethod
-    def peft_form(cls, config: PrefixConfig, family: str) -> PeftForm:
+    def peft_form(cls, config: PrefixConfig, family: Family) -> PeftForm:
         """PREFIX_TUNING holding the prefix itself (the MLP's output), in PEFT's flat layout; the benchmark's
         baseline trains PEFT's own projection when ours has an MLP."""
-        if family == "seq2seq":
+        if family == Family.SEQ2SEQ:
             raise NotRepresentable(f"{config.name} on a seq2seq backbone also prefixes the encoder's self-attention; "
                                    "PEFT's PREFIX_TUNING prefixes only the decoder's self- and cross-attention")
         projection = config.reparam == "mlp"

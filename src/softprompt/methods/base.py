@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from softprompt.backbones import Backbone, fingerprint
 from softprompt.backbones.checkpointing import checkpoint_in_any_mode
-from softprompt.backbones.families import FAMILY_ADAPTERS
+from softprompt.backbones.families import FAMILY_ADAPTERS, Family, PromptedInput
 from softprompt.backbones.loading import fingerprint_state, tied_aliases
 from softprompt.config.typed import parse
 from softprompt.errors import BackboneModifiedError, SoftPromptError
@@ -112,7 +112,7 @@ class SoftPromptModule(L.LightningModule):
 
     # -- declarations a subclass overrides ---------------------------------------------------------
     @classmethod
-    def peft_form(cls, config: MethodConfig, family: str) -> PeftForm:
+    def peft_form(cls, config: MethodConfig, family: Family) -> PeftForm:
         """PEFT's representation of this method on a `family` backbone, or NotRepresentable saying why not."""
         raise NotRepresentable(f"{config.name} has no PEFT counterpart")
 
@@ -186,22 +186,23 @@ class SoftPromptModule(L.LightningModule):
         return sum(t.numel() for t in self.folded_state().values())
 
     # -- forward passes with the prompt in ---------------------------------------------------------
+    def prompted(self, batch: Batch) -> PromptedInput:
+        """The batch as the backbone reads it, with this method's prompt in."""
+        return PromptedInput(self.embed_inputs(batch), batch["attention_mask"], self.position_offset,
+                             self.attention_kwargs(), batch.get("answer_index"), batch.get("target_ids"),
+                             batch.get("target_mask"))
+
     def hidden_states(self, batch: Batch) -> torch.Tensor:
-        return self.adapter.hidden_states(self.backbone, self.embed_inputs(batch), batch["attention_mask"],
-                                          self.position_offset, **self.attention_kwargs())
+        return self.adapter.hidden_states(self.backbone, self.prompted(batch))
 
     def target_hidden(self, batch: Batch) -> torch.Tensor:
         """Teacher-forced hidden states predicting each target token (generation tasks)."""
-        return self.adapter.target_hidden(self.backbone, self.embed_inputs(batch), batch["attention_mask"],
-                                          batch["answer_index"], batch["target_ids"], batch["target_mask"],
-                                          self.position_offset, **self.attention_kwargs())
+        return self.adapter.target_hidden(self.backbone, self.prompted(batch))
 
     @torch.no_grad()
     def generate(self, batch: Batch, config: DecodingConfig, eos_token_id: int) -> list[list[int]]:
         """Token ids per row (cut before `eos_token_id`), decoded with the prompt in place and the KV cache on."""
-        first, session = self.adapter.start_generation(self.backbone, self.embed_inputs(batch),
-                                                       batch["attention_mask"], batch["answer_index"],
-                                                       self.position_offset, **self.attention_kwargs())
+        first, session = self.adapter.start_generation(self.backbone, self.prompted(batch))
         return decode(first.float(), session, eos_token_id, config)
 
     @torch.no_grad()
@@ -209,9 +210,7 @@ class SoftPromptModule(L.LightningModule):
                            ) -> tuple[torch.Tensor, list[list[int]]]:
         """Evaluation of a generation task with the prompted source read once: the teacher-forced hidden states
         predicting each target token, and the decoded token ids per row (as `generate` gives them)."""
-        hidden, first, session = self.adapter.score_and_start_generation(
-            self.backbone, self.embed_inputs(batch), batch["attention_mask"], batch["answer_index"],
-            batch["target_ids"], batch["target_mask"], self.position_offset, **self.attention_kwargs())
+        hidden, first, session = self.adapter.score_and_start_generation(self.backbone, self.prompted(batch))
         return hidden, decode(first.float(), session, eos_token_id, config)
 
     def forward(self, batch: Batch) -> torch.Tensor:

@@ -32,6 +32,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from softprompt.backbones.attention_prefix import CAPTURE_KWARG, KVCapture, enable_prefix_injection
+from softprompt.backbones.families import Family
 from softprompt.config.typed import at_least
 from softprompt.errors import ConfigError
 from softprompt.methods.attention_level import AttentionLevelPrefix, prefix_geometry
@@ -113,8 +114,8 @@ class Cartridge(AttentionLevelPrefix):
 
     # -- PEFT: CARTRIDGE stores the whole cache as prompt_embeddings and splits off the frozen rows on load ---------
     @classmethod
-    def peft_form(cls, config: CartridgeConfig, family: str) -> PeftForm:
-        if family == "seq2seq":
+    def peft_form(cls, config: CartridgeConfig, family: Family) -> PeftForm:
+        if family == Family.SEQ2SEQ:
             raise NotRepresentable(f"{config.name} on a seq2seq backbone also prefixes the encoder's self-attention; "
                                    "PEFT's CARTRIDGE serves its cache as the decoder's past_key_values only")
         frozen = {"num_frozen_tokens": config.num_frozen_tokens}

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from softprompt.backbones.families import place_prompts
+from softprompt.backbones.families import Family, place_prompts
 from softprompt.config.precision import full_precision
 from softprompt.config.typed import above, at_least
 from softprompt.errors import SoftPromptError
@@ -89,7 +89,7 @@ class DecomposedPrompt(InputLevelPrompt):
                    lowrank_lr=config.lowrank_lr, initial_state=initial_state, **common)
 
     @classmethod
-    def peft_form(cls, config: DecomposedPromptConfig, family: str) -> PeftForm:
+    def peft_form(cls, config: DecomposedPromptConfig, family: Family) -> PeftForm:
         raise NotRepresentable(f"{config.name} also adds a low-rank update (A B) to the input token embeddings, "
                                "position by position; PEFT's PROMPT_TUNING holds the prompt only")
 

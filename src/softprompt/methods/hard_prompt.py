@@ -7,6 +7,7 @@ which makes this the few-shot in-context baseline.
 
 from __future__ import annotations
 
+from softprompt.backbones.families import Family
 from softprompt.errors import ConfigError
 from softprompt.methods.base import NotRepresentable, PeftForm, SoftPromptModule
 from softprompt.methods.config import NoPromptConfig
@@ -25,6 +26,6 @@ class HardPrompt(SoftPromptModule):
                               "trained head, so it has no zero-shot baseline; use a soft-prompt method")
 
     @classmethod
-    def peft_form(cls, config: NoPromptConfig, family: str) -> PeftForm:
+    def peft_form(cls, config: NoPromptConfig, family: Family) -> PeftForm:
         raise NotRepresentable(f"{config.name} has no trained tensors: there is nothing to export (its template and "
                                "demonstrations are in softprompt.json)")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from softprompt.backbones.families import place_prompts
+from softprompt.backbones.families import Family, place_prompts
 from softprompt.config.precision import full_precision
 from softprompt.methods.base import PeftForm, SoftPromptModule
 from softprompt.methods.config import InputPromptConfig
@@ -58,7 +58,7 @@ class InputLevelPrompt(SoftPromptModule):
                    initial_state=initial_state, **common)
 
     @classmethod
-    def peft_form(cls, config: InputPromptConfig, family: str) -> PeftForm:
+    def peft_form(cls, config: InputPromptConfig, family: Family) -> PeftForm:
         """PROMPT_TUNING, or P_TUNING with the same encoder (PEFT stores and reads back the encoder's output)."""
         if config.encoder == "none":
             return PeftForm("PROMPT_TUNING", "prompt", {}, {})

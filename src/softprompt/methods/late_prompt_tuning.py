@@ -44,6 +44,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from softprompt.backbones.attention_prefix import ROLE_ATTRIBUTE, attention_layers
+from softprompt.backbones.families import Family, PromptedInput
 from softprompt.config.precision import full_precision
 from softprompt.config.typed import at_least, bounded
 from softprompt.errors import ConfigError, SoftPromptError
@@ -191,7 +192,7 @@ class LatePrompt(SoftPromptModule):
                  insert_layer: int | None, generator: str, generator_hidden: int, generator_dropout: float,
                  initial_state: Mapping[str, torch.Tensor] | None = None, **base) -> None:
         super().__init__(**base)
-        if self.adapter.family == "seq2seq":
+        if self.adapter.family == Family.SEQ2SEQ:
             raise ConfigError("method", self.method_name, "an encoder-decoder backbone is not served: the decoder's "
                               "cross-attention would need the late prompt too; use a causal_lm or encoder backbone")
         self.num_virtual_tokens = num_virtual_tokens
@@ -204,7 +205,7 @@ class LatePrompt(SoftPromptModule):
                               f"{count - 1} (null: the middle one, {count // 2})")
         install_hooks(self.backbone, self.layers)
         dim = self.backbone.get_input_embeddings().embedding_dim
-        self.causal = self.adapter.family == "causal_lm"  # the summary token: answer position, else first token
+        self.causal = self.adapter.family == Family.CAUSAL_LM  # the summary token: answer position, else first token
         if generator == "npg":
             self.generator = PromptGenerator(dim, generator_hidden, num_virtual_tokens, generator_dropout)
         else:
@@ -224,7 +225,7 @@ class LatePrompt(SoftPromptModule):
                    initial_state=initial_state, **common)
 
     @classmethod
-    def peft_form(cls, config: LatePromptConfig, family: str) -> PeftForm:
+    def peft_form(cls, config: LatePromptConfig, family: Family) -> PeftForm:
         raise NotRepresentable(f"{config.name} inserts its prompt at an intermediate layer (instance-aware with "
                                "generator=npg); PEFT's prompt types enter at the input or as key/value prefixes")
 
@@ -256,37 +257,35 @@ class LatePrompt(SoftPromptModule):
             raise SoftPromptError("the late prompt never entered the backbone: its insertion layer did not run")
 
     # -- forward passes with the prompt in at layer k --------------------------------------------------------
-    def hidden_states(self, batch: Batch) -> torch.Tensor:
+    def _prompted(self, batch: Batch) -> tuple[PromptedInput, dict[str, LateInsertion]]:
         plain, kwargs = self._insertion(batch)
-        hidden = self.adapter.hidden_states(self.backbone, self.embed_inputs(plain), plain["attention_mask"],
-                                            self.position_offset, **kwargs)
+        return PromptedInput(self.embed_inputs(plain), plain["attention_mask"], self.position_offset, kwargs,
+                             plain.get("answer_index"), plain.get("target_ids"), plain.get("target_mask")), kwargs
+
+    def hidden_states(self, batch: Batch) -> torch.Tensor:
+        inputs, kwargs = self._prompted(batch)
+        hidden = self.adapter.hidden_states(self.backbone, inputs)
         self._check(kwargs)
         return hidden
 
     def target_hidden(self, batch: Batch) -> torch.Tensor:
-        plain, kwargs = self._insertion(batch)
-        hidden = self.adapter.target_hidden(self.backbone, self.embed_inputs(plain), plain["attention_mask"],
-                                            plain["answer_index"], plain["target_ids"], plain["target_mask"],
-                                            self.position_offset, **kwargs)
+        inputs, kwargs = self._prompted(batch)
+        hidden = self.adapter.target_hidden(self.backbone, inputs)
         self._check(kwargs)
         return hidden
 
     @torch.no_grad()
     def generate(self, batch: Batch, config: DecodingConfig, eos_token_id: int) -> list[list[int]]:
-        plain, kwargs = self._insertion(batch)
-        first, session = self.adapter.start_generation(self.backbone, self.embed_inputs(plain),
-                                                       plain["attention_mask"], plain["answer_index"],
-                                                       self.position_offset, **kwargs)
+        inputs, kwargs = self._prompted(batch)
+        first, session = self.adapter.start_generation(self.backbone, inputs)
         self._check(kwargs)
         return decode(first.float(), session, eos_token_id, config)
 
     @torch.no_grad()
     def score_and_generate(self, batch: Batch, config: DecodingConfig, eos_token_id: int
                            ) -> tuple[torch.Tensor, list[list[int]]]:
-        plain, kwargs = self._insertion(batch)
-        hidden, first, session = self.adapter.score_and_start_generation(
-            self.backbone, self.embed_inputs(plain), plain["attention_mask"], plain["answer_index"],
-            plain["target_ids"], plain["target_mask"], self.position_offset, **kwargs)
+        inputs, kwargs = self._prompted(batch)
+        hidden, first, session = self.adapter.score_and_start_generation(self.backbone, inputs)
         self._check(kwargs)
         return hidden, decode(first.float(), session, eos_token_id, config)
 

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from softprompt.backbones.families import place_prompts
+from softprompt.backbones.families import Family, place_prompts
 from softprompt.config.precision import full_precision
 from softprompt.config.typed import above, at_least
 from softprompt.errors import ConfigError, SoftPromptError
@@ -161,7 +161,7 @@ class MultitaskPrompt(InputLevelPrompt):
 
     # -- declarations --------------------------------------------------------------------------------------
     @classmethod
-    def peft_form(cls, config: MultitaskPromptConfig, family: str) -> PeftForm:
+    def peft_form(cls, config: MultitaskPromptConfig, family: Family) -> PeftForm:
         """MULTITASK_PROMPT_TUNING: PEFT stores P as prompt_embeddings and the factors beside it, and builds each
         row's prompt from its `task_ids`. Its init reads the factors from the file (RANDOM: no source file)."""
         options = {"num_ranks": config.num_ranks, "prompt_tuning_init": "RANDOM"}

@@ -28,6 +28,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from softprompt.backbones.families import Family
 from softprompt.config.typed import at_least, bounded
 from softprompt.methods.base import PeftForm
 from softprompt.methods.config import InputPromptConfig
@@ -99,6 +100,6 @@ class ResidualPrompt(InputLevelPrompt):
             match_output_std(self.encoder.module, self.prompt, target_std)
 
     @classmethod
-    def peft_form(cls, config: ResidualPromptConfig, family: str) -> PeftForm:
+    def peft_form(cls, config: ResidualPromptConfig, family: Family) -> PeftForm:
         """The folded prompt is a plain PROMPT_TUNING prompt (PEFT cannot train the residual network itself)."""
         return PeftForm("PROMPT_TUNING", "prompt", {}, {})

@@ -10,9 +10,10 @@ from typing import Any
 
 from softprompt.analysis.benchmark.measure import PEFT_SAME_KERNELS, BenchError, Runner
 from softprompt.analysis.benchmark.runners import label_word_ids, lm_loss_step
+from softprompt.backbones.families import Family
 
 
-def peft_form(module: Any, method: dict, family: str) -> Any:
+def peft_form(module: Any, method: dict, family: Family) -> Any:
     """Our method's declared PeftForm, or BenchError when PEFT has none."""
     from softprompt.methods.base import NotRepresentable
 
