@@ -69,9 +69,9 @@ def test_grouped_bleu_matches_sacrebleu_on_random_corpora():
             sacrebleu(predictions, references), abs=1e-6)
 
 
-def test_with_one_reference_each_our_statistics_give_the_runs_torchmetrics_bleu():
-    """The report rebuilds every BLEU from bleu_statistics; a single-reference run scored with torchmetrics'
-    SacreBLEUScore must come out the same."""
+def test_with_one_reference_each_our_statistics_give_torchmetrics_bleu():
+    """Training and the report score every BLEU from bleu_statistics; with one reference each, torchmetrics'
+    SacreBLEUScore (an independent implementation) must come out the same."""
     rng = random.Random(1)
     words = ["the", "a", "cheap", "pub", "near", "river", "serves", "food", ",", ".", "family", "coffee"]
     for _ in range(50):

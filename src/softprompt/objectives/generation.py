@@ -8,7 +8,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.text import SacreBLEUScore
 from torchmetrics.text.rouge import ROUGEScore
 from transformers import PreTrainedTokenizerBase
 
@@ -21,15 +20,16 @@ from softprompt.objectives.scoring import Batch
 
 
 class TextMetrics(nn.Module):
-    """ROUGE-1/2/L F-measure (no stemming) and corpus SacreBLEU, in [0, 1]. `grouped`: each prediction has a list of
-    references; ROUGE takes, per prediction and ROUGE variant, the F-measure of the reference that scores highest
-    (torchmetrics' accumulate="best"), and BLEU is multi-reference corpus BLEU as SacreBLEU computes it (bleu.py)."""
+    """ROUGE-1/2/L F-measure (no stemming) and corpus BLEU as SacreBLEU computes it (bleu.py; the report rebuilds the
+    same BLEU from the predictions), in [0, 1]. `grouped`: each prediction has a list of references; ROUGE takes, per
+    prediction and ROUGE variant, the F-measure of the reference that scores highest (torchmetrics'
+    accumulate="best"), and BLEU clips n-grams by any one reference."""
 
     def __init__(self, grouped: bool = False) -> None:
         super().__init__()
         self.grouped = grouped
         self.rouge = ROUGEScore(rouge_keys=("rouge1", "rouge2", "rougeL"), accumulate="best")
-        self.bleu = MultiReferenceBLEU() if grouped else SacreBLEUScore()
+        self.bleu = MultiReferenceBLEU()
 
     def update(self, predictions: list[str], references: Sequence[str] | Sequence[Sequence[str]]) -> None:
         if self.grouped:  # lists of references

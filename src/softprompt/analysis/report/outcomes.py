@@ -142,7 +142,7 @@ def _generation(rows: Sequence[Mapping[str, Any]], name: str) -> tuple[np.ndarra
         key = ROUGE_KEYS[name]
         scores = _rouge_score_update(predictions, references, rouge_keys_values=[key], accumulate="best")[key]
         return np.array([float(score["fmeasure"]) for score in scores])[:, None], None
-    if name == "bleu":  # SacreBLEU's statistics; with one reference each they are torchmetrics' SacreBLEUScore's
+    if name == "bleu":  # the statistics training's BLEU sums (objectives/bleu.py)
         return np.array([bleu_statistics(p, refs) for p, refs in zip(predictions, references, strict=True)]), \
             bleu_from_sums
     raise Unavailable(f"{name} is not rebuilt from generation predictions")
