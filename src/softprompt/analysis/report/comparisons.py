@@ -29,7 +29,6 @@ from softprompt.analysis.report.intervals import (
     from_draws,
     from_matrix,
     from_sets,
-    resample_weights,
     runs_only,
 )
 from softprompt.analysis.report.outcomes import Outcomes, Unavailable, run_outcomes, stage_word
@@ -101,22 +100,6 @@ class _Unit:
         return _Unit(self.keys, self.value - other.value, draws=self.draws - other.draws)  # type: ignore[operator]
 
 
-_DRAWN: dict[int, tuple[Outcomes, np.ndarray]] = {}  # by the (cached) outcomes' identity, kept alive with them
-
-
-def _draws(outcomes: Outcomes) -> np.ndarray:
-    """The run's metric on each bootstrap resample of the examples (the same resamples for every run)."""
-    known = _DRAWN.get(id(outcomes))
-    if known is not None and known[0] is outcomes:
-        return known[1]
-    weights = resample_weights(tuple(int(s) for s in outcomes.strata))
-    draws = np.asarray(outcomes.aggregate(weights.astype(float) @ outcomes.stats), dtype=float)  # type: ignore[misc]
-    if len(_DRAWN) > 4096:
-        _DRAWN.clear()
-    _DRAWN[id(outcomes)] = (outcomes, draws)
-    return draws
-
-
 def _unit(group: Sequence[Outcomes]) -> _Unit:
     """The runs of `group` (which must share their examples) averaged into one unit."""
     keys = group[0].keys
@@ -125,7 +108,7 @@ def _unit(group: Sequence[Outcomes]) -> _Unit:
     value = float(np.mean([outcome.value() for outcome in group]))
     if group[0].aggregate is None:
         return _Unit(keys, value, vector=np.mean([outcome.stats[:, 0] for outcome in group], axis=0))
-    return _Unit(keys, value, draws=np.mean([_draws(outcome) for outcome in group], axis=0))
+    return _Unit(keys, value, draws=np.mean([outcome.draws() for outcome in group], axis=0))
 
 
 def _spread(units: Sequence[_Unit]) -> Spread:

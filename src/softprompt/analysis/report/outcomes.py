@@ -15,13 +15,13 @@ import itertools
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from softprompt.analysis.report.intervals import resample_weights
 from softprompt.objectives.bleu import bleu_from_sums, bleu_statistics
 from softprompt.training.results import PREDICTIONS_FILE, VAL_PREDICTIONS_FILE
 
@@ -53,35 +53,65 @@ class Outcomes:
     stats: np.ndarray
     strata: np.ndarray
     aggregate: Aggregate | None
+    _draws: list[np.ndarray] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def value(self) -> float:
         if self.aggregate is None:
             return float(self.stats[:, 0].mean())
         return float(self.aggregate(self.stats.sum(axis=0)))
 
+    def draws(self) -> np.ndarray:
+        """The metric on each bootstrap resample of the examples (the same resamples for every run on these
+        examples), computed once."""
+        if not self._draws:
+            weights = resample_weights(tuple(int(s) for s in self.strata)).astype(float)
+            sums = weights @ self.stats
+            value = sums[:, 0] / len(self.keys) if self.aggregate is None else self.aggregate(sums)
+            self._draws.append(np.asarray(value, dtype=float))
+        return self._draws[0]
 
-def _mtime(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return stat.st_mtime_ns, stat.st_size
+
+@dataclass
+class _RunFile:
+    """What the report has made of one predictions file while it is unchanged: its rows (or why they are
+    unreadable) and each metric built from them."""
+
+    stamp: tuple[int, int]
+    rows: tuple[dict[str, Any], ...] | Unavailable
+    built: dict[tuple[Any, ...], Outcomes | Unavailable] = field(default_factory=dict)
 
 
-@lru_cache(maxsize=256)
-def _read(path: str, stamp: tuple[int, int]) -> tuple[dict[str, Any], ...]:
-    """The file's rows (cached while the file is unchanged: a report reads each run for several metrics)."""
-    text = Path(path).read_text()
-    return tuple(json.loads(line) for line in text.splitlines() if line.strip())
+# One memo, by predictions file: a report reads each run for several metrics and asks for each several times.
+_FILES: dict[str, _RunFile] = {}
+_MAX_FILES = 4096
+
+
+def _run_file(path: Path) -> _RunFile:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return _RunFile((-1, -1), Unavailable(f"no {path.name}"))
+    stamp = (stat.st_mtime_ns, stat.st_size)
+    known = _FILES.get(str(path))
+    if known is not None and known.stamp == stamp:
+        return known
+    try:
+        rows: tuple[dict[str, Any], ...] | Unavailable = tuple(
+            json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        rows = Unavailable(f"unreadable {path.name}: {error}")
+    if len(_FILES) >= _MAX_FILES:
+        _FILES.clear()
+    _FILES[str(path)] = found = _RunFile(stamp, rows)
+    return found
 
 
 def prediction_rows(run: Mapping[str, Any], stage: str = "test") -> tuple[dict[str, Any], ...]:
     """The run's test (or `stage`) predictions; Unavailable when it has none (an older run, or a synthetic one)."""
-    name = FILES[stage]
-    path = Path(str(run.get("path", ""))) / name
-    try:
-        return _read(str(path), _mtime(path))
-    except FileNotFoundError:
-        raise Unavailable(f"no {name}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise Unavailable(f"unreadable {name}: {error}") from None
+    rows = _run_file(Path(str(run.get("path", ""))) / FILES[stage]).rows
+    if isinstance(rows, Unavailable):
+        raise Unavailable(str(rows))
+    return rows
 
 
 def majority_share(runs: Sequence[Mapping[str, Any]]) -> float | None:
@@ -199,28 +229,19 @@ def _macro(rows: Sequence[Mapping[str, Any]], run: Mapping[str, Any], stage: str
     raise Unavailable(f"no choice of the tasks' metrics reproduces {stage}/{MACRO}")
 
 
-_BUILT: dict[tuple[Any, ...], Outcomes | Unavailable] = {}  # a report asks for each run's metric several times
-
-
 def run_outcomes(run: Mapping[str, Any], metric: str) -> Outcomes:
     """The run's `metric` (`test/acc`, `test/<task>/acc`, `test/macro`, `val/acc`, ...) per example of its stage;
     Unavailable (with the reason) when it has no predictions or they do not reproduce its metrics.json. Cached
     while the predictions file and the run's metrics of that stage are unchanged."""
     stage = metric.split("/", 1)[0]
-    path = Path(str(run.get("path", ""))) / FILES.get(stage, PREDICTIONS_FILE)
-    try:
-        stamp: Any = _mtime(path)
-    except OSError:
-        stamp = None
-    key = (str(path), stamp, metric, tuple(sorted((k, v) for k, v in run.items() if k.startswith(f"{stage}/"))))
-    if key not in _BUILT:
-        if len(_BUILT) > 4096:
-            _BUILT.clear()
+    built = _run_file(Path(str(run.get("path", ""))) / FILES.get(stage, PREDICTIONS_FILE)).built
+    key = (metric, tuple(sorted((k, v) for k, v in run.items() if k.startswith(f"{stage}/"))))
+    if key not in built:
         try:
-            _BUILT[key] = _build(run, metric)
+            built[key] = _build(run, metric)
         except Unavailable as why:
-            _BUILT[key] = why
-    found = _BUILT[key]
+            built[key] = why
+    found = built[key]
     if isinstance(found, Unavailable):
         raise Unavailable(str(found))
     return found
