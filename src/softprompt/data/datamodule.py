@@ -123,8 +123,10 @@ class PromptDataModule(SplitLoaders):
     def __init__(self, task: TaskConfig, data: Mapping, cv: Mapping, template: str,
                  tokenizer: PreTrainedTokenizerBase, cache_dir: str | Path, seed: int,
                  num_demonstrations: int = 0, demonstration_separator: str = "\n\n",
-                 answer_token_id: int | None = None, answer_must_end: bool = True, task_id: int | None = None) -> None:
+                 answer_token_id: int | None = None, answer_must_end: bool = True, task_id: int | None = None,
+                 raw_splits: Mapping[str, Dataset] | None = None) -> None:
         super().__init__(data, seed)
+        self.raw_splits = raw_splits  # the task's splits as read and checked before the backbone loaded
         self.task_id = task_id
         self.answer_token_id = answer_token_id  # masked LMs: the mask token stands at the answer
         leading, trailing = special_tokens_around(tokenizer)
@@ -154,7 +156,8 @@ class PromptDataModule(SplitLoaders):
         if self.splits:
             return
         num_folds = self.cv.get("num_folds")
-        raw = select_and_map(load_raw_splits(self.task.source, self.cache_dir), self.task, keep_group=bool(num_folds))
+        raw = self.raw_splits if self.raw_splits is not None else \
+            select_and_map(load_raw_splits(self.task.source, self.cache_dir), self.task, keep_group=bool(num_folds))
         tokenized = {role: self._tokenize(ds, role) for role, ds in raw.items()}
         test = tokenized.get("test", tokenized.get("validation"))
         if num_folds:

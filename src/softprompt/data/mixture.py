@@ -47,13 +47,14 @@ class MixtureDataModule(SplitLoaders):
 
     def __init__(self, task: MixtureTask, data: Mapping, cv: Mapping, templates: Mapping[str, str],
                  tokenizer: PreTrainedTokenizerBase, cache_dir: str | Path, seed: int,
-                 answer_token_id: int | None = None, answer_must_end: bool = True) -> None:
+                 answer_token_id: int | None = None, answer_must_end: bool = True,
+                 raw_splits: Mapping[str, Mapping[str, Dataset]] | None = None) -> None:
         super().__init__(data, seed)
         self.task, self.tokenizer = task, tokenizer
         self.generation = task.member_type == "generation"
         self.members = {name: PromptDataModule(member, data, cv, templates[name], tokenizer, cache_dir, seed,
                                                answer_token_id=answer_token_id, answer_must_end=answer_must_end,
-                                               task_id=task_id)
+                                               task_id=task_id, raw_splits=(raw_splits or {}).get(name))
                         for task_id, (name, member) in enumerate(task.members.items())}
 
     def _model_columns(self, split: Dataset) -> Dataset:
