@@ -15,6 +15,7 @@ from softprompt.backbones.loading import Backbone
 from softprompt.data import PromptDataModule
 from softprompt.data.datamodule import SplitLoaders
 from softprompt.data.mixture import MixtureDataModule
+from softprompt.data.settings import Rendering
 from softprompt.data.sources import read_splits
 from softprompt.data.task import MixtureTask, task_members
 from softprompt.errors import ConfigError
@@ -73,15 +74,16 @@ def build_job(job: JobConfig) -> Job:
         raise ConfigError("data.padding_side", "left", f"{backbone.family} backbones need right padding")
     answer = {"answer_token_id": adapter.answer_token_id(backbone.tokenizer),
               "answer_must_end": adapter.answer_is_next_token}
-    if isinstance(task, MixtureTask):
-        templates = {name: prompt_template(method, member.template) for name, member in task.members.items()}
-        datamodule = MixtureDataModule(task, plain["data"], plain["cv"], templates, backbone.tokenizer, cache_dir,
-                                       seed, raw_splits=splits, **answer)
+    if isinstance(task, MixtureTask):  # no demonstrations in a mixture (config checks)
+        renderings = {name: Rendering(prompt_template(method, member.template), **answer)
+                      for name, member in task.members.items()}
+        datamodule = MixtureDataModule(task, job.data, job.cv, renderings, backbone.tokenizer, cache_dir, seed,
+                                       raw_splits=splits)
     else:
-        datamodule = PromptDataModule(task, plain["data"], plain["cv"], prompt_template(method, task.template),
-                                      backbone.tokenizer, cache_dir, seed, num_demonstrations=method.num_demonstrations,
-                                      demonstration_separator=method.demonstration_separator,
-                                      raw_splits=splits[task.name], **answer)
+        rendering = Rendering(prompt_template(method, task.template), method.num_demonstrations,
+                              method.demonstration_separator, **answer)
+        datamodule = PromptDataModule(task, job.data, job.cv, rendering, backbone.tokenizer, cache_dir, seed,
+                                      raw_splits=splits[task.name])
     objective = build_objective(task, adapter, backbone.tokenizer, backbone.hidden_size)  # before tokenising
     token_ids = getattr(objective, "label_token_ids", [])  # generation tasks have no label words
     datamodule.setup()

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from softprompt.config.mixture import with_task_mixture
 from softprompt.config.precision import Precision, settle_precision
+from softprompt.data.settings import CVSettings, DataSettings
 from softprompt.data.task import MixtureTask, TaskConfig
 from softprompt.methods import MethodConfig, SoftPromptModule
 from softprompt.methods.init import ARTIFACT_INIT
@@ -30,16 +31,18 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class JobConfig:
-    """One run's settings, checked and parsed: the typed method and task, the precision and transfer source the
-    run resolved, and `plain`, the resolved settings as plain containers (with those resolutions in them) that
-    loggers, metrics.json's method_config and the artifact record. `composed` is Hydra's config, only ever read
-    (the transfer source job is made from a copy of it)."""
+    """One run's settings, checked and parsed: the typed method, task, data and cv settings, the precision and
+    transfer source the run resolved, and `plain`, the resolved settings as plain containers (with those
+    resolutions in them) that loggers, metrics.json's method_config and the artifact record. `composed` is Hydra's
+    config, only ever read (the transfer source job is made from a copy of it)."""
 
     composed: DictConfig
     plain: Mapping[str, Any]
     method_class: type[SoftPromptModule]
     method: MethodConfig
     task: TaskConfig | MixtureTask
+    data: DataSettings
+    cv: CVSettings
     precision: Precision
     transfer: TransferSource | None = None
 
@@ -73,7 +76,8 @@ def parse_job(cfg: DictConfig, tasks: Sequence[Any] | None = None) -> JobConfig:
     precision = settle_precision(plain["trainer"], plain["backbone"])
     plain = {**plain, "trainer": {**plain["trainer"], "precision": precision.trainer},
              "backbone": {**plain["backbone"], "dtype": precision.backbone_dtype}}
-    return JobConfig(cfg, plain, method_class, method, task, precision)
+    return JobConfig(cfg, plain, method_class, method, task, DataSettings.from_config(plain["data"]),
+                     CVSettings.from_config(plain["cv"]), precision)
 
 
 def parse_and_transfer(cfg: DictConfig, train: Callable[[DictConfig], Mapping[str, Any]],
