@@ -27,7 +27,8 @@ from omegaconf import OmegaConf
 
 from softprompt.backbones.loading import tied_aliases
 from softprompt.config.compose import compose_train
-from softprompt.training.job import build_job, resolved_config, settle_precision
+from softprompt.training.job import build_job
+from softprompt.training.job_config import parse_job
 
 
 def digest_weights(model: torch.nn.Module, make) -> str:
@@ -58,8 +59,7 @@ def main() -> None:
     OmegaConf.set_struct(cfg, False)
     cfg.paths.output_dir = cfg.hydra.runtime.output_dir = "/tmp/fixed_costs"
     HydraConfig.instance().set_config(cfg)
-    settle_precision(cfg)
-    job = build_job(resolved_config(cfg), Path(cfg.paths.cache_dir).expanduser())
+    job = build_job(parse_job(cfg))
     model, module = job.backbone.model, job.module.eval()
     job.datamodule.setup("validate")
     batches = list(job.datamodule.val_dataloader())[:args.eval_batches]

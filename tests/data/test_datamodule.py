@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from softprompt.data.datamodule import PromptDataModule
+from softprompt.data import CVSettings, DataSettings, PromptDataModule, Rendering
 from softprompt.data.task import TaskConfig
 from softprompt.data.templates import Template
 
@@ -32,8 +32,9 @@ def local_task(task_config, local_task_files):
     return task
 
 
-DATA = {"batch_size": 4, "eval_batch_size": 5, "num_workers": 0, "padding_side": "right", "max_samples": {}}
-NO_CV = {"num_folds": None, "fold": 0, "seed": 0}
+DATA = DataSettings.from_config({"batch_size": 4, "eval_batch_size": 5, "num_workers": 0, "padding_side": "right",
+                                 "max_samples": {}})
+NO_CV = CVSettings.from_config({"num_folds": None, "fold": 0, "seed": 0})
 
 
 def test_template_slots_and_fields(backbone):
@@ -57,7 +58,7 @@ def test_truncation_cuts_the_text_and_keeps_the_template_tail(backbone):
 
 def test_batches_are_dynamically_padded_and_keep_label_order(backbone, local_task, negative_reviews,
                                                              positive_reviews):
-    module = PromptDataModule(local_task(), DATA, NO_CV, "[P:2]" + TASK_TEMPLATE,
+    module = PromptDataModule(local_task(), DATA, NO_CV, Rendering("[P:2]" + TASK_TEMPLATE),
                               backbone.tokenizer, "/unused", seed=0)
     module.setup()
     labels, rows, widths = [], [], []
@@ -77,24 +78,24 @@ def test_batches_are_dynamically_padded_and_keep_label_order(backbone, local_tas
 
 def test_second_setup_reuses_cached_tokenization(backbone, local_task, monkeypatch):
     task = local_task()
-    first = PromptDataModule(task, DATA, NO_CV, TASK_TEMPLATE, backbone.tokenizer, "/unused", seed=0)
+    first = PromptDataModule(task, DATA, NO_CV, Rendering(TASK_TEMPLATE), backbone.tokenizer, "/unused", seed=0)
     first.setup()
 
     def fail(*args, **kwargs):
         raise AssertionError("re-tokenised although a cached tokenization exists")
 
     monkeypatch.setattr(Template, "render", fail)
-    again = PromptDataModule(task, DATA, NO_CV, TASK_TEMPLATE, backbone.tokenizer, "/unused", seed=0)
+    again = PromptDataModule(task, DATA, NO_CV, Rendering(TASK_TEMPLATE), backbone.tokenizer, "/unused", seed=0)
     again.setup()
     assert list(again.splits["train"]["input_ids"]) == list(first.splits["train"]["input_ids"])
-    changed = PromptDataModule(local_task(max_length=63), DATA, NO_CV, TASK_TEMPLATE,
+    changed = PromptDataModule(local_task(max_length=63), DATA, NO_CV, Rendering(TASK_TEMPLATE),
                                backbone.tokenizer, "/unused", seed=0)
     with pytest.raises(AssertionError, match="re-tokenised"):
         changed.setup()  # a different setting must not hit the cache
 
 
 def test_token_counts_come_from_the_training_text(backbone, local_task):
-    module = PromptDataModule(local_task(), DATA, NO_CV, TASK_TEMPLATE, backbone.tokenizer,
+    module = PromptDataModule(local_task(), DATA, NO_CV, Rendering(TASK_TEMPLATE), backbone.tokenizer,
                               "/unused", seed=0)
     module.setup()
     counts = module.token_counts()
@@ -108,8 +109,8 @@ def test_demonstrations_are_stratified_seeded_and_prepended(backbone, local_task
     task = local_task()
 
     def module(seed, k=4):
-        m = PromptDataModule(task, DATA, NO_CV, TASK_TEMPLATE, backbone.tokenizer, "/unused", seed=seed,
-                             num_demonstrations=k)
+        m = PromptDataModule(task, DATA, NO_CV, Rendering(TASK_TEMPLATE, num_demonstrations=k),
+                             backbone.tokenizer, "/unused", seed=seed)
         m.setup()
         return m
 

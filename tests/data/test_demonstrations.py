@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from softprompt.backbones.families import FAMILY_ADAPTERS
-from softprompt.data.datamodule import PromptDataModule
+from softprompt.data import CVSettings, DataSettings, PromptDataModule, Rendering
 
-DATA = {"batch_size": 4, "eval_batch_size": 8, "num_workers": 0, "padding_side": "right", "max_samples": {}}
-NO_CV = {"num_folds": None, "fold": 0, "seed": 0}
+DATA = DataSettings.from_config({"batch_size": 4, "eval_batch_size": 8, "num_workers": 0, "padding_side": "right",
+                                 "max_samples": {}})
+NO_CV = CVSettings.from_config({"num_folds": None, "fold": 0, "seed": 0})
 MASKED_TEMPLATE = "Review: {text} It was{answer}."
 CAUSAL_TEMPLATE = "Review: {text}\nSentiment:"
 
@@ -27,9 +28,9 @@ def datamodule(tiny_backbone, task_config, local_task_files):
                            verbalizer={"negative": " bad", "positive": " good"}, max_length=64)
         backbone = tiny_backbone(architecture)
         adapter = FAMILY_ADAPTERS[backbone.family]
-        module = PromptDataModule(task, DATA, NO_CV, template, backbone.tokenizer, "/unused", seed=0,
-                                  num_demonstrations=k, answer_token_id=adapter.answer_token_id(backbone.tokenizer),
-                                  answer_must_end=adapter.answer_is_next_token)
+        rendering = Rendering(template, num_demonstrations=k, answer_token_id=adapter.answer_token_id(
+            backbone.tokenizer), answer_must_end=adapter.answer_is_next_token)
+        module = PromptDataModule(task, DATA, NO_CV, rendering, backbone.tokenizer, "/unused", seed=0)
         module.setup()
         return module
 

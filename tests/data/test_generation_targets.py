@@ -3,7 +3,7 @@ carry their (cut) target, without eos."""
 
 from __future__ import annotations
 
-from softprompt.data.datamodule import PromptDataModule
+from softprompt.data import CVSettings, DataSettings, PromptDataModule, Rendering
 
 
 def test_targets_end_with_eos_are_cut_and_demonstrations_carry_them(headline_files, headlines, tiny_backbone,
@@ -18,8 +18,9 @@ def test_targets_end_with_eos_are_cut_and_demonstrations_carry_them(headline_fil
     tokenizer = backbone.tokenizer
     data = {"batch_size": 4, "eval_batch_size": 4, "num_workers": 0, "padding_side": "left", "max_samples": {}}
     cv = {"num_folds": None, "fold": 0, "seed": 0}
-    module = PromptDataModule(task, data, cv, "Article: {text}\nHeadline:", tokenizer, tmp_path, seed=0,
-                              num_demonstrations=1)
+    rendering = Rendering("Article: {text}\nHeadline:", num_demonstrations=1)
+    module = PromptDataModule(task, DataSettings.from_config(data), CVSettings.from_config(cv), rendering, tokenizer,
+                              tmp_path, seed=0)
     module.setup()
     eos = tokenizer.eos_token_id
     row = module.splits["test"][1]

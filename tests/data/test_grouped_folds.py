@@ -15,7 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from softprompt.config.compose import config_dir
-from softprompt.data.datamodule import PromptDataModule
+from softprompt.data import CVSettings, DataSettings, PromptDataModule, Rendering
 from softprompt.data.folds import grouped_folds, stratified_folds, train_val_indices
 from softprompt.data.sources import read_splits
 from softprompt.data.task import parse_task
@@ -66,7 +66,8 @@ def test_grouped_folds_keep_each_movie_on_one_side_and_stay_stratified(movies):
 
 def test_a_k_fold_datamodule_on_the_real_asset_splits_by_movie_and_hides_the_movie(movies, tiny_backbone):
     task, _, groups = movies
-    module = PromptDataModule(task, DATA, {**KFOLD, "fold": 1}, TEMPLATE, tiny_backbone().tokenizer, CACHE, seed=0)
+    module = PromptDataModule(task, DataSettings.from_config(DATA), CVSettings.from_config({**KFOLD, "fold": 1}),
+                              Rendering(TEMPLATE), tiny_backbone().tokenizer, CACHE, seed=0)
     module.setup()
     train, val = (set(groups[module.splits[role]["row_index"]]) for role in ("train", "validation"))
     assert not train & val and len(train | val) == len(set(groups))
@@ -129,7 +130,8 @@ def test_tasks_without_a_group_keep_their_folds_exactly(local_task_files, task_c
         task = task_config(source={"path": "json", "data_files": local_task_files, "asset": None}, columns=columns,
                            text_fields=["text"], labels=["negative", "positive"], template=TEMPLATE,
                            verbalizer={"negative": " bad", "positive": " good"}, max_length=64)
-        module = PromptDataModule(task, DATA, {"num_folds": 3, "fold": 1, "seed": 0}, TEMPLATE,
+        module = PromptDataModule(task, DataSettings.from_config(DATA),
+                                  CVSettings.from_config({"num_folds": 3, "fold": 1, "seed": 0}), Rendering(TEMPLATE),
                                   tiny_backbone().tokenizer, CACHE, seed=0)
         module.setup()
         assert list(module.splits["validation"]["row_index"]) == before

@@ -24,7 +24,7 @@ from sacrebleu.metrics import BLEU
 from softprompt.analysis.report.collect import collect_runs
 from softprompt.analysis.report.outcomes import run_outcomes
 from softprompt.config.compose import config_dir
-from softprompt.data.datamodule import PromptDataModule
+from softprompt.data import CVSettings, DataSettings, PromptDataModule, Rendering
 from softprompt.data.sources import read_splits
 from softprompt.data.task import GROUP, LABEL, TARGET, TaskConfig, parse_task
 from softprompt.data.validation import DataError
@@ -393,7 +393,8 @@ def test_a_mixture_scores_each_task_by_its_own_references_setting(offline_hub, m
 def test_k_fold_keeps_each_sources_references_on_one_side(offline_hub, preset, tiny_backbone, tmp_path):
     task = preset("e2e_nlg")
     data = {"batch_size": 4, "eval_batch_size": 8, "num_workers": 0, "padding_side": "right", "max_samples": {}}
-    module = PromptDataModule(task, data, {"num_folds": 2, "fold": 0, "seed": 0}, task.template,
+    module = PromptDataModule(task, DataSettings.from_config(data),
+                              CVSettings.from_config({"num_folds": 2, "fold": 0, "seed": 0}), Rendering(task.template),
                               tiny_backbone().tokenizer, tmp_path, seed=0)
     module.setup()
     train, validation = module.splits["train"], module.splits["validation"]

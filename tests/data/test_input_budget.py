@@ -7,7 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from softprompt.config.compose import compose_train
-from softprompt.data.datamodule import PromptDataModule
+from softprompt.data import CVSettings, DataSettings, PromptDataModule, Rendering
 from softprompt.data.task import TaskConfig
 from softprompt.methods import MethodConfig, method_config
 from softprompt.methods.layout import prompt_template
@@ -49,7 +49,8 @@ def text_tokens(module: PromptDataModule, split: str, index: int) -> list[int]:
 
 
 def datamodule(backbone, task: dict, template: str, **options) -> PromptDataModule:
-    module = PromptDataModule(task, DATA, NO_CV, template, backbone.tokenizer, "/unused", seed=0, **options)
+    module = PromptDataModule(task, DataSettings.from_config(DATA), CVSettings.from_config(NO_CV),
+                              Rendering(template, **options), backbone.tokenizer, "/unused", seed=0)
     module.setup()
     return module
 
@@ -87,7 +88,8 @@ def test_demonstrations_do_not_shrink_the_query(backbone, long_task):
 
 def test_split_sizes_record_a_shrunken_validation_fold(backbone, long_task):
     data = {**DATA, "max_samples": {"validation": 2}}
-    module = PromptDataModule(long_task, data, {"num_folds": 2, "fold": 0, "seed": 0}, TASK_TEMPLATE,
+    module = PromptDataModule(long_task, DataSettings.from_config(data),
+                              CVSettings.from_config({"num_folds": 2, "fold": 0, "seed": 0}), Rendering(TASK_TEMPLATE),
                               backbone.tokenizer, "/unused", seed=0)
     module.setup()
     assert module.split_sizes["validation"] == {"available": 4, "used": 2}

@@ -10,7 +10,8 @@ import pytest
 from softprompt.data.sampling import ShuffledShardSampler
 from softprompt.errors import ConfigError
 from softprompt.training.checks import check_config
-from softprompt.training.job import build_job, resolved_config
+from softprompt.training.job import build_job
+from softprompt.training.job_config import parse_job, resolved_config
 
 _RNG = random.Random(0)
 LENGTHS = [_RNG.randint(1, 100) for _ in range(203)]
@@ -56,9 +57,7 @@ def test_datamodule_pads_less_with_grouping(make_cfg, tiny_overrides, local_task
     for group in (False, True):
         cfg = make_cfg([*tiny_overrides, *local_task_overrides, "data.batch_size=4",
                         f"data.group_by_length={str(group).lower()}", "data.length_group_batches=12"])
-        plain = resolved_config(cfg)
-        check_config(plain)
-        loader = build_job(plain, cfg.paths.cache_dir).datamodule.train_dataloader()
+        loader = build_job(parse_job(cfg)).datamodule.train_dataloader()
         batches = list(loader)
         assert sorted(i for b in batches for i in b["row_index"].tolist()) == list(range(48))
         widths[group] = sum(b["input_ids"].numel() for b in batches)

@@ -12,10 +12,11 @@ from omegaconf import OmegaConf
 
 import softprompt
 from softprompt.artifacts.format import ArtifactError
-from softprompt.config.mixture import expand_task_mixture, task_list_override, tasks_from_overrides
+from softprompt.config.mixture import task_list_override, tasks_from_overrides, with_task_mixture
 from softprompt.data.mixture import mixture_indices
 from softprompt.errors import ConfigError
-from softprompt.training.job import build_job, resolved_config
+from softprompt.training.job import build_job
+from softprompt.training.job_config import parse_job, resolved_config
 from softprompt.training.run import run
 
 TOPICS = {"business": ["shares fell", "profits rose", "bank merger", "oil prices"],
@@ -79,10 +80,8 @@ def test_task_list_on_the_command_line_reads_as_a_tasks_list(make_cfg):
         ["rotten_tomatoes", "bbc_topic"]
     assert task_list_override(["task=bbc_topic"]) is None
     shorthand = make_cfg(["task=[rotten_tomatoes,bbc_topic]"])
-    tasks_from_overrides(shorthand, ["task=[rotten_tomatoes,bbc_topic]"])
-    expand_task_mixture(shorthand)
-    listed = make_cfg(["tasks=[rotten_tomatoes,bbc_topic]"])
-    expand_task_mixture(listed)
+    shorthand = with_task_mixture(shorthand, tasks_from_overrides(shorthand, ["task=[rotten_tomatoes,bbc_topic]"]))
+    listed = with_task_mixture(make_cfg(["tasks=[rotten_tomatoes,bbc_topic]"]))
     assert OmegaConf.to_container(shorthand.task) == OmegaConf.to_container(listed.task)
     task = listed.task
     assert task.name == "rotten_tomatoes+bbc_topic" and task.type == "mixture" and task.weights is None
@@ -107,8 +106,7 @@ def test_bad_task_lists_are_one_line_naming_the_entry(make_cfg, tasks, key, mess
 
     cfg = make_cfg([f"tasks={tasks}"])
     with pytest.raises(ConfigError, match=rf"{key}=.*{message}"):
-        expand_task_mixture(cfg)
-        check_config(resolved_config(cfg))
+        check_config(resolved_config(with_task_mixture(cfg)))
 
 
 def test_task_keys_beside_a_task_list_are_refused(make_cfg):
@@ -144,9 +142,7 @@ def test_mixture_run_reports_each_task_and_their_macro_mean(mixture_run):
 def test_each_task_renders_its_own_template_and_keeps_its_own_folds(make_cfg, entries, local_task_files):
     tasks = f"tasks=[{entries['sentiment']},{entries['topic']}]"
     cfg = make_cfg([*STEPS, tasks, "cv=kfold", "cv.num_folds=2", "cv.fold=1"])
-    expand_task_mixture(cfg)
-    plain = resolved_config(cfg)
-    job = build_job(plain, Path(cfg.paths.cache_dir).expanduser())
+    job = build_job(parse_job(cfg))
     mixture = job.datamodule
     tokenizer = job.backbone.tokenizer
     validation = mixture.splits["validation"]
@@ -159,7 +155,7 @@ def test_each_task_renders_its_own_template_and_keeps_its_own_folds(make_cfg, en
     single = make_cfg([*STEPS, "cv=kfold", "cv.num_folds=2", "cv.fold=1", "task.name=sentiment",
                        "task.source.asset=null", f"+task.source.data_files={_files(local_task_files)}",
                        "task.columns={text: review, label: sentiment, group: null}"])
-    alone = build_job(resolved_config(single), Path(cfg.paths.cache_dir).expanduser()).datamodule
+    alone = build_job(parse_job(single)).datamodule
     assert list(alone.splits["validation"]["row_index"]) == \
         list(mixture.members["sentiment"].splits["validation"]["row_index"])
     batch = next(iter(mixture.train_dataloader()))
@@ -170,8 +166,7 @@ def test_mixture_scores_equal_each_task_scored_alone(make_cfg, entries):
     import torch
 
     cfg = make_cfg([*STEPS, f"tasks=[{entries['sentiment']},{entries['topic']}]"])
-    expand_task_mixture(cfg)
-    job = build_job(resolved_config(cfg), Path(cfg.paths.cache_dir).expanduser())
+    job = build_job(parse_job(cfg))
     module, objective = job.module.eval(), job.module.objective
     batch = job.datamodule.collator()([*job.datamodule.splits["test"].select(range(8, 13))])  # both tasks
     assert sorted(set(batch["task_ids"].tolist())) == [0, 1]
@@ -189,8 +184,7 @@ def test_mixture_scores_equal_each_task_scored_alone(make_cfg, entries):
 
 def test_weighted_mixture_draws_each_epoch_by_weight(make_cfg, entries):
     cfg = make_cfg([*STEPS, f"tasks=[{_weighted(entries['sentiment'], 1)},{_weighted(entries['topic'], 3)}]"])
-    expand_task_mixture(cfg)
-    job = build_job(resolved_config(cfg), Path(cfg.paths.cache_dir).expanduser())
+    job = build_job(parse_job(cfg))
     sizes = job.datamodule.split_sizes
     total = sizes["sentiment"]["train"]["used"] + sizes["topic"]["train"]["used"]
     assert sizes["topic"]["train"]["drawn_per_epoch"] == round(total * 3 / 4)
@@ -267,8 +261,7 @@ def test_multitask_prompt_tuning_trains_every_task_factor_even_with_multi_token_
     overrides = [*STEPS, "method=multitask_prompt_tuning", "method.num_ranks=2", "method.init=random_normal",
                  f"tasks=[{entries['sentiment']},{topic}]"]
     cfg = make_cfg(overrides, output_dir=tmp_path / "run")
-    expand_task_mixture(cfg)
-    start = build_job(resolved_config(cfg), Path(cfg.paths.cache_dir).expanduser()).module
+    start = build_job(parse_job(cfg)).module
     assert start.objective.member(1).scorer.max_word_length > 1  # scored with the words' later tokens fed in
     cols = start.task_cols.detach().clone()
     summary = run(make_cfg(overrides, output_dir=tmp_path / "run"))

@@ -27,13 +27,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from softprompt.artifacts.summary import RunSummary, read_summary
 from softprompt.backbones.loading import Backbone
 from softprompt.config.atomic import atomic_directory, atomic_write_bytes
 from softprompt.config.precision import backbone_dtype, trainer_precision, uses_fsdp
 from softprompt.data.datamodule import tokenizer_identity
 from softprompt.data.task import MIXTURE, parse_task
 from softprompt.errors import SoftPromptError
-from softprompt.methods import method_config
+from softprompt.methods import MethodConfig, method_config
 from softprompt.methods.base import SoftPromptModule
 from softprompt.methods.layout import prompt_template
 
@@ -71,11 +72,14 @@ def without_sources(task: Mapping[str, Any]) -> dict[str, Any]:
     return {**task, "source": {}, "splits": {}}
 
 
-def artifact_spec(module: SoftPromptModule, job: Mapping[str, Any], summary: Mapping[str, Any], backbone: Backbone,
-                  demonstration_ids: Sequence[int], tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """softprompt.json: everything but the tensors. `job` is the resolved run config, `summary` metrics.json."""
+def artifact_spec(module: SoftPromptModule, job: Mapping[str, Any], summary: RunSummary | Mapping[str, Any],
+                  backbone: Backbone, demonstration_ids: Sequence[int], tensors: Mapping[str, torch.Tensor],
+                  settings: MethodConfig | None = None) -> dict[str, Any]:
+    """softprompt.json: everything but the tensors. `job` is the resolved run config, `summary` the run's (or
+    metrics.json's content), `settings` the parsed method config (parsed from `job` when not given)."""
     method, task, trainer = job["method"], job["task"], job["trainer"]
-    settings = method_config(method)
+    settings = settings if settings is not None else method_config(method)
+    summary = summary if isinstance(summary, RunSummary) else read_summary(summary)
     precision = trainer_precision(trainer)
     backbone_cfg = {**job["backbone"],
                     "dtype": backbone_dtype(precision, str(job["backbone"]["dtype"]), uses_fsdp(trainer))}
@@ -88,11 +92,11 @@ def artifact_spec(module: SoftPromptModule, job: Mapping[str, Any], summary: Map
         "tensors": {key: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
                     for key, t in tensors.items()},
         "backbone": {"name": backbone.name, "source": backbone.source, "revision": backbone.revision,
-                     "family": backbone.family, "fingerprint": summary["backbone_fingerprint_start"],
+                     "family": backbone.family, "fingerprint": summary.backbone_fingerprint_start,
                      "tokenizer": tokenizer_identity(backbone.tokenizer), "config": backbone_cfg},
         "precision": precision,
         # What the run asked for: `auto` is resolved again for the machine that loads the prompt.
-        "precision_requested": (summary.get("precision") or {}).get("requested", precision),
+        "precision_requested": (summary.precision or {}).get("requested", precision),
         # Where the training data came from is not needed to predict (and may name private files).
         "task": without_sources(task),
         # A mixture's: each task's, by name.
@@ -102,19 +106,19 @@ def artifact_spec(module: SoftPromptModule, job: Mapping[str, Any], summary: Map
                    "num_demonstrations": settings.num_demonstrations,
                    "demonstration_separator": settings.demonstration_separator,
                    "demonstration_ids": [int(i) for i in demonstration_ids]},
-        "metrics": {"selection_metric": summary["selection_metric"], "val": summary["val"], "test": summary["test"],
-                    "steps": summary["steps"], "best_step": summary["best_step"]},
-        "run": {key: summary.get(key) for key in ("seed", "fold", "num_folds", "lr", "best_checkpoint", "tags",
+        "metrics": {"selection_metric": summary.selection_metric, "val": summary.val, "test": summary.test,
+                    "steps": summary.steps, "best_step": summary.best_step},
+        "run": {key: getattr(summary, key) for key in ("seed", "fold", "num_folds", "lr", "best_checkpoint", "tags",
                                                   "overrides")},
     }
 
 
-def run_artifact_files(module: SoftPromptModule, job: Mapping[str, Any], summary: Mapping[str, Any],
-                       backbone: Backbone, demonstration_ids: Sequence[int] = ()) -> dict[str, bytes]:
+def run_artifact_files(module: SoftPromptModule, job: Mapping[str, Any], summary: RunSummary, backbone: Backbone,
+                       demonstration_ids: Sequence[int] = (), settings: MethodConfig | None = None) -> dict[str, bytes]:
     """A run's artifact (its folded tensors and spec) as {file name: bytes}, which the run commits together with its
     other results (training.results.write_run_results)."""
     tensors = folded_tensors(module)
-    return artifact_files(tensors, artifact_spec(module, job, summary, backbone, demonstration_ids, tensors))
+    return artifact_files(tensors, artifact_spec(module, job, summary, backbone, demonstration_ids, tensors, settings))
 
 
 def artifact_files(tensors: Mapping[str, torch.Tensor], spec: Mapping[str, Any]) -> dict[str, bytes]:

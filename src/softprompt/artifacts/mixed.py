@@ -110,7 +110,7 @@ class MixedPredictor:
         if self.batch_size < 1:
             raise ArtifactError(f"batch_size={batch_size} is invalid: must be an integer >= 1")
         # Positions are mask-aware, so any side gives each row its own result; right suits every family.
-        sides = {p.datamodule.data_cfg["padding_side"] for p in self.predictors}
+        sides = {p.datamodule.data.padding_side for p in self.predictors}
         self.padding_side = sides.pop() if len(sides) == 1 else "right"
         self.collate = PadCollator(self.predictors[0].datamodule.tokenizer.pad_token_id, self.padding_side)
         device = self.predictors[0].device

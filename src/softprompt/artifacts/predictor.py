@@ -28,6 +28,7 @@ from softprompt.backbones.loading import DTYPES, Backbone, fingerprint, fingerpr
 from softprompt.config.precision import AUTO, MIXED_BACKBONE_DTYPES, resolve_auto
 from softprompt.data import PromptDataModule
 from softprompt.data.sampling import longest_first_shard
+from softprompt.data.settings import CVSettings, DataSettings, Rendering
 from softprompt.data.task import MIXTURE, parse_task
 from softprompt.methods import build_method, method_class
 from softprompt.methods.base import SoftPromptModule
@@ -175,12 +176,11 @@ def input_datamodule(spec: Mapping[str, Any], backbone: Backbone, cache_dir: Pat
     template = spec["prompt_template"]
     if name is not None:
         config, template = config.members[name], template[name]
-    datamodule = PromptDataModule(config, {"padding_side": inputs["padding_side"]}, {}, template,
-                                  backbone.tokenizer, cache_dir, seed=0,
-                                  num_demonstrations=inputs["num_demonstrations"],
-                                  demonstration_separator=inputs["demonstration_separator"],
-                                  answer_token_id=adapter.answer_token_id(backbone.tokenizer),
-                                  answer_must_end=adapter.answer_is_next_token, task_id=task_id)
+    rendering = Rendering(template, inputs["num_demonstrations"], inputs["demonstration_separator"],
+                          adapter.answer_token_id(backbone.tokenizer), adapter.answer_is_next_token)
+    datamodule = PromptDataModule(config, DataSettings.from_config({"padding_side": inputs["padding_side"]}),
+                                  CVSettings.from_config({}), rendering, backbone.tokenizer, cache_dir, seed=0,
+                                  task_id=task_id)
     datamodule.demonstration_ids = list(inputs["demonstration_ids"])
     return datamodule
 

@@ -32,6 +32,7 @@ _JOB: list[JobContext] = []  # the job that runs (or last ran) in this process, 
 def _job(cfg: Any) -> float | None:
     """Hydra's task function; returns the validation selection metric (the fold mean under cv.mode=all), which
     sweepers such as Optuna optimise, or None for a failed job of a multirun."""
+    import functools
     import logging
 
     from hydra.core.hydra_config import HydraConfig
@@ -55,9 +56,9 @@ def _job(cfg: Any) -> float | None:
     _JOB[:] = [JobContext(output_dir, Path(hydra_cfg.sweep.dir) if multirun else None, hydra_cfg.job.get("num"),
                           cfg.get("ckpt_path"))]
     try:
-        tasks_from_overrides(cfg, hydra_cfg.overrides.task)  # task=[a,b]: a task mixture
+        tasks = tasks_from_overrides(cfg, hydra_cfg.overrides.task)  # task=[a,b]: a task mixture
         with distributed_job():
-            score = run_job(cfg, run_and_finish)
+            score = run_job(cfg, functools.partial(run_and_finish, tasks=tasks))
     except Exception as error:
         if ctrl_c_pressed():  # library code caught the KeyboardInterrupt and failed otherwise
             raise Interrupted("preparing the job", output_dir) from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from copy import deepcopy
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -57,27 +58,46 @@ def _entry(index: int, entry: Any) -> tuple[str, Any, dict[str, Any]]:
                       "(KEY: a task setting changed for this task)")
 
 
-def tasks_from_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
-    """`task=[a,b]` on the command line (softprompt-train's `overrides`) as `tasks=[a,b]`."""
+def tasks_from_overrides(cfg: DictConfig, overrides: Sequence[str]) -> list[str] | None:
+    """`task=[a,b]` on the command line (softprompt-train's `overrides`): the `tasks` list the job runs (None for
+    none); the config itself is left as Hydra composed it."""
     shorthand = task_list_override(overrides)
     if shorthand is None:
-        return
+        return None
     if cfg.get("tasks"):
         raise ConfigError("tasks", OmegaConf.to_container(cfg.tasks), "set either task=[...] or tasks=[...]")
     changed = [o for o in overrides if o.lstrip("+~").startswith("task.")]
     if changed:
         raise ConfigError("task", changed[0], "with task=[...] a task.* key would change a merge of the tasks; "
                           "change it per task: tasks=[{task: NAME, KEY: VALUE}, ...]")
-    with open_dict(cfg):
-        cfg.tasks = shorthand
+    return shorthand
 
 
-def expand_task_mixture(cfg: DictConfig) -> None:
-    """Replace `cfg.task` by the mixture of `cfg.tasks`; no-op for a single task or a node already expanded
-    (every fold of a cv.mode=all job comes through here)."""
-    entries = cfg.get("tasks")
+def with_task_mixture(cfg: DictConfig, tasks: Sequence[Any] | None = None) -> DictConfig:
+    """The job config with its task mixture in place: `cfg` itself for a single task; else a copy whose `task` is
+    the mixture of `tasks` (or `cfg.tasks`), so the method presets' ${task.*} read the mixture. `cfg` is unchanged."""
+    mixture = expand_task_mixture(cfg, tasks)
+    if mixture is None:
+        return cfg
+    copy = writable_copy(cfg)
+    with open_dict(copy):
+        copy.tasks, copy.task = tasks if tasks is not None else cfg.tasks, mixture
+    return copy
+
+
+def writable_copy(cfg: DictConfig) -> DictConfig:
+    """A deep copy of `cfg` that may be changed (the composed config may be read-only)."""
+    copy = deepcopy(cfg)
+    OmegaConf.set_readonly(copy, False)
+    return copy
+
+
+def expand_task_mixture(cfg: DictConfig, tasks: Sequence[Any] | None = None) -> dict[str, Any] | None:
+    """The mixture task node of `tasks` (default `cfg.tasks`): the listed tasks' configs; None for a single task or
+    a node already expanded. `cfg` is unchanged."""
+    entries = tasks if tasks is not None else cfg.get("tasks")
     if not entries or cfg.task.get("type") == "mixture":
-        return
+        return None
     nodes: dict[str, Any] = {}
     weights: dict[str, Any] = {}
     plain = entries if isinstance(entries, list) else OmegaConf.to_container(entries)
@@ -99,10 +119,10 @@ def expand_task_mixture(cfg: DictConfig) -> None:
                           "give every task a weight (or none: examples-proportional mixing)")
     inits = {str(node.get("prompt_init")) for node in nodes.values()}
     prompt_init = inits.pop() if len(inits) == 1 else SHARED_INIT
-    with open_dict(cfg):
-        cfg.task = {"name": "+".join(nodes), "type": "mixture", "metric": "macro", "tasks": nodes,
-                    "weights": weights if all(given) else None,
-                    # What method presets read from the task node (${task.prompt_init}, ${task.max_length}).
-                    "prompt_init": prompt_init,
-                    "max_length": max(int(node.get("max_length")) for node in nodes.values())}
-    log.info("task mixture %s (%s mixing)", cfg.task.name, "weighted" if all(given) else "examples-proportional")
+    mixture = {"name": "+".join(nodes), "type": "mixture", "metric": "macro", "tasks": nodes,
+               "weights": weights if all(given) else None,
+               # What method presets read from the task node (${task.prompt_init}, ${task.max_length}).
+               "prompt_init": prompt_init,
+               "max_length": max(int(node.get("max_length")) for node in nodes.values())}
+    log.info("task mixture %s (%s mixing)", mixture["name"], "weighted" if all(given) else "examples-proportional")
+    return mixture

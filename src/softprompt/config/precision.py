@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -144,6 +145,32 @@ def resolve_auto(trainer: Mapping[str, Any], backbone: Mapping[str, Any]) -> dic
     if uses_fsdp(trainer):  # FSDP keeps one dtype per unit: autocast instead of casting the backbone
         return {"trainer": "bf16-mixed", "backbone_dtype": dtype, "why": why}
     return {"trainer": "32-true", "backbone_dtype": "bfloat16" if dtype == "float32" else dtype, "why": why}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What a run's precision resolved to: as asked (`requested`), what Lightning runs (`trainer`), the frozen
+    backbone's dtype, and why (what `auto` found on this machine, or `as configured`)."""
+
+    requested: str
+    trainer: str
+    backbone_dtype: str
+    why: str
+
+    def record(self) -> dict[str, str]:
+        """As metrics.json's `precision` holds it."""
+        return {"requested": self.requested, "trainer": self.trainer, "backbone_dtype": self.backbone_dtype,
+                "why": self.why}
+
+
+def settle_precision(trainer: Mapping[str, Any], backbone: Mapping[str, Any]) -> Precision:
+    """Resolve `trainer.precision` (`auto` for this machine) and log it; the configs are only read."""
+    requested = trainer_precision(trainer)
+    resolution = resolve_auto(trainer, backbone)
+    if requested == AUTO:
+        log.info("trainer.precision=auto: %s, frozen backbone in %s (%s); trainable tensors stay float32",
+                 resolution["trainer"], resolution["backbone_dtype"], resolution["why"])
+    return Precision(requested, resolution["trainer"], resolution["backbone_dtype"], resolution["why"])
 
 
 def backbone_config_for_precision(cfg: Mapping[str, Any]) -> dict[str, Any]:

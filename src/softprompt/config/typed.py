@@ -121,10 +121,3 @@ def parse(schema: type[Schema], values: Mapping[str, Any], prefix: str, name: st
     if callable(validate):
         validate()
     return result
-
-
-def as_dict(config: Any) -> dict[str, Any]:
-    """The parsed config back as plain values (for metrics.json, artifacts and loggers)."""
-    return dataclasses.asdict(config)
-
-

@@ -28,6 +28,7 @@ from softprompt.data.sampling import (
     evaluates_whole_splits,
     longest_first_shard,
 )
+from softprompt.data.settings import CVSettings, DataSettings, Rendering
 from softprompt.data.sources import load_raw_splits, select_and_map
 from softprompt.data.task import GROUP, LABEL, TARGET, TaskConfig
 from softprompt.data.templates import Template, as_written, special_tokens_around
@@ -60,11 +61,11 @@ class SplitLoaders(L.LightningDataModule):
     """Train/validation/test loaders over `splits` (set by `setup`): seeded, resumable, sharded across processes,
     shuffled for training and longest-first for evaluation; batches made by `collator()`."""
 
-    def __init__(self, data: Mapping, seed: int) -> None:
+    def __init__(self, data: DataSettings, seed: int) -> None:
         super().__init__()
-        if data["padding_side"] not in ("left", "right"):
-            raise ConfigError("data.padding_side", data["padding_side"], "allowed: left, right")
-        self.data_cfg, self.seed = data, seed
+        if data.padding_side not in ("left", "right"):
+            raise ConfigError("data.padding_side", data.padding_side, "allowed: left, right")
+        self.data, self.seed = data, seed
         self.splits: dict[str, Dataset] = {}
         # Per split: examples whose text was cut to fit task.max_length, and sizes before and after
         # data.max_samples (recorded in metrics.json, so a shrunken validation fold is never silent).
@@ -87,19 +88,19 @@ class SplitLoaders(L.LightningDataModule):
         return int(trainer.world_size), int(trainer.global_rank)
 
     def _loader(self, role: str, shuffle: bool) -> DataLoader:
-        batch_size = self.data_cfg["batch_size"] if role == "train" else self.data_cfg["eval_batch_size"]
+        batch_size = self.data.batch_size if role == "train" else self.data.eval_batch_size
         num_replicas, rank = self._shard(role)
         options = {
             "batch_size": int(batch_size),
-            "num_workers": int(self.data_cfg["num_workers"]),
+            "num_workers": int(self.data.num_workers),
             "collate_fn": self.collator(),
         }
         dataset = self.splits[role].with_format(None)
         if shuffle:
             grouping = {}
-            if self.data_cfg.get("group_by_length"):
+            if self.data.group_by_length:
                 grouping = {"lengths": [len(ids) for ids in self.splits[role]["input_ids"]],
-                            "batch_size": int(batch_size), "group_batches": int(self.data_cfg["length_group_batches"])}
+                            "batch_size": int(batch_size), "group_batches": int(self.data.length_group_batches)}
             sampler = ShuffledShardSampler(len(dataset), self.seed, num_replicas, rank, **grouping)
             return ResumableLoader(dataset, sampler=sampler, **options)
         # Scores do not depend on batch-mates, and predictions carry their row index back to dataset order.
@@ -120,23 +121,24 @@ class PromptDataModule(SplitLoaders):
     """Knows tasks, templates, verbalizers and folds; nothing about how a method injects prompts. `task_id`: the
     task's index in a mixture (its examples carry it), None for a single task."""
 
-    def __init__(self, task: TaskConfig, data: Mapping, cv: Mapping, template: str,
-                 tokenizer: PreTrainedTokenizerBase, cache_dir: str | Path, seed: int,
-                 num_demonstrations: int = 0, demonstration_separator: str = "\n\n",
-                 answer_token_id: int | None = None, answer_must_end: bool = True, task_id: int | None = None) -> None:
+    def __init__(self, task: TaskConfig, data: DataSettings, cv: CVSettings, rendering: Rendering,
+                 tokenizer: PreTrainedTokenizerBase, cache_dir: str | Path, seed: int, task_id: int | None = None,
+                 raw_splits: Mapping[str, Dataset] | None = None) -> None:
         super().__init__(data, seed)
+        self.raw_splits = raw_splits  # the task's splits as read and checked before the backbone loaded
         self.task_id = task_id
-        self.answer_token_id = answer_token_id  # masked LMs: the mask token stands at the answer
+        self.answer_token_id = rendering.answer_token_id  # masked LMs: the mask token stands at the answer
         leading, trailing = special_tokens_around(tokenizer)
         # Causal LMs: nothing may follow the answer position (the answer or target comes next).
-        self.specials = (leading, [] if answer_must_end else trailing)
+        self.specials = (leading, [] if rendering.answer_must_end else trailing)
         self.generation = task.is_generation
         self.grouped_references = task.grouped_references
-        self.num_demonstrations = num_demonstrations
-        self.demonstration_separator = demonstration_separator
+        self.num_demonstrations = rendering.num_demonstrations
+        self.demonstration_separator = rendering.demonstration_separator
         self.task, self.cv = task, cv
+        template = rendering.template
         self.template = Template.parse(template, task.text_fields, key="template")
-        if answer_must_end and not self.template.answer_at_end:
+        if rendering.answer_must_end and not self.template.answer_at_end:
             raise ConfigError(*as_written(template, task.template), "{answer} must end the template for causal LMs "
                               "(the answer is the next token)")
         self.tokenizer = tokenizer
@@ -153,8 +155,9 @@ class PromptDataModule(SplitLoaders):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        num_folds = self.cv.get("num_folds")
-        raw = select_and_map(load_raw_splits(self.task.source, self.cache_dir), self.task, keep_group=bool(num_folds))
+        num_folds = self.cv.num_folds
+        raw = self.raw_splits if self.raw_splits is not None else \
+            select_and_map(load_raw_splits(self.task.source, self.cache_dir), self.task, keep_group=bool(num_folds))
         tokenized = {role: self._tokenize(ds, role) for role, ds in raw.items()}
         test = tokenized.get("test", tokenized.get("validation"))
         if num_folds:
@@ -167,14 +170,14 @@ class PromptDataModule(SplitLoaders):
             for role in ("validation", "test"):
                 self.splits[role] = group_references(self.splits[role], self.task.text_fields)
         self.split_sizes = {role: {"available": len(split), "used": len(split)} for role, split in self.splits.items()}
-        limits = self.data_cfg.get("max_samples") or {}
+        limits = self.data.max_samples
         for role, limit in limits.items():
             if limit is not None and len(self.splits[role]) > int(limit):
-                order = np.random.default_rng(int(self.cv["seed"])).permutation(len(self.splits[role]))
+                order = np.random.default_rng(int(self.cv.seed)).permutation(len(self.splits[role]))
                 self.splits[role] = self.splits[role].select(np.sort(order[: int(limit)]))
                 self.split_sizes[role]["used"] = int(limit)
                 in_fold = role == "validation" and num_folds
-                where = f"fold {self.cv['fold']} of train" if in_fold else f"the {role} split"
+                where = f"fold {self.cv.fold} of train" if in_fold else f"the {role} split"
                 log.info("data.max_samples.%s=%s: %s uses %d of the %d examples of %s", role, limit, role, int(limit),
                          self.split_sizes[role]["available"], where)
         self.truncated = {role: int(sum(split["truncated"])) for role, split in self.splits.items()}
@@ -192,8 +195,8 @@ class PromptDataModule(SplitLoaders):
         groups = list(split[GROUP]) if GROUP in split.column_names else None
         if groups is None and self.grouped_references:
             groups = source_keys(split, self.task.text_fields)
-        train_idx, val_idx = train_val_indices(self._strata(split), num_folds, int(self.cv["fold"]),
-                                               int(self.cv["seed"]), groups)
+        train_idx, val_idx = train_val_indices(self._strata(split), num_folds, int(self.cv.fold),
+                                               int(self.cv.seed), groups)
         grouped_by = self.task.group_column or ("source" if self.grouped_references else None)
         self.fold_split = {"stratified_by": None if self.generation else LABEL,
                            "grouped_by": grouped_by if groups is not None else None, "groups": None}
@@ -204,7 +207,7 @@ class PromptDataModule(SplitLoaders):
                                          "validation": len({groups[i] for i in val_idx})}
             log.info("folds grouped by %s: %d groups train, %d validate (fold %s), none in both",
                      grouped_by, self.fold_split["groups"]["train"],
-                     self.fold_split["groups"]["validation"], self.cv["fold"])
+                     self.fold_split["groups"]["validation"], self.cv.fold)
         return split.select(train_idx), split.select(val_idx)
 
     def _demonstration_ids(self) -> list[int]:
@@ -265,7 +268,7 @@ class PromptDataModule(SplitLoaders):
     def collator(self) -> PadCollator:
         """Pads batches; in-context demonstrations go after the leading special tokens ([CLS], BOS) and before the
         query, virtual-token slots included: [specials] demonstrations [query with its slots]."""
-        return PadCollator(self.tokenizer.pad_token_id, self.data_cfg["padding_side"], self.demonstration_ids,
+        return PadCollator(self.tokenizer.pad_token_id, self.data.padding_side, self.demonstration_ids,
                            target_field=TARGET if self.generation else None, insert_at=len(self.specials[0]))
 
     def _tokenize(self, dataset: Dataset, role: str) -> Dataset:

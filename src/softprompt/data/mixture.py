@@ -15,6 +15,7 @@ from transformers import PreTrainedTokenizerBase
 from softprompt.data.collate import PadCollator
 from softprompt.data.datamodule import PromptDataModule, SplitLoaders
 from softprompt.data.references import REFERENCES
+from softprompt.data.settings import CVSettings, DataSettings, Rendering
 from softprompt.data.task import LABEL, TARGET, MixtureTask
 
 log = logging.getLogger("softprompt")
@@ -45,15 +46,15 @@ def mixture_indices(sizes: Sequence[int], weights: Sequence[float], seed: int) -
 class MixtureDataModule(SplitLoaders):
     """The tasks of a mixture, in task-id order; loaders, sharding and resuming as for one task."""
 
-    def __init__(self, task: MixtureTask, data: Mapping, cv: Mapping, templates: Mapping[str, str],
+    def __init__(self, task: MixtureTask, data: DataSettings, cv: CVSettings, renderings: Mapping[str, Rendering],
                  tokenizer: PreTrainedTokenizerBase, cache_dir: str | Path, seed: int,
-                 answer_token_id: int | None = None, answer_must_end: bool = True) -> None:
+                 raw_splits: Mapping[str, Mapping[str, Dataset]] | None = None) -> None:
+        """`renderings`: each task's, by name; `raw_splits`: each task's splits as read and checked."""
         super().__init__(data, seed)
         self.task, self.tokenizer = task, tokenizer
         self.generation = task.member_type == "generation"
-        self.members = {name: PromptDataModule(member, data, cv, templates[name], tokenizer, cache_dir, seed,
-                                               answer_token_id=answer_token_id, answer_must_end=answer_must_end,
-                                               task_id=task_id)
+        self.members = {name: PromptDataModule(member, data, cv, renderings[name], tokenizer, cache_dir, seed,
+                                               task_id=task_id, raw_splits=(raw_splits or {}).get(name))
                         for task_id, (name, member) in enumerate(task.members.items())}
 
     def _model_columns(self, split: Dataset) -> Dataset:
@@ -94,7 +95,7 @@ class MixtureDataModule(SplitLoaders):
                      strict=True)), dict(zip(self.members, drawn.tolist(), strict=True)))
 
     def collator(self) -> PadCollator:
-        return PadCollator(self.tokenizer.pad_token_id, self.data_cfg["padding_side"],
+        return PadCollator(self.tokenizer.pad_token_id, self.data.padding_side,
                            target_field=TARGET if self.generation else None)
 
     def token_counts(self) -> torch.Tensor:

@@ -36,13 +36,19 @@ def method_config(method: Mapping) -> MethodConfig:
     return method_class(method).parse_config(method)
 
 
-def build_method(method: Mapping, *, backbone: Backbone, objective: Objective, optimizer: Mapping, dropout: bool,
-                 init_context: Callable[[], InitContext],
-                 initial_state: Mapping[str, torch.Tensor] | None = None) -> SoftPromptModule:
-    """Instantiate the method class with the shared arguments; the class reads its own keys. `initial_state`:
-    a trained prompt's folded tensors to start from (init=from_artifact)."""
-    cls = method_class(method)
-    config = cls.parse_config(method)
+def build_method(method: MethodConfig | Mapping, *, backbone: Backbone, objective: Objective, optimizer: Mapping,
+                 dropout: bool, init_context: Callable[[], InitContext],
+                 initial_state: Mapping[str, torch.Tensor] | None = None,
+                 cls: type[SoftPromptModule] | None = None) -> SoftPromptModule:
+    """Instantiate the method class `cls` from its parsed config (or the `method` group, parsed here) with the
+    shared arguments. `initial_state`: a trained prompt's folded tensors to start from (init=from_artifact)."""
+    if isinstance(method, MethodConfig):
+        if cls is None:
+            raise TypeError("build_method: a parsed MethodConfig needs its method class (cls=)")
+        config = method
+    else:
+        cls = method_class(method)
+        config = cls.parse_config(method)
     common = {"backbone": backbone, "objective": objective, "optimizer": optimizer, "name": config.name,
               "dropout": dropout}
     return cls.from_config(config, init_context, initial_state, **common)

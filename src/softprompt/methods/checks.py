@@ -17,12 +17,12 @@ def check_method(method: Mapping) -> MethodConfig:
     return method_config(method)
 
 
-def check_task(task: Mapping, method: Mapping) -> TaskConfig | MixtureTask:
+def check_task(task: Mapping, method: MethodConfig | Mapping) -> TaskConfig | MixtureTask:
     """The task group, parsed, and checked together with the method's template (its slots) and init (each task of
-    a mixture)."""
+    a mixture); `method`: its parsed config (or the group, parsed here)."""
     config = parse_task(task)
     check_objective_config(config)
-    settings = method_config(method)
+    settings = method if isinstance(method, MethodConfig) else method_config(method)
     if isinstance(config, MixtureTask):
         if settings.num_demonstrations:
             raise ConfigError("method.num_demonstrations", settings.num_demonstrations, "in-context demonstrations "

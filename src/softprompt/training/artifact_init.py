@@ -7,7 +7,6 @@ backbone is loaded and has the fingerprint the prompt was trained on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -15,55 +14,55 @@ import torch
 from softprompt.artifacts.format import ArtifactError, artifact_dir, read_spec, read_tensors
 from softprompt.backbones.loading import fingerprint, fingerprint_algorithm
 from softprompt.errors import ConfigError
-from softprompt.methods import method_class
+from softprompt.methods import MethodConfig, SoftPromptModule
 
 
-def reads_init_artifact(method: Mapping) -> bool:
+def reads_init_artifact(cls: type[SoftPromptModule], method: MethodConfig) -> bool:
     """Whether `method.init` starts from the trained prompt `method.init_artifact` (the class's `artifact_inits`)."""
-    return method.get("init") in method_class(method).artifact_inits
+    return method.init in cls.artifact_inits
 
 
-def check_artifact_init(method: Mapping) -> tuple[Path, dict]:
+def check_artifact_init(cls: type[SoftPromptModule], method: MethodConfig) -> tuple[Path, dict]:
     """The artifact exists and holds this method's tensors at this prompt length, no reparameterisation would
     be stacked on its folded tensors (the method class's `folded_away` keys), and the method class accepts its
     tensor shapes (`check_init_artifact`). Returns (folder, spec)."""
-    path = method.get("init_artifact")
+    path = method.init_artifact
     try:
         directory = artifact_dir(Path(str(path)))
         spec = read_spec(directory)
     except ArtifactError as error:
         raise ConfigError("method.init_artifact", str(path), str(error)) from None
-    name, stored = method.get("name"), spec["method"]["name"]
+    name, stored = method.name, spec["method"]["name"]
     if stored != name:
         raise ConfigError("method.init_artifact", str(path), f"holds a {stored} prompt; method {name} can only "
                           f"start from a {name} prompt")
-    if spec["num_virtual_tokens"] != method.get("num_virtual_tokens"):
-        raise ConfigError("method.num_virtual_tokens", method.get("num_virtual_tokens"),
+    if spec["num_virtual_tokens"] != method.num_virtual_tokens:
+        raise ConfigError("method.num_virtual_tokens", method.num_virtual_tokens,
                           f"the artifact {path} has {spec['num_virtual_tokens']} virtual tokens")
-    cls = method_class(method)
     for key in cls.folded_away:
         folded = cls.folded_config[key]
-        if method.get(key) != folded:
-            raise ConfigError(f"method.{key}", method.get(key), f"init={method.get('init')} trains the artifact's "
+        if getattr(method, key) != folded:
+            raise ConfigError(f"method.{key}", getattr(method, key), f"init={method.init} trains the artifact's "
                               f"folded tensors directly (its {key} is folded away); set method.{key}={folded}")
-    cls.check_init_artifact(cls.parse_config(method),
+    cls.check_init_artifact(method,
                             {key: list(tensor["shape"]) for key, tensor in spec.get("tensors", {}).items()})
     return directory, spec
 
 
-def artifact_init_state(method: Mapping, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+def artifact_init_state(cls: type[SoftPromptModule], method: MethodConfig,
+                        model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
     """The folded tensors of `method.init_artifact` (None unless `method.init` reads it), after checking that
     `model` (the run's frozen backbone) has the weights the prompt was trained on."""
-    if not reads_init_artifact(method):
+    if not reads_init_artifact(cls, method):
         return None
-    directory, spec = check_artifact_init(method)
+    directory, spec = check_artifact_init(cls, method)
     expected = spec["backbone"]["fingerprint"]
     found = fingerprint(model, algorithm=fingerprint_algorithm(expected))
     if found != expected:
-        raise ConfigError("method.init_artifact", str(method["init_artifact"]),
+        raise ConfigError("method.init_artifact", str(method.init_artifact),
                           f"was trained on a backbone with fingerprint {expected}; this run's backbone has {found} "
                           "(its frozen weights differ)")
     try:
         return read_tensors(directory)
     except ArtifactError as error:
-        raise ConfigError("method.init_artifact", str(method["init_artifact"]), str(error)) from None
+        raise ConfigError("method.init_artifact", str(method.init_artifact), str(error)) from None

@@ -16,9 +16,9 @@ from softprompt.artifacts.ensemble import VOTES
 from softprompt.backbones.loading import check_backbone
 from softprompt.config.precision import check_hardware, check_precision
 from softprompt.data.checks import check_cv, check_data
-from softprompt.data.task import task_members
+from softprompt.data.task import MixtureTask, TaskConfig, task_members
 from softprompt.errors import ConfigError
-from softprompt.methods import method_class
+from softprompt.methods import MethodConfig, SoftPromptModule, method_class
 from softprompt.methods.checks import check_method, check_task
 from softprompt.training.artifact_init import check_artifact_init, reads_init_artifact
 from softprompt.training.transfer import check_transfer
@@ -45,20 +45,23 @@ def check_optimizer(optimizer: Mapping) -> None:
                           "warmup_steps=0")
 
 
-def check_config(cfg: Mapping) -> None:
-    """All cheap checks, in the order a user reads the config."""
+def check_config(cfg: Mapping) -> tuple[type[SoftPromptModule], MethodConfig, TaskConfig | MixtureTask]:
+    """All cheap checks, in the order a user reads the config; returns the method class, its parsed config and the
+    parsed task (or mixture)."""
     check_backbone(cfg["backbone"])
     check_hardware(cfg["trainer"])
     check_precision(cfg["trainer"], cfg["backbone"])
-    check_method(cfg["method"])
+    cls = method_class(cfg["method"])
+    method = check_method(cfg["method"])
     check_transfer(cfg)
-    if reads_init_artifact(cfg["method"]):
-        check_artifact_init(cfg["method"])
-    members = task_members(check_task(cfg["task"], cfg["method"]))
+    if reads_init_artifact(cls, method):
+        check_artifact_init(cls, method)
+    task = check_task(cfg["task"], method)
+    members = task_members(task)
     for name, member in members.items():
         check_cv(cfg["cv"], member.splits, "task" if len(members) == 1 else f"tasks[{name}]")
     check_data(cfg["data"])
-    if method_class(cfg["method"]).trains:
+    if cls.trains:
         check_optimizer(cfg["optimizer"])
     vote = (cfg.get("sweep") or {}).get("ensemble_vote")
     if vote not in VOTES:  # experiment=prompt_ensemble reads it when the multirun ends: refuse it before training
@@ -67,3 +70,4 @@ def check_config(cfg: Mapping) -> None:
     if isinstance(max_steps, bool) or (max_steps is not None and max_steps != -1
                                        and (not isinstance(max_steps, int) or max_steps < 1)):
         raise ConfigError("trainer.max_steps", max_steps, "must be -1 (use max_epochs) or an integer >= 1")
+    return cls, method, task

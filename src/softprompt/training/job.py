@@ -1,54 +1,36 @@
-"""Job assembly: the frozen backbone, the DataModule and the method module, from a resolved, checked config."""
+"""Job assembly: the frozen backbone, the DataModule and the method module, from a parsed job (job_config)."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
 
 from softprompt.backbones.attention_prefix import enable_prefix_injection
 from softprompt.backbones.cache import BACKBONES
 from softprompt.backbones.families import FAMILY_ADAPTERS
 from softprompt.backbones.loading import Backbone
-from softprompt.config.precision import AUTO, resolve_auto, trainer_precision
 from softprompt.data import PromptDataModule
 from softprompt.data.datamodule import SplitLoaders
 from softprompt.data.mixture import MixtureDataModule
+from softprompt.data.settings import Rendering
 from softprompt.data.sources import read_splits
-from softprompt.data.task import MixtureTask, parse_task, task_members
+from softprompt.data.task import MixtureTask, task_members
 from softprompt.errors import ConfigError
-from softprompt.methods import build_method, method_class, method_config
+from softprompt.methods import build_method
 from softprompt.methods.base import SoftPromptModule
 from softprompt.methods.config import PromptConfig
 from softprompt.methods.init import InitContext
 from softprompt.methods.layout import prompt_template
 from softprompt.objectives import build_objective
 from softprompt.training.artifact_init import artifact_init_state
+from softprompt.training.job_config import JobConfig, resolved_config
+
+__all__ = ["Job", "build_init_context", "build_job", "resolved_config"]
 
 log = logging.getLogger("softprompt")
-
-
-def resolved_config(cfg: DictConfig) -> dict[str, Any]:
-    """The job config as plain containers. A `hydra` node (compose API only) is left out, unresolved."""
-    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
-
-
-def settle_precision(cfg: DictConfig) -> dict[str, str]:
-    """Resolve `trainer.precision=auto` for this machine in the config itself (the Trainer and the backbone
-    loader read it) and log it; returns what metrics.json and the artifact record."""
-    requested = trainer_precision(cfg.trainer)
-    resolution = resolve_auto(cfg.trainer, cfg.backbone)
-    with open_dict(cfg):
-        cfg.trainer.precision, cfg.backbone.dtype = resolution["trainer"], resolution["backbone_dtype"]
-    if requested == AUTO:
-        log.info("trainer.precision=auto: %s, frozen backbone in %s (%s); trainable tensors stay float32",
-                 resolution["trainer"], resolution["backbone_dtype"], resolution["why"])
-    return {"requested": requested, **resolution}
 
 
 def build_init_context(method: PromptConfig, seed: int, backbone: Backbone, datamodule: SplitLoaders,
@@ -76,38 +58,37 @@ class Job:
     module: SoftPromptModule
 
 
-def build_job(plain: dict[str, Any], cache_dir: Path) -> Job:
-    """Backbone, DataModule (set up) and method module from a resolved, checked job config."""
-    seed = int(plain["seed"])
-    method, task = method_config(plain["method"]), parse_task(plain["task"])
-    # Bad data fails here, in one line, before the backbone loads; the DataModule reads the same splits again
-    # from datasets' cache.
-    for member in task_members(task).values():
-        read_splits(member, plain["cv"], cache_dir)
+def build_job(job: JobConfig) -> Job:
+    """Backbone, DataModule (set up) and method module of a parsed job."""
+    plain, method, task, cache_dir, seed = job.plain, job.method, job.task, job.cache_dir, job.seed
+    # Bad data fails here, in one line, before the backbone loads; the DataModule then uses these splits.
+    splits = {name: read_splits(member, plain["cv"], cache_dir) for name, member in task_members(task).items()}
     backbone = BACKBONES.get_for_job(plain, cache_dir)  # the dtype trainer.precision implies
     # Seeded after loading, so a job draws the same numbers whether its backbone was loaded or reused. Quietly:
     # Lightning says so on stderr, where a refusal must stay the one line (the seed is in metrics.json).
     L.seed_everything(seed, workers=True, verbose=False)
-    if method_class(plain["method"]).injection == "attention":
+    if job.method_class.injection == "attention":
         enable_prefix_injection(backbone.model)  # an architecture a prefix cannot reach fails before tokenising
     adapter = FAMILY_ADAPTERS[backbone.family]
     if plain["data"]["padding_side"] == "left" and not adapter.supports_left_padding:
         raise ConfigError("data.padding_side", "left", f"{backbone.family} backbones need right padding")
     answer = {"answer_token_id": adapter.answer_token_id(backbone.tokenizer),
               "answer_must_end": adapter.answer_is_next_token}
-    if isinstance(task, MixtureTask):
-        templates = {name: prompt_template(method, member.template) for name, member in task.members.items()}
-        datamodule = MixtureDataModule(task, plain["data"], plain["cv"], templates, backbone.tokenizer, cache_dir,
-                                       seed, **answer)
+    if isinstance(task, MixtureTask):  # no demonstrations in a mixture (config checks)
+        renderings = {name: Rendering(prompt_template(method, member.template), **answer)
+                      for name, member in task.members.items()}
+        datamodule = MixtureDataModule(task, job.data, job.cv, renderings, backbone.tokenizer, cache_dir, seed,
+                                       raw_splits=splits)
     else:
-        datamodule = PromptDataModule(task, plain["data"], plain["cv"], prompt_template(method, task.template),
-                                      backbone.tokenizer, cache_dir, seed, num_demonstrations=method.num_demonstrations,
-                                      demonstration_separator=method.demonstration_separator, **answer)
+        rendering = Rendering(prompt_template(method, task.template), method.num_demonstrations,
+                              method.demonstration_separator, **answer)
+        datamodule = PromptDataModule(task, job.data, job.cv, rendering, backbone.tokenizer, cache_dir, seed,
+                                      raw_splits=splits[task.name])
     objective = build_objective(task, adapter, backbone.tokenizer, backbone.hidden_size)  # before tokenising
     token_ids = getattr(objective, "label_token_ids", [])  # generation tasks have no label words
     datamodule.setup()
-    module = build_method(plain["method"], backbone=backbone, objective=objective, optimizer=plain["optimizer"],
-                          dropout=bool(plain["backbone"]["dropout"]),
+    module = build_method(method, cls=job.method_class, backbone=backbone, objective=objective,
+                          optimizer=plain["optimizer"], dropout=bool(plain["backbone"]["dropout"]),
                           init_context=lambda: build_init_context(method, seed, backbone, datamodule, token_ids),
-                          initial_state=artifact_init_state(plain["method"], backbone.model))
+                          initial_state=artifact_init_state(job.method_class, method, backbone.model))
     return Job(backbone, datamodule, module)

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from softprompt.artifacts.summary import RunSummary, summary_json
 from softprompt.config.atomic import StagedWrites
 
 METRICS_FILE = "metrics.json"
@@ -38,7 +39,7 @@ def _jsonl(predictions: list[dict]) -> str:
     return "".join(json.dumps(row) + "\n" for row in rows)
 
 
-def write_run_results(output_dir: Path, summary: Mapping[str, Any], predictions: list[dict],
+def write_run_results(output_dir: Path, summary: RunSummary | Mapping[str, Any], predictions: list[dict],
                       folders: Mapping[str, Mapping[str, bytes]] | None = None,
                       val_predictions: list[dict] | None = None) -> Path:
     """test_predictions.jsonl, val_predictions.jsonl (when given), metrics.json and `folders` ({name: {file name:
@@ -53,7 +54,7 @@ def write_run_results(output_dir: Path, summary: Mapping[str, Any], predictions:
         staged.file(output_dir / PREDICTIONS_FILE, _jsonl(predictions))
         if val_predictions is not None:
             staged.file(output_dir / VAL_PREDICTIONS_FILE, _jsonl(val_predictions))
-        staged.file(output_dir / METRICS_FILE, json.dumps(summary, indent=2, sort_keys=False) + "\n")
+        staged.file(output_dir / METRICS_FILE, summary_json(summary))
         for name, files in (folders or {}).items():
             staged.directory(output_dir / name, files)
         staged.commit()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,33 +15,33 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from softprompt.artifacts.format import ARTIFACT_DIR, run_artifact_files
-from softprompt.config.mixture import expand_task_mixture
+from softprompt.artifacts.summary import RunSummary, load_summary
 from softprompt.data.datamodule import SplitLoaders
 from softprompt.data.sampling import evaluates_whole_splits
 from softprompt.methods.base import SoftPromptModule
 from softprompt.training.checkpointing import AtomicCheckpointIO, ValidationHistory, resume_checkpoint
-from softprompt.training.checks import check_config
 from softprompt.training.distributed import gather_objects, keep_frozen_out_of_ddp
 from softprompt.training.interrupts import Interrupted, lightning_call
-from softprompt.training.job import build_job, resolved_config, settle_precision
+from softprompt.training.job import build_job
+from softprompt.training.job_config import JobConfig, parse_and_transfer
 from softprompt.training.loggers import finish_wandb, instantiate_all, prepare_wandb_env
 from softprompt.training.results import METRICS_FILE, stage_metrics, write_run_results
 from softprompt.training.timing import StepTimer
-from softprompt.training.transfer import prepare_transfer
 
 log = logging.getLogger("softprompt")
 # The frozen backbone is in eval mode on purpose (dropout off); Lightning warns about it on every fit.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 
 
-def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: SplitLoaders,
+def _fit_and_test(job: JobConfig, module: SoftPromptModule, datamodule: SplitLoaders,
                   hyperparameters: dict[str, Any], resume_from: str | None):
     """Fit (when there is anything to train), resuming from `resume_from` when given, then test the best
     checkpoint by the objective's metric. Also returns the per-example predictions of the validation pass whose
     metrics are reported (None when a run resumed from a checkpoint that predates them)."""
     history, timer = ValidationHistory(module.objective.metric), StepTimer()
-    callbacks = [*instantiate_all(cfg.get("callbacks")), history, timer]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.get("logger")),
+    plain = job.plain  # the trainer node with its resolved precision; the composed config is only read
+    callbacks = [*instantiate_all(plain.get("callbacks")), history, timer]
+    trainer: L.Trainer = instantiate(plain["trainer"], callbacks=callbacks, logger=instantiate_all(plain.get("logger")),
                                      plugins=[AtomicCheckpointIO()])  # a kill mid-save keeps the last whole ckpt
     for logger in trainer.loggers:  # the resolved config and parameter counts, in every logger
         logger.log_hyperparams(hyperparameters)
@@ -75,10 +75,11 @@ def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: SplitLo
     return trainer, val, stage_metrics(tested[0], "test"), best_path, timer.rounded(), val_predictions
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """The whole job; returns the metrics.json content. Ctrl-C raises `Interrupted`, saying what it stopped."""
+def run(cfg: DictConfig, tasks: Sequence[Any] | None = None) -> dict[str, Any]:
+    """The whole job; returns the metrics.json content. `tasks`: a `task=[a,b]` list from the command line. `cfg`
+    is only read. Ctrl-C raises `Interrupted`, saying what it stopped."""
     try:
-        return _run(cfg)
+        return _run(cfg, tasks).record()
     except KeyboardInterrupt as interrupt:
         if not isinstance(interrupt, Interrupted):
             interrupt = Interrupted("preparing the job (its data and backbone)")
@@ -88,23 +89,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise interrupt from None
 
 
-def _run(cfg: DictConfig) -> dict[str, Any]:
+def _run(cfg: DictConfig, tasks: Sequence[Any] | None) -> RunSummary:
     started = time.perf_counter()
-    expand_task_mixture(cfg)
-    check_config(resolved_config(cfg))
-    transfer = prepare_transfer(cfg, run)  # a source prompt first (SPoT); the target then starts from it
-    precision = settle_precision(cfg)
-    plain = resolved_config(cfg)
-    cache_dir = Path(cfg.paths.cache_dir).expanduser()
-    output_dir = Path(cfg.paths.output_dir)
+    # Checked and parsed once; a source prompt first (SPoT), which the target then starts from.
+    job = parse_and_transfer(cfg, run, tasks)
+    plain, output_dir = job.plain, job.output_dir
     finished = output_dir / METRICS_FILE
     if plain["resume_sweep"] and finished.is_file():
         log.info("resume_sweep: %s is finished (%s); skipping it", output_dir, METRICS_FILE)
-        return json.loads(finished.read_text())
+        return load_summary(finished)
     resume_from = resume_checkpoint(plain["ckpt_path"], output_dir)
 
-    job = build_job(plain, cache_dir)
-    backbone, datamodule, module = job.backbone, job.datamodule, job.module
+    built = build_job(job)
+    backbone, datamodule, module = built.backbone, built.datamodule, built.module
     objective = module.objective
     fingerprint_start = module.record_backbone_fingerprint()
     keep_frozen_out_of_ddp(module)
@@ -113,60 +110,58 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
              module.method_name, f"{trainable:,}", f"{total:,}", 100 * trainable / total,
              f"{folded:,}", backbone.name, fingerprint_start)
 
-    prepare_wandb_env(cfg.get("logger"))
+    prepare_wandb_env(plain.get("logger"))
     counts = {"trainable_params": trainable, "folded_params": folded, "total_params": total}
     trainer, val, test, best_path, step_seconds, val_predictions = _fit_and_test(
-        cfg, module, datamodule, {**plain, **counts}, resume_from)
+        job, module, datamodule, {**plain, **counts}, resume_from)
     fingerprint_end = module.verify_backbone_unchanged()
 
-    summary = {
-        "method": cfg.method.name,
-        "backbone": backbone.name,
-        "backbone_source": backbone.source,
-        "backbone_revision": backbone.revision,
-        "backbone_fingerprint_start": fingerprint_start,
-        "backbone_fingerprint_end": fingerprint_end,
-        "task": cfg.task.name,
-        "task_type": plain["task"]["type"],
-        "tasks": list(plain["task"]["tasks"]) if plain["task"]["type"] == "mixture" else None,  # in task-id order
-        "selection_metric": f"val/{objective.metric}",
-        "num_virtual_tokens": int(getattr(module, "num_virtual_tokens", 0)),
-        "init": getattr(module, "init", None),
-        "lr": float(cfg.optimizer.lr) if module.trains else None,
-        "fold": cfg.cv.fold if cfg.cv.num_folds else None,
-        "num_folds": cfg.cv.num_folds,
-        "seed": int(cfg.seed),
-        "trainable_params": trainable,
-        "folded_params": folded,
-        "total_params": total,
-        "val": {k: v for k, v in val.items() if k != "step"},
-        "test": test,
-        "steps": int(trainer.global_step),
-        "best_step": int(val["step"]),
-        "best_checkpoint": best_path,
-        "wall_seconds": round(time.perf_counter() - started, 3),
-        "step_seconds": step_seconds,  # inside training/evaluation steps; the rest of wall_seconds is fixed cost
-        "precision": precision,
-        "transfer_source": transfer["source_task"] if transfer else None,
-        "transfer": transfer,
-        # Examples whose text task.max_length cut, and split sizes before and after data.max_samples.
-        "truncated": datamodule.truncated,
-        "split_sizes": datamodule.split_sizes,
-        # k-fold runs: {stratified_by, grouped_by (task.columns.group or null), groups: {train, validation}}.
-        "fold_split": datamodule.fold_split,
-        # task.references=grouped: {validation, test: {sources, references}} scored (a mixture's: per task); else null.
-        "references": datamodule.references,
-        "method_config": plain["method"],
-        "tags": list(cfg.get("tags") or []),
-        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
-    }
+    task, cv = plain["task"], plain["cv"]
+    summary = RunSummary(
+        method=plain["method"]["name"],
+        backbone=backbone.name,
+        backbone_source=backbone.source,
+        backbone_revision=backbone.revision,
+        backbone_fingerprint_start=fingerprint_start,
+        backbone_fingerprint_end=fingerprint_end,
+        task=task["name"],
+        task_type=task["type"],
+        tasks=list(task["tasks"]) if task["type"] == "mixture" else None,  # in task-id order
+        selection_metric=f"val/{objective.metric}",
+        num_virtual_tokens=int(getattr(module, "num_virtual_tokens", 0)),
+        init=getattr(module, "init", None),
+        lr=float(plain["optimizer"]["lr"]) if module.trains else None,
+        fold=cv["fold"] if cv["num_folds"] else None,
+        num_folds=cv["num_folds"],
+        seed=job.seed,
+        trainable_params=trainable,
+        folded_params=folded,
+        total_params=total,
+        val={k: v for k, v in val.items() if k != "step"},
+        test=test,
+        steps=int(trainer.global_step),
+        best_step=int(val["step"]),
+        best_checkpoint=best_path,
+        wall_seconds=round(time.perf_counter() - started, 3),
+        step_seconds=step_seconds,
+        precision=job.precision.record(),
+        transfer_source=job.transfer.source_task if job.transfer else None,
+        transfer=job.transfer.record() if job.transfer else None,
+        truncated=datamodule.truncated,
+        split_sizes=datamodule.split_sizes,
+        fold_split=datamodule.fold_split,
+        references=datamodule.references,
+        method_config=plain["method"],
+        tags=list(plain.get("tags") or []),
+        overrides=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+    )
     predictions = (module.test_predictions if evaluates_whole_splits(trainer)
                    else gather_objects(trainer, module.test_predictions))  # every process's share of the test set
     with module.full_trainable_tensors():
         if trainer.is_global_zero:
             # The module holds the tested (best) checkpoint's tensors: trainer.test(ckpt_path=best) loaded them.
             # One commit: metrics.json marks the run finished (resume_sweep); prompt/ appears only after it.
-            artifact = run_artifact_files(module, plain, summary, backbone, datamodule.demonstration_ids)
+            artifact = run_artifact_files(module, plain, summary, backbone, datamodule.demonstration_ids, job.method)
             try:
                 path = write_run_results(output_dir, summary, predictions, {ARTIFACT_DIR: artifact},
                                          val_predictions=val_predictions)
@@ -176,9 +171,9 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def run_and_finish(cfg: DictConfig) -> dict[str, Any]:
+def run_and_finish(cfg: DictConfig, tasks: Sequence[Any] | None = None) -> dict[str, Any]:
     """One run; its wandb run is closed even on failure, so the next run of the process starts its own."""
     try:
-        return run(cfg)
+        return run(cfg, tasks)
     finally:
         finish_wandb()

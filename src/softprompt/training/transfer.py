@@ -11,19 +11,20 @@ optimizer, trainer and seed, on the source's own validation split, then start th
 
 from __future__ import annotations
 
-import copy
 import fcntl
 import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from softprompt.artifacts.format import ARTIFACT_DIR, SPEC_FILE
-from softprompt.config.mixture import expand_task_mixture
+from softprompt.artifacts.summary import load_summary, read_summary
+from softprompt.config.mixture import with_task_mixture, writable_copy
 from softprompt.config.precision import strategy_name
 from softprompt.errors import ConfigError
 from softprompt.methods.init import ARTIFACT_INIT
@@ -64,9 +65,30 @@ def _check_strategy_and_init(cfg: Mapping[str, Any]) -> None:
                           "give the source with transfer.source_task instead")
 
 
+@dataclass(frozen=True)
+class TransferSource:
+    """The source prompt a transfer job starts from: the source task (or mixture), its run folder and scores."""
+
+    source_task: str
+    source_run: str
+    source_val: dict[str, Any]
+    source_test: dict[str, Any]
+
+    @property
+    def artifact(self) -> str:
+        """The source prompt's artifact folder, the target's `method.init_artifact`."""
+        return str(Path(self.source_run) / ARTIFACT_DIR)
+
+    def record(self) -> dict[str, Any]:
+        """As metrics.json's `transfer` holds it."""
+        return {"source_task": self.source_task, "source_run": self.source_run, "source_val": self.source_val,
+                "source_test": self.source_test}
+
+
 def source_config(cfg: DictConfig, cache_dir: Path) -> DictConfig:
-    """The source job: the target job's settings on the source task, its own validation split, in the cache."""
-    source = copy.deepcopy(cfg)
+    """The source job: the target job's settings on the source task, its own validation split, in the cache. A
+    new config; `cfg` is only read."""
+    source = writable_copy(cfg)
     with open_dict(source):
         source.task = cfg.transfer.source_task
         source.tasks = cfg.transfer.get("source_tasks")  # SPoT's multi-task source: a tasks list
@@ -75,7 +97,7 @@ def source_config(cfg: DictConfig, cache_dir: Path) -> DictConfig:
         source.resume_sweep, source.ckpt_path = False, "auto"  # a killed source run resumes
         source.logger = None
         source.paths.output_dir = ""  # the digest must not depend on the target job's folder
-    expand_task_mixture(source)
+    source = with_task_mixture(source)
     identity = {key: OmegaConf.to_container(source[key], resolve=True) if isinstance(source[key], DictConfig)
                 else source[key] for key in (*SOURCE_KEYS, "task")}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -84,9 +106,10 @@ def source_config(cfg: DictConfig, cache_dir: Path) -> DictConfig:
     return source
 
 
-def prepare_transfer(cfg: DictConfig, train: Callable[[DictConfig], dict[str, Any]]) -> dict[str, Any] | None:
-    """With transfer.enabled: the source prompt (trained now with `train`, or reused), the target's start set to
-    it; returns what metrics.json records about the source. None without transfer."""
+def prepare_transfer(cfg: DictConfig, train: Callable[[DictConfig], Mapping[str, Any]]) -> TransferSource | None:
+    """With transfer.enabled: the source prompt, trained now with `train` (which returns its metrics.json content)
+    or reused; the target job starts from its artifact (`TransferSource.artifact`). None without transfer. `cfg` is
+    only read."""
     if not cfg.get("transfer") or not cfg.transfer.enabled:
         return None
     source = source_config(cfg, Path(cfg.paths.cache_dir).expanduser())
@@ -96,11 +119,8 @@ def prepare_transfer(cfg: DictConfig, train: Callable[[DictConfig], dict[str, An
         fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent jobs of a sweep wait for the one training it
         if (out / METRICS_FILE).is_file() and (out / ARTIFACT_DIR / SPEC_FILE).is_file():
             log.info("transfer: reusing the source prompt trained on %s in %s", source.task.name, out)
-            summary = json.loads((out / METRICS_FILE).read_text())
+            summary = load_summary(out / METRICS_FILE)
         else:
             log.info("transfer: training the source prompt on %s in %s", source.task.name, out)
-            summary = train(source)
-    with open_dict(cfg):
-        cfg.method.init, cfg.method.init_artifact = ARTIFACT_INIT, str(out / ARTIFACT_DIR)
-    return {"source_task": source.task.name, "source_run": str(out), "source_val": summary["val"],
-            "source_test": summary["test"]}
+            summary = read_summary(train(source))
+    return TransferSource(str(source.task.name), str(out), summary.val, summary.test)

@@ -108,8 +108,8 @@ def build_job_for(method: str, settings: Settings, out: Path) -> tuple[Any, dict
     from omegaconf import open_dict
 
     from softprompt.config.compose import compose_train
-    from softprompt.training.checks import check_config
-    from softprompt.training.job import build_job, resolved_config, settle_precision
+    from softprompt.training.job import build_job
+    from softprompt.training.job_config import parse_job
 
     overrides = [f"backbone={settings.backbone}", f"method={method}",
                  f"method.num_virtual_tokens={settings.num_virtual_tokens}", f"data.batch_size={settings.batch_size}",
@@ -119,10 +119,8 @@ def build_job_for(method: str, settings: Settings, out: Path) -> tuple[Any, dict
     with open_dict(cfg):
         cfg.paths.output_dir = cfg.hydra.runtime.output_dir = str(out / method)
     HydraConfig.instance().set_config(cfg)
-    check_config(resolved_config(cfg))
-    settle_precision(cfg)  # precision=auto: what a run on this machine would use
-    plain = resolved_config(cfg)
-    return build_job(plain, Path(plain["paths"]["cache_dir"]).expanduser()), plain
+    job = parse_job(cfg)  # precision=auto: what a run on this machine would use
+    return build_job(job), dict(job.plain)
 
 
 def bench_method(method: str, data: str, settings: Settings, out: Path,

@@ -6,6 +6,7 @@ split as the DataModule serves it (shuffled, padded per batch), with or without 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from softprompt.analysis.benchmark.measure import BenchError
@@ -36,7 +37,7 @@ def synthetic_batches(job: Any, plain: dict, count: int, batch_size: int, seq_le
 def real_batches(job: Any, count: int, group_by_length: bool = False) -> list[dict]:
     """The first `count` training batches as a run sees them (the seeded shuffle, padding per batch),
     with or without `data.group_by_length`."""
-    job.datamodule.data_cfg["group_by_length"] = group_by_length
+    job.datamodule.data = dataclasses.replace(job.datamodule.data, group_by_length=group_by_length)
     loader = iter(job.datamodule.train_dataloader())
     batches = []
     for _ in range(count):

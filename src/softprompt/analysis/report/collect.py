@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from softprompt.artifacts.summary import RunSummary, read_summary
 from softprompt.errors import SoftPromptError
 from softprompt.training.results import CV_METRICS_FILE, FAILED_FILE, FOLD_DIR_PREFIX, METRICS_FILE
 
@@ -54,13 +55,15 @@ def _flatten(mapping: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return flat
 
 
-def run_record(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
-    """One metrics.json as a flat record (`val/acc`, `method_config.lr`, ...), so runs group like table rows."""
-    record: dict[str, Any] = {key: data.get(key) for key in (*SETTING_KEYS, *PAIR_KEYS)}
-    record |= {key: data.get(key) for key in RUN_FIELDS}
-    record |= _flatten(data.get(METHOD_CONFIG) or {}, METHOD_CONFIG)
+def run_record(data: RunSummary | Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """One run's summary (or metrics.json's content) as a flat record (`val/acc`, `method_config.lr`, ...), so runs
+    group like table rows."""
+    summary = data if isinstance(data, RunSummary) else read_summary(data)
+    record: dict[str, Any] = {key: getattr(summary, key) for key in (*SETTING_KEYS, *PAIR_KEYS)}
+    record |= {key: getattr(summary, key) for key in RUN_FIELDS}
+    record |= _flatten(summary.method_config or {}, METHOD_CONFIG)
     for stage in STAGES:
-        for name, value in (data.get(stage) or {}).items():
+        for name, value in (getattr(summary, stage) or {}).items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 record[f"{stage}/{name}"] = float(value)
     record["path"] = str(path)
@@ -78,7 +81,7 @@ def _load_run(metrics_path: Path) -> dict[str, Any] | Incomplete:
         return Incomplete(run_dir, f"malformed {METRICS_FILE}: not an object with a 'method' key")
     if not any(isinstance(data.get(stage), dict) for stage in STAGES):
         return Incomplete(run_dir, f"malformed {METRICS_FILE}: no 'val' or 'test' metrics")
-    return run_record(data, run_dir)
+    return run_record(read_summary(data), run_dir)
 
 
 def _failure(path: Path) -> str:
