@@ -562,16 +562,22 @@ def task_config() -> Callable[..., TaskConfig]:
 
 # ------------------------------------------------------------------------------------ runs several folders read
 
-# A short run per method on the local sentiment task (default callbacks: the best checkpoint by val/acc is what
-# gets tested and saved as the artifact).
+# A short run per method preset on the local sentiment task (default callbacks: the best checkpoint by val/acc is
+# what gets tested and saved as the artifact; every validation's checkpoint is kept, so a run can be resumed from
+# step 2 and compared with this one).
 TRAINED_RUN = ["backbone=tiny_random", "logger=none", "trainer.max_steps=4", "trainer.val_check_interval=2",
-               "data.batch_size=4", "data.eval_batch_size=8", "data.max_samples.validation=null"]
-TRAINED_METHODS = {
+               "data.batch_size=4", "data.eval_batch_size=8", "data.max_samples.validation=null",
+               "callbacks.model_checkpoint.save_top_k=-1"]
+TRAINED_METHODS = {  # a preset not named here trains as conf/method/ has it, with 3 virtual tokens
     "prompt_tuning": ["method.num_virtual_tokens=3", "method.init=vocab"],
     "p_tuning": ["method.num_virtual_tokens=3"],  # the LSTM encoder, folded away in the artifact
     "prefix_tuning": ["method.num_virtual_tokens=3", "method.reparam_hidden=16"],  # the MLP, folded away
     "p_tuning_v2": ["method.num_virtual_tokens=3"],
     "hard_prompt": ["method.num_demonstrations=2"],  # demonstrations travel in the json
+    "residual_prompt_tuning": ["method.num_virtual_tokens=3", "method.residual_hidden=8"],
+    "dept": ["method.num_virtual_tokens=3", "method.lowrank_rank=4"],
+    "late_prompt_tuning": ["method.num_virtual_tokens=3", "method.generator_hidden=8"],
+    "adaption_prompt": ["method.num_virtual_tokens=3", "method.adapter_layers=1", "optimizer.lr=0.05"],
 }
 
 
@@ -585,18 +591,28 @@ class TrainedRun(NamedTuple):
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, local_task_overrides, run_job) -> Callable[[str], TrainedRun]:
-    """`trained_run(method)`: a 4-step run of `method` (3 virtual tokens; prompt tuning from vocab, prefix tuning
-    with a 16-wide MLP, the hard prompt with 2 demonstrations) on the local sentiment task, trained once per
-    session. Read it; copy what you change."""
+def trained_run_overrides(local_task_overrides) -> Callable[[str], list[str]]:
+    """`trained_run_overrides(method)`: the softprompt-train overrides of `trained_run(method)`."""
+
+    def overrides(method: str) -> list[str]:
+        tiny = TRAINED_METHODS.get(method, ["method.num_virtual_tokens=3"])
+        return [*TRAINED_RUN, *local_task_overrides, f"method={method}", *tiny]
+
+    return overrides
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, trained_run_overrides, run_job) -> Callable[[str], TrainedRun]:
+    """`trained_run(method)`: a 4-step run of method preset `method` (3 virtual tokens; prompt tuning from vocab,
+    prefix tuning with a 16-wide MLP, the hard prompt with 2 demonstrations, ...: TRAINED_METHODS) on the local
+    sentiment task, trained once per session, its checkpoints at steps 2 and 4 kept. Read it; copy what you
+    change."""
     runs: dict[str, TrainedRun] = {}
 
     def get(method: str) -> TrainedRun:
         if method not in runs:
             out = tmp_path_factory.mktemp(method) / "run"
-            summary = run_job([*TRAINED_RUN, *local_task_overrides, f"method={method}", *TRAINED_METHODS[method]],
-                              out)
-            runs[method] = TrainedRun(out, summary)
+            runs[method] = TrainedRun(out, run_job(trained_run_overrides(method), out))
         return runs[method]
 
     return get
