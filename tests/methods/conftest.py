@@ -1,8 +1,11 @@
-"""Fixtures of the method tests: any method preset built on a tiny backbone, as `method=NAME` would build it."""
+"""Fixtures of the method tests: any method preset built on a tiny backbone, as `method=NAME` would build it; gradients
+with and without checkpointing; a run's prompt reloaded and checked against its predictions."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +108,61 @@ def peft_exportable(preset_settings) -> Callable[[str], bool]:
         return form.export_refusal is None
 
     return exportable
+
+
+@pytest.fixture(scope="session")
+def checkpointing_gradients(tiny_backbone, make_batch) -> Callable[..., tuple]:
+    """`checkpointing_gradients(build, texts, template, architecture="llama", layer=0, prepare=None)`: one verbalizer
+    cross-entropy backward without and with gradient checkpointing, each on a fresh backbone (`build(backbone)`
+    makes the module; `prepare(batch)` may add to the batch). Asserts that attention layer `layer` really ran again
+    in the checkpointed backward and that every trainable gradient is equal (1e-6); returns (plain, checkpointed)
+    gradients by parameter name and the two modules."""
+    import torch
+    import torch.nn.functional as F
+
+    from softprompt.backbones.loading import enable_gradient_checkpointing
+
+    def compare(build, texts, template, architecture="llama", layer=0, prepare=None):
+        def gradients(checkpointing: bool):
+            backbone = tiny_backbone(architecture, fresh=True)  # checkpointing, and a hook on one attention
+            if checkpointing:
+                enable_gradient_checkpointing(backbone.model)
+            module = build(backbone).train()
+            calls = []
+            attention = next(m for m in backbone.model.modules()
+                             if getattr(m, "layer_idx", None) == layer and hasattr(m, "is_causal"))
+            attention.register_forward_hook(lambda *args: calls.append(1))
+            batch = make_batch(backbone, texts, template, labels=[0, 1, 1][:len(texts)])
+            batch = prepare(batch) if prepare else batch
+            F.cross_entropy(module(batch), batch["labels"]).backward()
+            return {n: p.grad.clone() for n, p in module.named_parameters() if p.requires_grad}, len(calls), module
+
+        plain, plain_calls, plain_module = gradients(False)
+        checkpointed, checkpointed_calls, checkpointed_module = gradients(True)
+        assert checkpointed_calls == 2 * plain_calls  # the layer really was recomputed in backward
+        assert plain.keys() == checkpointed.keys() and plain
+        for name in plain:
+            assert torch.allclose(plain[name], checkpointed[name], atol=1e-6), name
+        return plain, checkpointed, (plain_module, checkpointed_module)
+
+    return compare
+
+
+@pytest.fixture(scope="session")
+def reloaded_prompt(local_task_files) -> Callable[[Path], object]:
+    """`reloaded_prompt(run_dir)`: the run's prompt loaded afresh (its backbone rebuilt from the artifact's config,
+    not the run's in-memory copy), after checking that it scores the local test reviews as the run's
+    test_predictions.jsonl did, within 1e-5; returns the Predictor."""
+    import softprompt
+    from softprompt.backbones.cache import BACKBONES
+
+    def load_and_check(run_dir: Path):
+        expected = [json.loads(line) for line in (run_dir / "test_predictions.jsonl").read_text().splitlines()]
+        rows = [json.loads(line) for line in Path(local_task_files["test"]).read_text().splitlines()]
+        BACKBONES.clear()
+        predictor = softprompt.load(run_dir / "prompt")
+        for score, want in zip(predictor.score([row["review"] for row in rows]), expected, strict=True):
+            assert list(score.values()) == pytest.approx(want["probabilities"], abs=1e-5)
+        return predictor
+
+    return load_and_check
