@@ -128,9 +128,10 @@ def test_training_moves_only_the_methods_tensors_and_leaves_the_backbone_bit_ide
 @pytest.mark.parametrize("case", list(CASES), indirect=True)
 def test_backbone_dropout_is_on_only_when_asked(case, tiny_backbone):
     build, _, _ = case
-    module = build(tiny_backbone(fresh=True), dropout=True)  # puts the backbone in training mode
+    backbone = tiny_backbone(fresh=True)  # put in training mode
+    module = build(backbone, dropout=True)
     module.train()
-    assert all(m.training for m in module.backbone.modules())
+    assert all(m.training for m in backbone.model.modules())
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
