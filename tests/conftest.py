@@ -27,7 +27,6 @@ if TYPE_CHECKING:  # the heavy imports happen where they are used: the xdist con
     from omegaconf import DictConfig
 
     from softprompt.backbones import Backbone
-    from softprompt.data.task import TaskConfig
     from softprompt.methods.hard_prompt import HardPrompt
     from softprompt.methods.init import InitContext
     from softprompt.methods.input_level import InputLevelPrompt
@@ -112,26 +111,6 @@ def local_task_files(tmp_path_factory) -> dict[str, str]:
         "validation": _write_jsonl(root / "validation.jsonl", rows[:6]),
         "test": _write_jsonl(root / "test.jsonl", rows[6:]),
     }
-
-
-@pytest.fixture(scope="session")
-def reloaded_prompt(local_task_files) -> Callable[[Path], object]:
-    """`reloaded_prompt(run_dir)`: the run's prompt loaded afresh (its backbone rebuilt from the artifact's config,
-    not the run's in-memory copy), after checking that it scores the local test reviews as the run's
-    test_predictions.jsonl did, within 1e-5; returns the Predictor."""
-    import softprompt
-    from softprompt.backbones.cache import BACKBONES
-
-    def load_and_check(run_dir: Path):
-        expected = [json.loads(line) for line in (run_dir / "test_predictions.jsonl").read_text().splitlines()]
-        rows = [json.loads(line) for line in Path(local_task_files["test"]).read_text().splitlines()]
-        BACKBONES.clear()
-        predictor = softprompt.load(run_dir / "prompt")
-        for score, want in zip(predictor.score([row["review"] for row in rows]), expected, strict=True):
-            assert list(score.values()) == pytest.approx(want["probabilities"], abs=1e-5)
-        return predictor
-
-    return load_and_check
 
 
 @pytest.fixture(scope="session")
@@ -539,39 +518,24 @@ def make_batch() -> Callable[..., dict[str, torch.Tensor]]:
     return _batch
 
 
-@pytest.fixture(scope="session")
-def task_config() -> Callable[..., TaskConfig]:
-    """`task_config(**task)`: a typed task config for tests that build DataModules directly: the given keys, plus
-    what a classification (or, with type=generation, a generation) task needs and the test does not care about."""
-
-    def _task(**task) -> TaskConfig:
-        from softprompt.data.task import parse_task
-
-        generation = task.get("type") == "generation"
-        filled = {"name": "local", "type": "classification", "metric": "rougeL" if generation else "acc",
-                  "loss": "lm" if generation else "verbalizer",
-                  "prompt_init": "vocab" if generation else "class_labels",
-                  "splits": {"train": "train", "validation": "validation", "test": "test"}, **task}
-        if generation:
-            filled.setdefault("generation", {"max_new_tokens": 8, "num_beams": 1})
-            filled.setdefault("references", "single")
-        return parse_task(filled)
-
-    return _task
-
-
 # ------------------------------------------------------------------------------------ runs several folders read
 
-# A short run per method on the local sentiment task (default callbacks: the best checkpoint by val/acc is what
-# gets tested and saved as the artifact).
+# A short run per method preset on the local sentiment task (default callbacks: the best checkpoint by val/acc is
+# what gets tested and saved as the artifact; every validation's checkpoint is kept, so a run can be resumed from
+# step 2 and compared with this one).
 TRAINED_RUN = ["backbone=tiny_random", "logger=none", "trainer.max_steps=4", "trainer.val_check_interval=2",
-               "data.batch_size=4", "data.eval_batch_size=8", "data.max_samples.validation=null"]
-TRAINED_METHODS = {
+               "data.batch_size=4", "data.eval_batch_size=8", "data.max_samples.validation=null",
+               "callbacks.model_checkpoint.save_top_k=-1"]
+TRAINED_METHODS = {  # a preset not named here trains as conf/method/ has it, with 3 virtual tokens
     "prompt_tuning": ["method.num_virtual_tokens=3", "method.init=vocab"],
     "p_tuning": ["method.num_virtual_tokens=3"],  # the LSTM encoder, folded away in the artifact
     "prefix_tuning": ["method.num_virtual_tokens=3", "method.reparam_hidden=16"],  # the MLP, folded away
     "p_tuning_v2": ["method.num_virtual_tokens=3"],
     "hard_prompt": ["method.num_demonstrations=2"],  # demonstrations travel in the json
+    "residual_prompt_tuning": ["method.num_virtual_tokens=3", "method.residual_hidden=8"],
+    "dept": ["method.num_virtual_tokens=3", "method.lowrank_rank=4"],
+    "late_prompt_tuning": ["method.num_virtual_tokens=3", "method.generator_hidden=8"],
+    "adaption_prompt": ["method.num_virtual_tokens=3", "method.adapter_layers=1", "optimizer.lr=0.05"],
 }
 
 
@@ -585,18 +549,28 @@ class TrainedRun(NamedTuple):
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, local_task_overrides, run_job) -> Callable[[str], TrainedRun]:
-    """`trained_run(method)`: a 4-step run of `method` (3 virtual tokens; prompt tuning from vocab, prefix tuning
-    with a 16-wide MLP, the hard prompt with 2 demonstrations) on the local sentiment task, trained once per
-    session. Read it; copy what you change."""
+def trained_run_overrides(local_task_overrides) -> Callable[[str], list[str]]:
+    """`trained_run_overrides(method)`: the softprompt-train overrides of `trained_run(method)`."""
+
+    def overrides(method: str) -> list[str]:
+        tiny = TRAINED_METHODS.get(method, ["method.num_virtual_tokens=3"])
+        return [*TRAINED_RUN, *local_task_overrides, f"method={method}", *tiny]
+
+    return overrides
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, trained_run_overrides, run_job) -> Callable[[str], TrainedRun]:
+    """`trained_run(method)`: a 4-step run of method preset `method` (3 virtual tokens; prompt tuning from vocab,
+    prefix tuning with a 16-wide MLP, the hard prompt with 2 demonstrations, ...: TRAINED_METHODS) on the local
+    sentiment task, trained once per session, its checkpoints at steps 2 and 4 kept. Read it; copy what you
+    change."""
     runs: dict[str, TrainedRun] = {}
 
     def get(method: str) -> TrainedRun:
         if method not in runs:
             out = tmp_path_factory.mktemp(method) / "run"
-            summary = run_job([*TRAINED_RUN, *local_task_overrides, f"method={method}", *TRAINED_METHODS[method]],
-                              out)
-            runs[method] = TrainedRun(out, summary)
+            runs[method] = TrainedRun(out, run_job(trained_run_overrides(method), out))
         return runs[method]
 
     return get
@@ -635,7 +609,6 @@ SWEEP_ACCURACIES = {
     ("prefix_tuning", 50, "random", 0.01): [0.75, 0.71, 0.78],
     ("hard_prompt", None, None, None): [0.55, 0.57, 0.56],
 }
-BEST_CONFIGURATION = ("prompt_tuning", 50, "class_labels", 0.3)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -649,12 +622,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def sweep_accuracies() -> dict[tuple, list[float]]:
     """(method, num_virtual_tokens, init, lr) -> test/acc of folds 0, 1, 2 in `fake_sweep` (val/acc 0.01 lower)."""
     return {key: list(accs) for key, accs in SWEEP_ACCURACIES.items()}
-
-
-@pytest.fixture(scope="session")
-def best_configuration() -> tuple:
-    """The configuration of `sweep_accuracies` with the best mean (on validation and on test)."""
-    return BEST_CONFIGURATION
 
 
 def _write_run(run_dir: Path, method: str, length: int | None, init: str | None, lr: float | None,
@@ -700,41 +667,3 @@ def fake_sweep(tmp_path: Path) -> Path:
     (root / "16" / ".hydra").mkdir(parents=True)
     (root / "16" / "metrics.json").write_text("{not json")
     return root
-
-
-@pytest.fixture(scope="session")
-def checkpointing_gradients(tiny_backbone, make_batch) -> Callable[..., tuple]:
-    """`checkpointing_gradients(build, texts, template, architecture="llama", layer=0, prepare=None)`: one verbalizer
-    cross-entropy backward without and with gradient checkpointing, each on a fresh backbone (`build(backbone)`
-    makes the module; `prepare(batch)` may add to the batch). Asserts that attention layer `layer` really ran again
-    in the checkpointed backward and that every trainable gradient is equal (1e-6); returns (plain, checkpointed)
-    gradients by parameter name and the two modules."""
-    import torch
-    import torch.nn.functional as F
-
-    from softprompt.backbones.loading import enable_gradient_checkpointing
-
-    def compare(build, texts, template, architecture="llama", layer=0, prepare=None):
-        def gradients(checkpointing: bool):
-            backbone = tiny_backbone(architecture, fresh=True)  # checkpointing, and a hook on one attention
-            if checkpointing:
-                enable_gradient_checkpointing(backbone.model)
-            module = build(backbone).train()
-            calls = []
-            attention = next(m for m in backbone.model.modules()
-                             if getattr(m, "layer_idx", None) == layer and hasattr(m, "is_causal"))
-            attention.register_forward_hook(lambda *args: calls.append(1))
-            batch = make_batch(backbone, texts, template, labels=[0, 1, 1][:len(texts)])
-            batch = prepare(batch) if prepare else batch
-            F.cross_entropy(module(batch), batch["labels"]).backward()
-            return {n: p.grad.clone() for n, p in module.named_parameters() if p.requires_grad}, len(calls), module
-
-        plain, plain_calls, plain_module = gradients(False)
-        checkpointed, checkpointed_calls, checkpointed_module = gradients(True)
-        assert checkpointed_calls == 2 * plain_calls  # the layer really was recomputed in backward
-        assert plain.keys() == checkpointed.keys() and plain
-        for name in plain:
-            assert torch.allclose(plain[name], checkpointed[name], atol=1e-6), name
-        return plain, checkpointed, (plain_module, checkpointed_module)
-
-    return compare

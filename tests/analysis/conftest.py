@@ -15,6 +15,7 @@ import torch
 from torchmetrics.classification import MulticlassF1Score
 
 LABELS = 2
+BEST_CONFIGURATION = ("prompt_tuning", 50, "class_labels", 0.3)  # of conftest's SWEEP_ACCURACIES
 
 
 def _f1(labels: Sequence[int], predicted: Sequence[int]) -> float:
@@ -70,3 +71,9 @@ def validation_predictions() -> Callable[..., Path]:
         return write_predictions(run_dir, labels, correct, stage="val", first_row=first_row)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def best_configuration() -> tuple:
+    """The configuration of `sweep_accuracies` with the best mean (on validation and on test)."""
+    return BEST_CONFIGURATION

@@ -17,7 +17,10 @@ from softprompt.backbones.cache import BACKBONES
 from softprompt.cli import predict
 
 FOLDED_KEYS = {"prompt_tuning": {"prompt"}, "p_tuning": {"prompt"}, "prefix_tuning": {"prefix"},
-               "p_tuning_v2": {"prefix"}, "hard_prompt": set()}
+               "p_tuning_v2": {"prefix"}, "hard_prompt": set(), "residual_prompt_tuning": {"prompt"},
+               "dept": {"prompt", "lowrank_a", "lowrank_b"},
+               "late_prompt_tuning": {f"generator.proj_{side}.{kind}" for side in ("down", "up")
+                                      for kind in ("weight", "bias")}}
 # The generation run: prefix tuning (its MLP folded away) on conftest's headlines, an untied LM head.
 GENERATION = ["backbone=tiny_random", "logger=none", "backbone.random_init.config.tie_word_embeddings=false",
               "task.template='{text}'", "task.max_length=64", "task.generation.max_new_tokens=8",

@@ -1,5 +1,6 @@
 """DePT: the low-rank update lands on the input's own tokens, position by position, and trains at its own
-learning rate beside the prompt's."""
+learning rate beside the prompt's; the preset spans the task's input budget; inspect describes the update; PEFT
+export is refused naming the update."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
+from softprompt.artifacts.peft import InteropError, export_peft
+from softprompt.cli import inspect as inspect_prompt
+from softprompt.config.compose import compose_train
 from softprompt.data.verbalizer import label_token_ids
 from softprompt.methods.dept import DecomposedPrompt
 
@@ -98,3 +103,23 @@ def test_from_artifact_restarts_from_the_prompt_and_the_pair(dept, make_batch, b
     batch = make_batch(backbone, TEXTS, TEMPLATE)
     with torch.no_grad():
         assert torch.equal(restarted(batch), trained(batch))
+
+
+def test_the_preset_spans_the_tasks_input_budget():
+    method = OmegaConf.to_container(compose_train(["method=dept"]).method, resolve=True)
+    assert method["lowrank_positions"] == 128  # s: the default task's max_length
+
+
+def test_inspect_describes_the_low_rank_update(trained_run, capsys):
+    prompt = trained_run("dept").prompt
+    capsys.readouterr()  # training output, if the run was made just now
+    inspect_prompt.main([f"prompt={prompt}"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2] == "low-rank update A B of the input embeddings: rank 4 over 128 positions, scale 4.0000"
+    assert lines[-1].startswith("update L2 norm per position: mean ")
+
+
+def test_peft_export_is_refused_naming_the_low_rank_update(trained_run, tmp_path):
+    with pytest.raises(InteropError, match="also adds a low-rank update"):
+        export_peft(trained_run("dept").prompt, tmp_path / "dept")
+    assert not (tmp_path / "dept").exists()

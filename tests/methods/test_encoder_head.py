@@ -1,4 +1,5 @@
-"""Encoders with a head: a trainable linear head on the pooled output, for every soft method."""
+"""Encoders with a head: a trainable linear head on the pooled output, for every soft method. (Padding invariance and
+folding with the head, for every method, are in test_method_contract.py.)"""
 
 from __future__ import annotations
 
@@ -32,24 +33,6 @@ def test_head_is_trainable_counted_and_folded(backbone, method, method_module):
     assert module.num_folded_params() == own[method] + head  # the head is stored with the prompt
     if method == "prompt_tuning":
         assert module.num_trainable_params() == 3 * 32 + head
-
-
-@pytest.mark.parametrize("method", METHODS)
-def test_pooled_scores_are_padding_invariant_and_fold_losslessly(backbone, method, make_batch, method_module,
-                                                                 template_for):
-    module = method_module(method, backbone, WORDS, n=3, init="random_normal")
-    module.eval()
-    template = template_for(method, 3)
-    with torch.no_grad():
-        alone = torch.cat([module(make_batch(backbone, [t], template)) for t in TEXTS])
-        batched = module(make_batch(backbone, TEXTS, template, padding_side="left"))
-        assert torch.allclose(alone, batched, atol=1e-5)
-        fresh = method_module(method, backbone, WORDS, n=3, seed=5,
-                              **({"encoder": "none"} if method == "p_tuning_mlp" else {"reparam": "none"}
-                                 if method == "prefix_tuning" else {}))
-        fresh.load_folded_state(module.folded_state())
-        fresh.eval()
-        assert torch.allclose(fresh(make_batch(backbone, TEXTS, template)), alone, atol=1e-5)
 
 
 def test_hard_prompt_is_refused_on_an_encoder_with_a_head(backbone, hard_prompt_module):

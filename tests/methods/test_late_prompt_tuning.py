@@ -1,13 +1,17 @@
 """Late prompt tuning: the prompt enters at layer k and nowhere else. Layers below k compute exactly what they
 compute without it, the prompt fills the slots entering layer k, the hooks do nothing for other methods, and
-cached decoding sees the prompt as a full forward does."""
+cached decoding sees the prompt as a full forward does. Backbones it cannot serve are refused in one line; inspect
+describes the generator; PEFT export is refused naming the intermediate layer."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from softprompt.artifacts.peft import InteropError, export_peft
+from softprompt.cli import inspect as inspect_prompt
 from softprompt.data.verbalizer import label_token_ids
+from softprompt.errors import ConfigError
 from softprompt.methods.late_prompt_tuning import LatePrompt
 from softprompt.objectives.decoding import DecodingConfig
 
@@ -151,3 +155,28 @@ def test_from_artifact_restarts_from_the_trained_tensors(generator, late, make_b
     batch = make_batch(backbone, TEXTS, TEMPLATE)
     with torch.no_grad():
         assert torch.equal(restarted(batch), trained(batch))
+
+
+def test_late_prompt_settings_the_backbone_cannot_take_are_one_line(preset_module, tiny_backbone):
+    with pytest.raises(ConfigError, match=r"^method.insert_layer=2 is invalid: the backbone has 2 layers: allowed 0 "
+                                          r"to 1 \(null: the middle one, 1\)$"):
+        preset_module("late_prompt_tuning", tiny_backbone(fresh=True), insert_layer=2)
+    with pytest.raises(ConfigError, match=r"^method='late_prompt_tuning' is invalid: an encoder-decoder backbone is "
+                                          "not served"):
+        preset_module("late_prompt_tuning", tiny_backbone("t5", fresh=True))
+
+
+def test_inspect_describes_the_generator_and_where_the_prompt_enters(trained_run, capsys):
+    prompt = trained_run("late_prompt_tuning").prompt
+    capsys.readouterr()  # training output, if the run was made just now
+    inspect_prompt.main([f"prompt={prompt}"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("3 virtual tokens inserted before layer 1 of 2, in that layer's hidden space, "
+                             "generated per input from the answer position's hidden state entering that layer")
+    assert lines[1].startswith("prompt generator: Linear(32, 8), ReLU, Linear(8, 96) = 3 x 32; weight L2 norms ")
+
+
+def test_peft_export_is_refused_naming_the_intermediate_layer(trained_run, tmp_path):
+    with pytest.raises(InteropError, match="intermediate layer"):
+        export_peft(trained_run("late_prompt_tuning").prompt, tmp_path / "late")
+    assert not (tmp_path / "late").exists()

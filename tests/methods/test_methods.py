@@ -1,4 +1,6 @@
-"""Every method: parameter-count formulas, folding, gradient checkpointing, padding invariance, configs."""
+"""Prompt tuning, P-tuning, prefix tuning and P-tuning v2: parameter-count formulas, where the prompt goes, how it
+starts; and every preset's nonsensical settings, refused naming their key. (What every method must do is in
+test_method_contract.py.)"""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ from omegaconf import OmegaConf
 from softprompt.backbones.attention_prefix import PREFIX_KWARG
 from softprompt.config.compose import compose_train
 from softprompt.errors import ConfigError, SoftPromptError
-from softprompt.methods import method_class
 from softprompt.methods.checks import check_method
 
 METHODS = ["p_tuning_lstm", "p_tuning_mlp", "p_tuning_v2", "prefix_tuning", "prompt_tuning"]  # method_settings
@@ -69,59 +70,6 @@ def train_a_little(make_batch, template_for):
             optimizer.step()
 
     return train
-
-
-@pytest.mark.parametrize("method", METHODS)
-def test_fold_then_reload_gives_identical_outputs(backbone, method, make_batch, method_module, template_for,
-                                                  train_a_little):
-    module = method_module(method, backbone, WORDS, n=N)
-    module.train()
-    train_a_little(module, backbone, method)
-    module.eval()
-    batch = make_batch(backbone, TEXTS, template_for(method, N), padding_side="left")
-    with torch.no_grad():
-        trained = module(batch)
-    folded = module.folded_state()
-    # A fresh module of the folded form (no encoder / no MLP), other init, loaded with the folded tensors.
-    plain = {"prompt_tuning": {}, "p_tuning_mlp": {"encoder": "none"}, "p_tuning_lstm": {"encoder": "none"},
-             "prefix_tuning": {"reparam": "none"}, "p_tuning_v2": {}}[method]
-    fresh = method_module(method, backbone, WORDS, n=N, seed=7, **plain)
-    fresh.load_folded_state(folded)
-    fresh.eval()
-    assert fresh.num_trainable_params() == module.num_folded_params()
-    with torch.no_grad():
-        assert torch.allclose(fresh(batch), trained, atol=1e-6)
-    wrong = {k: v[:-1] if k in ("prompt", "prefix") else v for k, v in folded.items()}
-    with pytest.raises(SoftPromptError, match="expects"):
-        method_module(method, backbone, WORDS, n=N).load_folded_state(wrong)
-    module.load_folded_state(folded)  # folding in place
-    with torch.no_grad():
-        assert torch.allclose(module(batch), trained, atol=1e-6)
-
-
-def words_for(backbone) -> list[list[str]]:
-    return [["n"], ["p"]] if backbone.family in ("masked_lm", "seq2seq") else WORDS  # one-token answers there
-
-
-@pytest.mark.parametrize("architecture", ["llama", "bert", "t5"])
-@pytest.mark.parametrize("method", METHODS)
-def test_gradient_checkpointing_gives_the_same_gradients(method, architecture, method_module, template_for,
-                                                         checkpointing_gradients):
-    checkpointing_gradients(lambda backbone: method_module(method, backbone, words_for(backbone), n=N), TEXTS,
-                            template_for(method, N), architecture)
-
-
-@pytest.mark.parametrize("architecture", ["llama", "gpt2", "bert", "roberta"])
-@pytest.mark.parametrize("method", METHODS)
-def test_padding_invariance(method, architecture, make_batch, method_module, template_for, tiny_backbone):
-    backbone = tiny_backbone(architecture)
-    module = method_module(method, backbone, words_for(backbone), n=N, init="random_normal")
-    module.eval()
-    template = template_for(method, N)
-    with torch.no_grad():
-        alone = torch.cat([module(make_batch(backbone, [t], template)) for t in TEXTS])
-        for side in ("right", "left"):
-            assert torch.allclose(alone, module(make_batch(backbone, TEXTS, template, padding_side=side)), atol=1e-5)
 
 
 def test_p_tuning_places_the_prompt_at_slots_between_anchors(backbone, make_batch, method_module):
@@ -184,6 +132,17 @@ DROPPED = object()  # a setting left out of the preset
         ("p_tuning", {"encoder_dropout": 1.0}, "method.encoder_dropout", ">= 0 and < 1"),
         ("prefix_tuning", {"encoder": "lstm"}, "method.encoder", "is not a setting of prefix_tuning"),
         ("prefix_tuning", {"zero_init": DROPPED}, "method.zero_init", "is missing"),
+        ("residual_prompt_tuning", {"residual_hidden": 0}, "method.residual_hidden", "integer >= 1"),
+        ("residual_prompt_tuning", {"encoder": "mlp"}, "method.encoder", "allowed: none"),
+        ("residual_prompt_tuning", {"residual_dropout": 1.0}, "method.residual_dropout", ">= 0 and < 1"),
+        ("dept", {"lowrank_rank": 0}, "method.lowrank_rank", "integer >= 1"),
+        ("dept", {"lowrank_lr": 0.0}, "method.lowrank_lr", "finite number > 0"),
+        ("dept", {"lowrank_positions": None}, "method.lowrank_positions", "integer >= 1"),
+        ("late_prompt_tuning", {"generator": "appg"}, "method.generator", "allowed: npg, none"),
+        ("late_prompt_tuning", {"insert_layer": -1}, "method.insert_layer", ">= 0"),
+        ("late_prompt_tuning", {"init": "vocab"}, "method.init", "generator=npg starts from PyTorch's Linear init"),
+        ("late_prompt_tuning", {"slots": "template"}, "method.slots", "allowed: front"),
+        ("late_prompt_tuning", {"reparam": "mlp"}, "method.reparam", "is not a setting of late_prompt_tuning"),
         (None, {"name": "x", "_target_": "softprompt.methods.nope.Nope", "slots": "none"}, "method._target_",
          "importable"),  # no preset: these settings alone
     ],
@@ -194,13 +153,6 @@ def test_nonsensical_method_settings_are_rejected(name, changes, key, message):
     with pytest.raises(ConfigError) as raised:
         check_method(method)
     assert str(raised.value).startswith(key) and message in str(raised.value)
-
-
-def test_every_preset_parses_into_its_typed_config():
-    for name in ("prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2", "hard_prompt"):
-        settings = preset(name)
-        config = check_method(settings)
-        assert config.name == name and isinstance(config, method_class(settings).Config)
 
 
 def test_zero_init_starts_prefix_tuning_from_an_all_zero_prefix(backbone, method_module, train_a_little):

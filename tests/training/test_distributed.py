@@ -97,21 +97,23 @@ def test_ddp_ignores_every_frozen_tensor(tmp_path, tiny_backbone, prompt_module)
         torch.distributed.destroy_process_group()
 
 
-LATER_METHODS = ["residual_prompt_tuning", "dept", "late_prompt_tuning", "adaption_prompt", "multitask_prompt_tuning",
-                 "cartridge"]
+# Methods whose trainable part is more than one prompt tensor: parameter groups, hooks, gates, task factors,
+# frozen cache rows.
+STRUCTURED_METHODS = ["residual_prompt_tuning", "dept", "late_prompt_tuning", "adaption_prompt",
+                      "multitask_prompt_tuning", "cartridge"]
 
 
 @pytest.mark.xdist_group("distributed")
-def test_every_later_method_trains_under_ddp(tmp_path, local_task_overrides, softprompt_train):
+def test_methods_with_structured_trainable_parts_train_under_ddp(tmp_path, local_task_overrides, softprompt_train):
     """Each method's trainable tensors (parameter groups, hooks, gates, task factors, frozen cache rows) train in two
     DDP processes: every job finishes, its backbone unchanged, its artifact whole."""
     sweep = tmp_path / "sweep"
     result = softprompt_train("-m", "trainer=ddp_cpu", "backbone=tiny_random", "logger=none", "callbacks=none",
                               *local_task_overrides, "trainer.max_steps=2", "method.num_virtual_tokens=3",
-                              f"method={','.join(LATER_METHODS)}", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+                              f"method={','.join(STRUCTURED_METHODS)}", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (result.stdout + result.stderr).count("Starting with 2 processes") == len(LATER_METHODS)
-    for job, method in enumerate(LATER_METHODS):
+    assert (result.stdout + result.stderr).count("Starting with 2 processes") == len(STRUCTURED_METHODS)
+    for job, method in enumerate(STRUCTURED_METHODS):
         summary = json.loads((sweep / str(job) / "metrics.json").read_text())
         assert summary["method"] == method and summary["steps"] == 2
         assert summary["backbone_fingerprint_start"] == summary["backbone_fingerprint_end"]
