@@ -272,12 +272,10 @@ def test_a_declared_mixed_batch_kind_scores_each_row_as_alone_and_the_others_are
 @pytest.mark.parametrize("method", PRESETS)
 def test_a_run_resumed_from_its_step_2_checkpoint_trains_as_the_uninterrupted_run(method, trained_run,
                                                                                    trained_run_overrides, run_job,
-                                                                                   tmp_path, request):
+                                                                                   tmp_path):
+    """Resumed into another output folder: the checkpoint's random state gives a method's dropout the uninterrupted
+    run's masks, and the selected checkpoint is the one the uninterrupted run tested."""
     out, straight = trained_run(method)
-    if any(key.endswith("dropout") and value for key, value in straight["method_config"].items()):
-        # Known defect: the checkpoint does not hold torch's RNG state, so after a resume the method's dropout draws
-        # other masks than the uninterrupted run did (without dropout the end state is bit-identical).
-        request.applymarker(pytest.mark.xfail(strict=True, reason="dropout masks are not resumed"))
     if straight["trainable_params"] == 0:  # nothing trained: fitting is skipped, so there is nothing to resume
         assert not list(out.glob("checkpoints/*.ckpt"))
         return
@@ -287,6 +285,7 @@ def test_a_run_resumed_from_its_step_2_checkpoint_trains_as_the_uninterrupted_ru
     resumed = run_job([*trained_run_overrides(method), f"ckpt_path={step2}"], tmp_path / "resumed")
     assert resumed["steps"] == straight["steps"] == 4
     assert (resumed["best_step"], resumed["val"]) == (straight["best_step"], straight["val"])
+    assert resumed["test"] == pytest.approx(straight["test"], abs=1e-6, rel=0)
     ends = [torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
             for run in (out, tmp_path / "resumed")]
     # Both validations, the one before the checkpoint (restored) and the one after it (rerun), as the straight run's

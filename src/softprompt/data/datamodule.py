@@ -94,6 +94,9 @@ class SplitLoaders(L.LightningDataModule):
             "batch_size": int(batch_size),
             "num_workers": int(self.data.num_workers),
             "collate_fn": self.collator(),
+            # Its own generator for the loader's worker seed, drawn at every iteration: the global one then serves
+            # only the model (dropout), so a resumed run's restored random state gives the uninterrupted run's masks.
+            "generator": torch.Generator().manual_seed(self.seed),
         }
         dataset = self.splits[role].with_format(None)
         if shuffle:

@@ -3,11 +3,13 @@ checkpoints written atomically, and the `ckpt_path` rule."""
 
 from __future__ import annotations
 
+import random
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -75,6 +77,19 @@ class ValidationHistory(L.Callback):
         a strictly better value)."""
         return max(self.records, key=lambda r: r[self.metric])
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Resumed into another output folder, Lightning reloads the selecting ModelCheckpoint's best path but not its
+        # score, so the next validation would replace it however it scored: the test would then score another
+        # checkpoint than the validation record reported. Give it back the score of the record it holds.
+        if not self.records:
+            return
+        for callback in trainer.checkpoint_callbacks:
+            if callback.monitor is not None and callback.best_model_score is None and callback.best_model_path:
+                score = torch.tensor(float(self.best()[self.metric]))
+                callback.best_model_score = callback.kth_value = score
+                callback.kth_best_model_path = callback.best_model_path
+                callback.best_k_models = {callback.best_model_path: score}
+
     def state_dict(self) -> dict[str, Any]:
         return {"records": self.records, "predictions": self.predictions}
 
@@ -82,6 +97,28 @@ class ValidationHistory(L.Callback):
         self.records = list(state_dict["records"])
         # A checkpoint from before validation predictions were kept has none: those passes report no file.
         self.predictions = dict(state_dict.get("predictions", {}))
+
+
+class RandomState(L.Callback):
+    """The random number generators' state in every checkpoint, restored on resume: a method's dropout (an MLP
+    reparameterisation, a prompt generator) then draws the masks the uninterrupted run drew."""
+
+    def state_dict(self) -> dict[str, Any]:
+        # Tensors and plain numbers only: checkpoints load with torch.load(weights_only=True).
+        kind, keys, position, has_gauss, gauss = np.random.get_state()
+        state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                 "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss)}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        random.setstate(state_dict["python"])
+        kind, keys, position, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
 def resume_checkpoint(setting: str | None, output_dir: Path) -> str | None:

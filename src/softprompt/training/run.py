@@ -19,7 +19,7 @@ from softprompt.artifacts.summary import RunSummary, load_summary
 from softprompt.data.datamodule import SplitLoaders
 from softprompt.data.sampling import evaluates_whole_splits
 from softprompt.methods.base import SoftPromptModule
-from softprompt.training.checkpointing import AtomicCheckpointIO, ValidationHistory, resume_checkpoint
+from softprompt.training.checkpointing import AtomicCheckpointIO, RandomState, ValidationHistory, resume_checkpoint
 from softprompt.training.distributed import gather_objects, keep_frozen_out_of_ddp
 from softprompt.training.interrupts import Interrupted, lightning_call
 from softprompt.training.job import build_job
@@ -40,7 +40,7 @@ def _fit_and_test(job: JobConfig, module: SoftPromptModule, datamodule: SplitLoa
     metrics are reported (None when a run resumed from a checkpoint that predates them)."""
     history, timer = ValidationHistory(module.objective.metric), StepTimer()
     plain = job.plain  # the trainer node with its resolved precision; the composed config is only read
-    callbacks = [*instantiate_all(plain.get("callbacks")), history, timer]
+    callbacks = [*instantiate_all(plain.get("callbacks")), history, timer, RandomState()]
     trainer: L.Trainer = instantiate(plain["trainer"], callbacks=callbacks, logger=instantiate_all(plain.get("logger")),
                                      plugins=[AtomicCheckpointIO()])  # a kill mid-save keeps the last whole ckpt
     for logger in trainer.loggers:  # the resolved config and parameter counts, in every logger
