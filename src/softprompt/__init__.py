@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from softprompt.config.library_notices import quiet_library_notices as _quiet_library_notices
 from softprompt.config.resolvers import register as _register_resolvers
 
 if TYPE_CHECKING:
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 __all__ = ["load", "load_many"]
 _register_resolvers()
+_quiet_library_notices()
 
 
 def load(path: str | PathLike, force: bool = False, cache_dir: str | PathLike | None = None,

@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from softprompt.artifacts.format import ARTIFACT_DIR, run_artifact_files
+from softprompt.backbones.quantization import parse_quantization
 from softprompt.config.mixture import expand_task_mixture
 from softprompt.data.datamodule import SplitLoaders
 from softprompt.data.sampling import evaluates_whole_splits
@@ -25,6 +26,7 @@ from softprompt.training.distributed import gather_objects, keep_frozen_out_of_d
 from softprompt.training.interrupts import Interrupted, lightning_call
 from softprompt.training.job import build_job, resolved_config, settle_precision
 from softprompt.training.loggers import finish_wandb, instantiate_all, prepare_wandb_env
+from softprompt.training.quantization_guard import QuantizedGradientGuard
 from softprompt.training.results import METRICS_FILE, stage_metrics, write_run_results
 from softprompt.training.timing import StepTimer
 from softprompt.training.transfer import prepare_transfer
@@ -41,6 +43,9 @@ def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: SplitLo
     metrics are reported (None when a run resumed from a checkpoint that predates them)."""
     history, timer = ValidationHistory(module.objective.metric), StepTimer()
     callbacks = [*instantiate_all(cfg.get("callbacks")), history, timer]
+    quantization = parse_quantization(cfg.backbone)
+    if quantization.quantized:  # refuse a training step no gradient can pass
+        callbacks.append(QuantizedGradientGuard(module.backbone, quantization.scheme))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.get("logger")),
                                      plugins=[AtomicCheckpointIO()])  # a kill mid-save keeps the last whole ckpt
     for logger in trainer.loggers:  # the resolved config and parameter counts, in every logger
