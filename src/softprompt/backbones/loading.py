@@ -34,6 +34,7 @@ from softprompt.backbones.checkpointing import checkpoint_in_any_mode
 from softprompt.backbones.gguf_conversion import convert_gguf_to_hf
 from softprompt.backbones.quantization import (
     check_quantization,
+    check_quantized,
     keep_differentiable,
     loading_kwargs,
     parse_quantization,
@@ -222,6 +223,7 @@ def load_backbone(cfg: Mapping, cache_dir: Path) -> Backbone:
         with one_line_load_errors(key, source, "weights"):
             model = FAMILY_MODEL_CLASSES[family].from_pretrained(source, dtype=dtype, **kwargs,
                                                                  **loading_kwargs(quantization, dtype))
+    check_quantized(model, quantization)
     freeze(model)
     keep_differentiable(model)
     if cfg["gradient_checkpointing"]:

@@ -151,6 +151,24 @@ def reload_quantized(model: nn.Module, model_class: type, quantization: Quantiza
     return model_class.from_pretrained(folder, dtype=dtype, **loading_kwargs(quantization, dtype))
 
 
+def is_quantized(tensor: torch.Tensor) -> bool:
+    """A weight in a quantised format: bitsandbytes' int8/4-bit parameters, or a torchao tensor subclass."""
+    return type(tensor).__name__ in ("Int8Params", "Params4bit") or is_traceable_wrapper_subclass(tensor)
+
+
+def check_quantized(model: nn.Module, quantization: Quantization) -> None:
+    """Refuse, in one line, a backbone the library left unquantised: it quantises layers of some types only (torchao
+    torch.nn.Linear, so not GPT-2's Conv1D), and would otherwise run the full-precision model unsaid."""
+    if not quantization.quantized:
+        return
+    if any(is_quantized(p) for p in model.parameters()):
+        return
+    kinds = sorted({type(m).__name__ for m in model.modules() if "weight" in m._parameters} - {"Embedding"})
+    raise ConfigError(KEY, quantization.scheme, f"{quantization.library} quantised none of "
+                      f"{type(model).__name__}'s layers ({', '.join(kinds)}); on this model use "
+                      f"{', '.join(s for s in LIBRARIES if LIBRARIES[s] != quantization.library)} or none")
+
+
 def four_bit_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """bitsandbytes' 4-bit linear layers of `model`, by name."""
     for name, module in model.named_modules():
