@@ -58,3 +58,46 @@ def test_every_preset_trains_on_a_quantised_backbone_that_stays_bit_identical(ma
         optimizer.step()
     assert fingerprint(backbone.model) == before
     assert not any(name.startswith("backbone.") for name in module.trainable_state_names())
+
+
+def test_a_run_on_a_4bit_backbone_records_its_quantisation_and_saves_no_quantised_weight(
+        make_cfg, local_task_overrides, reloaded_prompt, local_task_files, caplog):
+    """Prefix tuning on NF4 (where PEFT's prefix tuning fails, #2035), through the whole run: Lightning's sanity
+    validation runs eval-mode forwards without grad before the first step, which bitsandbytes would repack for."""
+    import json
+
+    import softprompt
+    from softprompt.training.run import run
+
+    cfg = make_cfg(["backbone=tiny_random", "backbone.quantization=nf4", "method=prefix_tuning", "callbacks=default",
+                    *local_task_overrides, "trainer.max_steps=3", "trainer.val_check_interval=3",
+                    "trainer.num_sanity_val_steps=1"])
+    summary = run(cfg)
+    assert summary["steps"] == 3 and summary["backbone_fingerprint_start"] == summary["backbone_fingerprint_end"]
+    run_dir = Path(cfg.paths.output_dir)
+    spec = json.loads((run_dir / "prompt" / "softprompt.json").read_text())
+    assert spec["backbone"]["config"]["quantization"] == "nf4"
+    checkpoint = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    assert checkpoint and not any(key.startswith("backbone.") for key in checkpoint)
+    assert all(type(t) is torch.Tensor and t.dtype == torch.float32 for t in checkpoint.values())
+    predictor = reloaded_prompt(run_dir)  # on the prompt's own quantisation by default, as the run scored
+    assert predictor.quantization is None
+    assert predictor.module.backbone.model.layers[0].self_attn.q_proj.__class__.__name__ == "Linear4bit"
+    reviews = [json.loads(line)["review"] for line in Path(local_task_files["test"]).read_text().splitlines()][:3]
+    with caplog.at_level("WARNING", logger="softprompt"):
+        full = softprompt.load(run_dir / "prompt", quantization="none")
+    said = [r.getMessage() for r in caplog.records if "trained on backbone.quantization" in r.getMessage()]
+    assert said == ["this prompt was trained on backbone.quantization=nf4 and predicts on none: its outputs may "
+                    "differ from the run's (docs/scaling.md)"]
+    records = full.predict_records(reviews)
+    assert [r["quantization"] for r in records] == [{"trained": "nf4", "used": "none"}] * 3
+    assert all("quantization" not in r for r in predictor.predict_records(reviews))
+
+
+def test_fsdp_on_a_quantised_backbone_is_refused_in_one_line_with_exit_status_2(tmp_path, softprompt_train):
+    result = softprompt_train("backbone=tiny_random", "backbone.quantization=nf4", "trainer=fsdp_cpu",
+                              f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [
+        "softprompt: error: backbone.quantization='nf4' is invalid: FSDP cannot shard quantised weights (it flattens "
+        "each unit into one floating tensor); use DDP (trainer=ddp or ddp_cpu), or backbone.quantization=none"]
