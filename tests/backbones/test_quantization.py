@@ -9,11 +9,11 @@ import torch.nn.functional as F
 
 from softprompt.backbones.loading import fingerprint
 from softprompt.backbones.quantization import (
-    SCHEMES,
     check_quantization,
     undifferentiable_layers,
     weight_memory,
 )
+from softprompt.config.quantization import SCHEMES
 from softprompt.errors import ConfigError
 from softprompt.training.quantization_guard import QuantizedGradientGuard
 

@@ -25,8 +25,8 @@ from softprompt.artifacts.format import (
 from softprompt.backbones.cache import BACKBONES
 from softprompt.backbones.families import FAMILY_ADAPTERS
 from softprompt.backbones.loading import DTYPES, Backbone, fingerprint, fingerprint_algorithm, load_backbone
-from softprompt.backbones.quantization import parse_quantization
 from softprompt.config.precision import AUTO, MIXED_BACKBONE_DTYPES, resolve_auto
+from softprompt.config.quantization import parse_quantization
 from softprompt.data import PromptDataModule
 from softprompt.data.sampling import longest_first_shard
 from softprompt.data.task import MIXTURE, parse_task

@@ -37,11 +37,11 @@ from softprompt.backbones.quantization import (
     check_quantized,
     keep_differentiable,
     loading_kwargs,
-    parse_quantization,
     plain_tensors,
     reload_quantized,
 )
 from softprompt.backbones.tiny_random import build_tiny_random
+from softprompt.config.quantization import parse_quantization
 from softprompt.errors import ConfigError
 
 log = logging.getLogger("softprompt")

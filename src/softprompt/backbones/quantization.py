@@ -22,7 +22,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,58 +29,13 @@ from torch import nn
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from softprompt.config.precision import runs_on_cpu
+from softprompt.config.quantization import KEY, LIBRARIES, SCHEMES, Quantization, parse_quantization
 from softprompt.errors import ConfigError
 
 log = logging.getLogger("softprompt")
 
-NONE = "none"
-# scheme -> the library that runs it (its import name, as pip installs it)
-LIBRARIES = {"int8": "bitsandbytes", "nf4": "bitsandbytes", "fp4": "bitsandbytes", "int8_weight_only": "torchao"}
-SCHEMES = (NONE, *LIBRARIES)
 # torchao's int8 weight-only kernels: CPU and CUDA (bitsandbytes says for itself: `supported_torch_devices`).
 TORCHAO_DEVICES = frozenset({"cpu", "cuda"})
-KEY = "backbone.quantization"
-
-
-@dataclass(frozen=True)
-class Quantization:
-    """A backbone's quantisation scheme, checked."""
-
-    scheme: str = NONE
-
-    @property
-    def quantized(self) -> bool:
-        return self.scheme != NONE
-
-    @property
-    def library(self) -> str | None:
-        return LIBRARIES.get(self.scheme)
-
-    def transformers_config(self, compute_dtype: torch.dtype) -> Any:
-        """transformers' quantization config for `from_pretrained` (None for `none`); 4-bit layers compute in
-        `compute_dtype`, the backbone's dtype."""
-        from transformers import BitsAndBytesConfig, TorchAoConfig
-
-        if self.scheme == "int8":
-            return BitsAndBytesConfig(load_in_8bit=True)
-        if self.scheme in ("nf4", "fp4"):
-            return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=self.scheme,
-                                      bnb_4bit_compute_dtype=compute_dtype)
-        if self.scheme == "int8_weight_only":
-            from torchao.quantization import Int8WeightOnlyConfig
-
-            return TorchAoConfig(Int8WeightOnlyConfig())
-        return None
-
-
-def parse_quantization(backbone: Mapping[str, Any]) -> Quantization:
-    """`backbone.quantization` as a `Quantization`; unset (a config written before it existed) reads as none."""
-    value = backbone.get("quantization", NONE)
-    if value is None:
-        value = NONE
-    if not isinstance(value, str) or value not in SCHEMES:
-        raise ConfigError(KEY, value, f"allowed: {', '.join(SCHEMES)}")
-    return Quantization(value)
 
 
 def library_installed(name: str) -> bool:

@@ -14,7 +14,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from softprompt.backbones.quantization import KEY, undifferentiable_layers
+from softprompt.backbones.quantization import undifferentiable_layers
+from softprompt.config.quantization import KEY
 from softprompt.errors import ConfigError
 
 

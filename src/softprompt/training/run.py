@@ -15,8 +15,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from softprompt.artifacts.format import ARTIFACT_DIR, run_artifact_files
-from softprompt.backbones.quantization import parse_quantization
 from softprompt.config.mixture import expand_task_mixture
+from softprompt.config.quantization import parse_quantization
 from softprompt.data.datamodule import SplitLoaders
 from softprompt.data.sampling import evaluates_whole_splits
 from softprompt.methods.base import SoftPromptModule
