@@ -159,3 +159,15 @@ def test_quantisation_settings_that_cannot_run_are_refused_in_one_line(monkeypat
         "backbone.quantization='fp4' is invalid: needs bitsandbytes, which is not installed (pip install "
         "'softprompt[quant]'); allowed without it: none, int8_weight_only")
     assert check_quantization({"quantization": "int8_weight_only"}, "cpu").library == "torchao"
+
+
+def test_the_backbone_cache_keys_on_the_quantisation(tiny_backbone):
+    from pathlib import Path
+
+    from softprompt.backbones.cache import BackboneCache
+
+    cache, folder = BackboneCache(), Path("/nonexistent-cache-not-needed")
+    nf4 = cache.get(tiny_backbone.config(quantization="nf4"), folder, 2)
+    full = cache.get(tiny_backbone.config(quantization="none"), folder, 2)
+    assert (nf4.quantization, full.quantization) == ("nf4", "none")
+    assert cache.get(tiny_backbone.config(quantization="nf4"), folder, 2) is nf4 and cache.hits == 1
