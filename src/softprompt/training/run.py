@@ -44,8 +44,8 @@ def _fit_and_test(cfg: DictConfig, module: SoftPromptModule, datamodule: SplitLo
     history, timer = ValidationHistory(module.objective.metric), StepTimer()
     callbacks = [*instantiate_all(cfg.get("callbacks")), history, timer]
     quantization = parse_quantization(cfg.backbone)
-    if quantization.quantized:  # refuse a training step no gradient can pass
-        callbacks.append(QuantizedGradientGuard(module.backbone, quantization.scheme))
+    if quantization.quantized:  # refuse a training step no gradient can pass (checked before the timer starts)
+        callbacks.insert(0, QuantizedGradientGuard(module.backbone, quantization.scheme))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.get("logger")),
                                      plugins=[AtomicCheckpointIO()])  # a kill mid-save keeps the last whole ckpt
     for logger in trainer.loggers:  # the resolved config and parameter counts, in every logger
