@@ -1,4 +1,4 @@
-"""GPU check: the precision, memory and DDP paths of softprompt-train on one CUDA GPU.
+"""GPU check: the precision, memory, DDP and quantised-backbone paths of softprompt-train on one CUDA GPU.
 
     python scripts/gpu_check.py                        # every check on the offline default (smollm2_135m)
     python scripts/gpu_check.py --out logs/gpu_check   # also writes logs/gpu_check/gpu_check.json
@@ -33,8 +33,9 @@ from typing import Any
 STATS_FILE = "gpu_check_stats.json"
 COMMON = ["trainer.max_steps=10", "trainer.val_check_interval=10", "data.max_samples.validation=64",
           "data.max_samples.test=64", "logger=none"]
-# name -> (overrides, expected frozen-backbone dtype); the trainable tensors must be float32 in every check.
-CHECKS: dict[str, tuple[list[str], str]] = {
+# name -> (overrides, expected frozen-backbone dtype(s)); the trainable tensors must be float32 in every check.
+QUANTIZED = ["trainer=gpu", "trainer.precision=32-true"]
+CHECKS: dict[str, tuple[list[str], str | list[str]]] = {
     "fp32_baseline": (["trainer=gpu", "trainer.precision=32-true"], "float32"),
     "auto_precision": (["trainer=gpu"], "bfloat16"),  # the default: bf16 on a GPU that has it
     "ddp": (["trainer=ddp", "trainer.devices=1", "trainer.precision=32-true"], "float32"),
@@ -47,6 +48,14 @@ CHECKS: dict[str, tuple[list[str], str]] = {
     "backbone_bf16": (["trainer=gpu", "trainer.precision=32-true", "backbone.dtype=bfloat16"], "bfloat16"),
     # FSDP keeps the fp32 backbone at load (it shards it; one dtype per unit) and computes in bf16.
     "fsdp_bf16_mixed": (["trainer=fsdp", "trainer.devices=1", "trainer.precision=bf16-mixed"], "float32"),
+    # Quantised backbones (docs/scaling.md): bitsandbytes' packed 4-bit (uint8) and int8 weights beside the float32
+    # embeddings and norms; torchao's int8 weights report their float32 dtype.
+    "nf4_prompt_tuning": ([*QUANTIZED, "backbone.quantization=nf4", "method=prompt_tuning"], ["float32", "uint8"]),
+    "nf4_prefix_tuning": ([*QUANTIZED, "backbone.quantization=nf4", "method=prefix_tuning"], ["float32", "uint8"]),
+    "int8_prompt_tuning": ([*QUANTIZED, "backbone.quantization=int8", "method=prompt_tuning"], ["float32", "int8"]),
+    "int8_prefix_tuning": ([*QUANTIZED, "backbone.quantization=int8", "method=prefix_tuning"], ["float32", "int8"]),
+    "int8_weight_only_prompt_tuning": ([*QUANTIZED, "backbone.quantization=int8_weight_only",
+                                        "method=prompt_tuning"], "float32"),
 }
 
 
@@ -114,7 +123,8 @@ def _finite(metrics: dict[str, Any]) -> bool:
     return all(isinstance(v, int | float) and math.isfinite(v) for v in metrics.values())
 
 
-def run_check(name: str, overrides: list[str], expected_backbone: str, run_dir: Path, timeout: int) -> CheckResult:
+def run_check(name: str, overrides: list[str], expected_backbone: str | list[str], run_dir: Path,
+              timeout: int) -> CheckResult:
     stats_path = run_dir / STATS_FILE
     command = [sys.executable, "-m", "softprompt.cli.train", *overrides, f"hydra.run.dir={run_dir}",
                f"+callbacks.gpu_check={{_target_: gpu_check.stats_callback, path: '{stats_path}'}}"]
@@ -147,7 +157,8 @@ def run_check(name: str, overrides: list[str], expected_backbone: str, run_dir: 
             result.steps_per_second = round(1 / statistics.median(warm), 2)
         if result.stats["peak_cuda_bytes"] is not None:
             result.peak_cuda_mib = round(result.stats["peak_cuda_bytes"] / 2**20, 1)
-        if result.stats["backbone_dtypes"] != [expected_backbone]:
+        expected = expected_backbone if isinstance(expected_backbone, list) else [expected_backbone]
+        if result.stats["backbone_dtypes"] != expected:
             result.problems.append(f"backbone dtypes {result.stats['backbone_dtypes']}, expected {expected_backbone}")
         if result.stats["trainable_dtypes"] not in ([], ["float32"]):
             result.problems.append(f"trainable dtypes {result.stats['trainable_dtypes']}, expected float32")

@@ -64,3 +64,23 @@ def test_by_default_every_preset_that_trains_is_benchmarked():
     presets = sorted(path.stem for path in (Path(config_dir()) / "method").glob("*.yaml"))
     assert {"prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2"} <= set(presets)
     assert trainable_presets() == [name for name in presets if name != "hard_prompt"]  # the one that trains nothing
+
+
+def test_smoke_quantisation_is_a_dimension_with_peft_on_the_same_quantised_backbone(tmp_path, local_task_overrides):
+    pytest.importorskip("bitsandbytes")
+    status = main(["backbone=tiny_random", "methods=prompt_tuning", "data=synthetic", "steps=1", "warmup=0",
+                   "seq_len=12", "num_virtual_tokens=3", "batch_size=4", "full_ft=false", "quantization=none,nf4",
+                   f"out={tmp_path / 'bench'}", "--", *local_task_overrides])
+    assert status == 0
+    report = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    rows = {(r["quantization"], r["runner"]): r for r in report["rows"]}
+    assert set(rows) == {(q, runner) for q in ("none", "nf4") for runner in RUNNERS}
+    for runner in RUNNERS:  # quantised rows against the same runner unquantised; the frozen forward is the floor
+        assert rows[("nf4", runner)]["vs_full_precision"] == pytest.approx(
+            rows[("nf4", runner)]["median_s"] / rows[("none", runner)]["median_s"], abs=2e-3)
+        assert rows[("none", runner)]["vs_full_precision"] is None
+    weights = {w["quantization"]: w for w in report["weights"]}
+    assert weights["nf4"]["linear_mib"] < 0.35 * weights["none"]["linear_mib"]
+    assert weights["nf4"]["embeddings_mib"] == weights["none"]["embeddings_mib"] > 0
+    assert report["args"]["quantizations"] == "none,nf4"
+    assert "| nf4 |" in (tmp_path / "bench" / "bench.md").read_text()

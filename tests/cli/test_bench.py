@@ -54,11 +54,11 @@ def test_keys_and_train_overrides_reach_the_benchmark(settings_seen):
     (["warmup=-1"], "warmup='-1' is invalid: must be an integer >= 0"),
     (["device=tpu"], "device='tpu' is invalid: allowed: cpu, gpu"),
     (["--steps", "2"], "expected key=value, got '--steps' (keys: backbone, methods, data, batch_size, seq_len, "
-                       "num_virtual_tokens, steps, warmup, device, full_ft, precision, out)"),
+                       "num_virtual_tokens, steps, warmup, device, full_ft, precision, quantization, out)"),
     (["--no-full-ft"], "expected key=value, got '--no-full-ft' (keys: backbone, methods, data, batch_size, "
-                       "seq_len, num_virtual_tokens, steps, warmup, device, full_ft, precision, out)"),
+                       "seq_len, num_virtual_tokens, steps, warmup, device, full_ft, precision, quantization, out)"),
     (["task.max_length=64"], "unknown key 'task.max_length'; allowed: backbone, methods, data, batch_size, seq_len, "
-                             "num_virtual_tokens, steps, warmup, device, full_ft, precision, out"),
+                             "num_virtual_tokens, steps, warmup, device, full_ft, precision, quantization, out"),
 ])
 def test_bad_arguments_fail_in_one_line(argv, message, settings_seen, capsys):
     with pytest.raises(SystemExit) as exit_info:

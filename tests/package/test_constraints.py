@@ -1,5 +1,5 @@
-"""constraints.txt, which the README's setup (and so CI) installs with, pins every requirement of softprompt[dev]
-to a version its range in pyproject.toml allows."""
+"""constraints.txt, which the README's setup (and so CI) installs with, pins every requirement of softprompt and
+its extras (dev, peft, quant) to a version its range in pyproject.toml allows."""
 
 import re
 import tomllib
@@ -17,9 +17,9 @@ def _canonical(name: str) -> str:
 
 def test_constraints_pin_every_requirement_within_its_range():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
     requirements = [Requirement(line) for line in [*project["dependencies"],
-                                                   *project["optional-dependencies"]["dev"],
-                                                   *project["optional-dependencies"]["peft"]]]
+                                                   *(line for group in extras.values() for line in group)]]
     pins = {}
     for line in (ROOT / "constraints.txt").read_text().splitlines():
         if line and not line.startswith("#"):

@@ -26,6 +26,7 @@ from softprompt.backbones.cache import BACKBONES
 from softprompt.backbones.families import FAMILY_ADAPTERS
 from softprompt.backbones.loading import DTYPES, Backbone, fingerprint, fingerprint_algorithm, load_backbone
 from softprompt.config.precision import AUTO, MIXED_BACKBONE_DTYPES, resolve_auto
+from softprompt.config.quantization import parse_quantization
 from softprompt.data import PromptDataModule
 from softprompt.data.sampling import longest_first_shard
 from softprompt.data.settings import CVSettings, DataSettings, Rendering
@@ -67,13 +68,23 @@ def verified_backbone(spec: Mapping[str, Any], config: Mapping[str, Any], cache_
     be checked on the rounded weights: the float32 weights are loaded once more, uncached, for the check."""
     trained = dict(spec["backbone"]["config"])
     rounded = config["dtype"] != trained["dtype"] and DTYPES[str(config["dtype"])] != torch.float32
-    reference = load_backbone(trained, cache_dir) if rounded else None
+    # On another quantisation the weights differ by design: the prompt's own (quantised) ones are checked.
+    requantized = quantization_change(spec, config) is not None
+    reference = load_backbone(trained, cache_dir) if rounded or requantized else None
     backbone = BACKBONES.get(config, cache_dir, 1)
     if backbone.family != spec["backbone"]["family"]:
         raise ArtifactError(f"backbone {backbone.name} loads as a {backbone.family} model; the artifact was trained "
                             f"on a {spec['backbone']['family']} one")
     check_fingerprint(spec, reference or backbone, force)
     return backbone
+
+
+def quantization_change(spec: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, str] | None:
+    """{"trained": scheme, "used": scheme} where `config` predicts on another `backbone.quantization` than the
+    prompt was trained on (artifacts written before the setting existed were trained on none); else None."""
+    trained = parse_quantization(spec["backbone"]["config"]).scheme
+    used = parse_quantization(config).scheme
+    return None if trained == used else {"trained": trained, "used": used}
 
 
 def plain_method_config(method: Mapping[str, Any]) -> dict[str, Any]:
@@ -138,22 +149,33 @@ def chosen_task(spec: Mapping[str, Any], task: str | None) -> tuple[str | None, 
 
 
 def load(path: str | Path, force: bool = False, cache_dir: str | Path | None = None,
-         device: str | torch.device = "cpu", task: str | None = None) -> Predictor:
+         device: str | torch.device = "cpu", task: str | None = None, quantization: str | None = None) -> Predictor:
     """A Predictor from an artifact folder (a run's `prompt/`, or the run dir itself).
 
     The backbone is rebuilt from the artifact's backbone config (offline assets from `cache_dir`, default
     `$SOFTPROMPT_CACHE` or ~/.cache/softprompt) and must have the fingerprint the prompt was trained on;
     `force=True` loads it anyway, with a warning. A prompt trained on a task mixture predicts for one of its
-    tasks: `task=NAME`.
+    tasks: `task=NAME`. `quantization` (a `backbone.quantization` scheme) predicts on another quantisation of the
+    backbone than the one the prompt was trained on (the default): said in one line, and recorded in every
+    prediction record (`Predictor.quantization`).
     """
     directory = artifact_dir(path)
     spec = read_spec(directory)
     chosen_task(spec, task)  # before the backbone loads
     tensors = read_tensors(directory, spec)
     cache = Path(cache_dir or default_cache_dir()).expanduser()
-    backbone = verified_backbone(spec, load_config(spec, torch.device(device)), cache, force)
+    config = load_config(spec, torch.device(device))
+    if quantization is not None:
+        config["quantization"] = parse_quantization({"quantization": quantization}).scheme
+    change = quantization_change(spec, config)
+    if change:
+        log.warning("this prompt was trained on backbone.quantization=%s and predicts on %s: its outputs may differ "
+                    "from the run's (docs/scaling.md)", change["trained"], change["used"])
+    backbone = verified_backbone(spec, config, cache, force)
     module = build_folded_module(spec, backbone, tensors, directory / TENSORS_FILE).to(device)
-    return Predictor(module, input_datamodule(spec, backbone, cache, task), spec, directory, task=task)
+    predictor = Predictor(module, input_datamodule(spec, backbone, cache, task), spec, directory, task=task)
+    predictor.quantization = change
+    return predictor
 
 
 def load_config(spec: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
@@ -222,6 +244,8 @@ class Predictor:
         self.labels = self.task.label_names
         self.text_fields = list(self.task.text_fields)
         self.batch_size = int(batch_size or spec["inputs"].get("batch_size") or DEFAULT_BATCH_SIZE)
+        # {"trained", "used"} schemes where the backbone's quantisation is not the prompt's (`load(quantization=)`)
+        self.quantization: dict[str, str] | None = None
 
     @property
     def method(self) -> str:
@@ -309,12 +333,17 @@ class Predictor:
         return [self.labels[_argmax(p)] for p in self.probabilities(texts)]
 
     def predict_records(self, texts: Sequence[str | Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """One record per input: `row_index`, `prediction`, and `probabilities` {label: p} for classification."""
+        """One record per input: `row_index`, `prediction`, and `probabilities` {label: p} for classification; on a
+        backbone quantised otherwise than the prompt was trained on, `quantization` {"trained", "used"} too."""
         if self.generation:
-            return [{"row_index": i, "prediction": text} for i, text in enumerate(self.predict(texts))]
-        return [{"row_index": i, "prediction": self.labels[_argmax(p)],
-                 "probabilities": dict(zip(self.labels, p, strict=True))}
-                for i, p in enumerate(self.probabilities(texts))]
+            records = [{"row_index": i, "prediction": text} for i, text in enumerate(self.predict(texts))]
+        else:
+            records = [{"row_index": i, "prediction": self.labels[_argmax(p)],
+                        "probabilities": dict(zip(self.labels, p, strict=True))}
+                       for i, p in enumerate(self.probabilities(texts))]
+        if self.quantization:
+            records = [{**record, "quantization": dict(self.quantization)} for record in records]
+        return records
 
 
 def _argmax(values: Sequence[float]) -> int:

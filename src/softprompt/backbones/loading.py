@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import tempfile
 from collections.abc import Iterator, Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,16 @@ from softprompt.backbones.attention_prefix import ATTENTION_BACKENDS, Unreachabl
 from softprompt.backbones.checkpointing import checkpoint_in_any_mode
 from softprompt.backbones.families import Family
 from softprompt.backbones.gguf_conversion import convert_gguf_to_hf
+from softprompt.backbones.quantization import (
+    check_quantization,
+    check_quantized,
+    keep_differentiable,
+    loading_kwargs,
+    plain_tensors,
+    reload_quantized,
+)
 from softprompt.backbones.tiny_random import build_tiny_random
+from softprompt.config.quantization import parse_quantization
 from softprompt.errors import ConfigError
 
 log = logging.getLogger("softprompt")
@@ -53,6 +63,7 @@ class Backbone:
     source: str
     revision: str | None
     family: Family
+    quantization: str = "none"  # backbone.quantization it loaded with
 
     @property
     def hidden_size(self) -> int:
@@ -183,6 +194,8 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, key: str, source: str) 
 def load_backbone(cfg: Mapping, cache_dir: Path) -> Backbone:
     """Load, freeze and put the backbone in eval mode (dropout off)."""
     dtype = torch_dtype(str(cfg["dtype"]))
+    # Refused (library missing, device it cannot run on) before anything loads.
+    quantization = check_quantization(cfg, "cuda" if torch.cuda.is_available() else "cpu")
     source = resolve_source(cfg, cache_dir)
     revision = cfg.get("revision")
     requested = str(cfg.get("family", "auto"))
@@ -193,6 +206,9 @@ def load_backbone(cfg: Mapping, cache_dir: Path) -> Backbone:
         family = detect_family(config, requested)
         model, tokenizer = build_tiny_random(init["config"], int(init["seed"]), dtype, FAMILY_MODEL_CLASSES[family],
                                              with_mask_token=family == Family.MASKED_LM)
+        if quantization.quantized:  # quantised through from_pretrained, as every other backbone
+            with tempfile.TemporaryDirectory(prefix="softprompt-random-") as folder:
+                model = reload_quantized(model, FAMILY_MODEL_CLASSES[family], quantization, dtype, folder)
         source = f"random:{cfg['name']}:seed{init['seed']}"
     else:
         kwargs = {"revision": revision, "trust_remote_code": bool(cfg.get("trust_remote_code", False))}
@@ -206,15 +222,18 @@ def load_backbone(cfg: Mapping, cache_dir: Path) -> Backbone:
     ensure_pad_token(tokenizer, key, source)  # before the weights load: a tokenizer we cannot pad with is refused
     if model is None:
         with one_line_load_errors(key, source, "weights"):
-            model = FAMILY_MODEL_CLASSES[family].from_pretrained(source, dtype=dtype, **kwargs)
+            model = FAMILY_MODEL_CLASSES[family].from_pretrained(source, dtype=dtype, **kwargs,
+                                                                 **loading_kwargs(quantization, dtype))
+    check_quantized(model, quantization)
     freeze(model)
+    keep_differentiable(model)
     if cfg["gradient_checkpointing"]:
         enable_gradient_checkpointing(model)
     try:
         configure_attention(model, str(cfg["attention"]))
     except UnreachableAttentionError as error:  # input-level methods still work; prefix methods refuse it
         log.warning("backbone %s keeps its own attention implementation: %s", cfg["name"], error)
-    return Backbone(model, tokenizer, str(cfg["name"]), source, revision, family)
+    return Backbone(model, tokenizer, str(cfg["name"]), source, revision, family, quantization.scheme)
 
 
 def freeze(model: nn.Module) -> None:
@@ -286,13 +305,16 @@ def fingerprint_state(state: Mapping[str, torch.Tensor], skip: Set[str] = frozen
     for name, tensor in sorted(state.items()):
         if name in skip:
             continue
-        data = tensor.detach()
-        if as_dtype is not None and data.is_floating_point():
-            data = data.to(as_dtype)  # rounds as loading in that dtype does
-        data = data.cpu().contiguous()
-        digest.update(name.encode())
-        digest.update(str(data.dtype).encode())
-        digest.update(data.view(torch.uint8).numpy() if data.numel() else b"")
+        # A quantised weight that wraps other tensors (torchao) is hashed as those, with its layout.
+        for part, data, layout in plain_tensors(name, tensor.detach()):
+            if as_dtype is not None and data.is_floating_point() and not layout:
+                data = data.to(as_dtype)  # rounds as loading in that dtype does
+            data = data.cpu().contiguous()
+            digest.update(part.encode())
+            if layout:
+                digest.update(layout.encode())
+            digest.update(str(data.dtype).encode())
+            digest.update(data.view(torch.uint8).numpy() if data.numel() else b"")
     return f"{XXH3}:{digest.hexdigest()}" if algorithm == XXH3 else digest.hexdigest()
 
 
@@ -319,5 +341,6 @@ def check_backbone(backbone: Mapping) -> None:
         raise ConfigError("backbone.family", backbone.get("family"), f"allowed: {', '.join(FAMILIES)}")
     if not (backbone.get("name_or_path") or backbone.get("asset") or backbone.get("random_init")):
         raise ConfigError("backbone.name_or_path", None, "set a hub id or local path")
+    parse_quantization(backbone)
     if backbone.get("name_or_path"):
         check_model_source(str(backbone["name_or_path"]))

@@ -2,12 +2,13 @@
 and full fine-tuning, on the same backbone, batches and data.
 
     softprompt-bench [backbone=smollm2_135m] [methods=a,b] [data=synthetic,real] [batch_size=16] [seq_len=64]
-        [num_virtual_tokens=20] [steps=5] [warmup=1] [device=cpu|gpu] [full_ft=true] [out=DIR]
-        [-- TRAIN OVERRIDES...]
+        [num_virtual_tokens=20] [steps=5] [warmup=1] [device=cpu|gpu] [full_ft=true] [quantization=none,nf4]
+        [out=DIR] [-- TRAIN OVERRIDES...]
 
     softprompt-bench                                   # every method on the offline default, CPU
     softprompt-bench methods=prompt_tuning data=real steps=9 out=logs/bench
     softprompt-bench backbone=tiny_random steps=2 warmup=1 -- task.max_length=64   # smoke
+    softprompt-bench methods=prompt_tuning,prefix_tuning quantization=none,int8,nf4,int8_weight_only
 
 Arguments after `--` are softprompt-train overrides for every job. Prints a markdown table; with `out`
 also writes DIR/bench.json and DIR/bench.md. What is measured, and how: softprompt.analysis.benchmark.
@@ -26,6 +27,7 @@ from softprompt.analysis.benchmark import (  # light: torch imports when a run s
     write_benchmark,
 )
 from softprompt.cli.args import Key, Tool, boolean, choice, comma_list, integer, path, positive_int, text
+from softprompt.config.quantization import SCHEMES
 from softprompt.errors import SoftPromptError
 
 TOOL = Tool("softprompt-bench", {
@@ -42,6 +44,8 @@ TOOL = Tool("softprompt-bench", {
     "full_ft": Key("false skips full fine-tuning", boolean, default=True),
     "precision": Key("the frozen backbone's dtype for every runner: fp32, bf16, or auto (what training picks on "
                      "this machine)", choice(*PRECISION_OVERRIDES), default="auto"),
+    "quantization": Key("comma-separated backbone.quantization schemes, each benchmarked in turn (PEFT on the same "
+                        "quantised backbone)", comma_list(*SCHEMES), default="none"),
     "out": Key("write DIR/bench.json and DIR/bench.md", path),
 }, takes_overrides=True)
 
@@ -59,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         batch_size=args["batch_size"], seq_len=args["seq_len"],
                         num_virtual_tokens=args["num_virtual_tokens"], steps=args["steps"], warmup=args["warmup"],
                         device=args["device"], full_ft=args["full_ft"], precision=args["precision"],
-                        overrides=args.overrides)
+                        overrides=args.overrides, quantizations=tuple(_listed(args["quantization"])))
     try:
         bench = run_benchmark(settings)
     except SoftPromptError as error:

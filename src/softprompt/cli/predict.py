@@ -2,6 +2,7 @@
 
     softprompt-predict prompt=PATH input=FILE.jsonl output=PREDS.jsonl [force=true] [batch_size=N] [cache_dir=DIR]
                        [task=NAME]   (a prompt trained on a task mixture: which task)
+                       [quantization=SCHEME]   (another backbone.quantization than the prompt's)
 
 Each input line is a JSON object with the task's text field(s) (by field name, dataset column, or `text`) or a
 JSON string; a text value must be a string (null, numbers and lists are refused). The file is UTF-8, a
@@ -26,6 +27,8 @@ TOOL = Tool("softprompt-predict", {
     "batch_size": Key("inputs per forward pass (default the run's data.eval_batch_size)", positive_int),
     "cache_dir": CACHE_DIR,
     "task": TASK,
+    "quantization": Key("the backbone.quantization to predict on (default the one the prompt was trained on; "
+                        "another is said in one line and recorded in each output line)"),
 })
 
 
@@ -67,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     file = args["input"]
     try:
-        predictor = load(args["prompt"], force=args["force"], cache_dir=args["cache_dir"], task=args["task"])
+        predictor = load(args["prompt"], force=args["force"], cache_dir=args["cache_dir"], task=args["task"],
+                         quantization=args["quantization"])
         if args["batch_size"]:
             predictor.batch_size = args["batch_size"]
         for number, row in numbered:  # every input checked before the first prediction

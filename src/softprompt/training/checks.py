@@ -14,7 +14,8 @@ from transformers.trainer_utils import SchedulerType
 
 from softprompt.artifacts.ensemble import VOTES
 from softprompt.backbones.loading import check_backbone
-from softprompt.config.precision import check_hardware, check_precision
+from softprompt.backbones.quantization import check_quantization, training_device
+from softprompt.config.precision import check_hardware, check_precision, uses_fsdp
 from softprompt.data.checks import check_cv, check_data
 from softprompt.data.task import MixtureTask, TaskConfig, task_members
 from softprompt.errors import ConfigError
@@ -51,6 +52,7 @@ def check_config(cfg: Mapping) -> tuple[type[SoftPromptModule], MethodConfig, Ta
     check_backbone(cfg["backbone"])
     check_hardware(cfg["trainer"])
     check_precision(cfg["trainer"], cfg["backbone"])
+    check_quantization(cfg["backbone"], training_device(cfg["trainer"]), uses_fsdp(cfg["trainer"]))
     cls = method_class(cfg["method"])
     method = check_method(cfg["method"])
     check_transfer(cfg)

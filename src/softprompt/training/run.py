@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from softprompt.artifacts.format import ARTIFACT_DIR, run_artifact_files
 from softprompt.artifacts.summary import RunSummary, load_summary
+from softprompt.config.quantization import parse_quantization
 from softprompt.data.datamodule import SplitLoaders
 from softprompt.data.sampling import evaluates_whole_splits
 from softprompt.methods.base import SoftPromptModule
@@ -25,6 +26,7 @@ from softprompt.training.interrupts import Interrupted, lightning_call
 from softprompt.training.job import build_job
 from softprompt.training.job_config import JobConfig, parse_and_transfer
 from softprompt.training.loggers import finish_wandb, instantiate_all, prepare_wandb_env
+from softprompt.training.quantization_guard import QuantizedGradientGuard
 from softprompt.training.results import METRICS_FILE, stage_metrics, write_run_results
 from softprompt.training.timing import StepTimer
 
@@ -41,6 +43,9 @@ def _fit_and_test(job: JobConfig, module: SoftPromptModule, datamodule: SplitLoa
     history, timer = ValidationHistory(module.objective.metric), StepTimer()
     plain = job.plain  # the trainer node with its resolved precision; the composed config is only read
     callbacks = [*instantiate_all(plain.get("callbacks")), history, timer, RandomState()]
+    quantization = parse_quantization(plain["backbone"])
+    if quantization.quantized:  # refuse a training step no gradient can pass (checked before the timer starts)
+        callbacks.insert(0, QuantizedGradientGuard(module.backbone, quantization.scheme))
     trainer: L.Trainer = instantiate(plain["trainer"], callbacks=callbacks, logger=instantiate_all(plain.get("logger")),
                                      plugins=[AtomicCheckpointIO()])  # a kill mid-save keeps the last whole ckpt
     for logger in trainer.loggers:  # the resolved config and parameter counts, in every logger

@@ -57,6 +57,9 @@ class Row:
     vs_peft_same_kernels: float | None = None  # against PEFT on our attention kernels, where they differ
     vs_frozen_forward: float | None = None
     seconds: list[float] = field(default_factory=list)
+    quantization: str = "none"  # the backbone's (backbone.quantization)
+    vs_full_precision: float | None = None  # step time against the same runner on the unquantised backbone
+    peak_vs_full_precision: float | None = None  # step peak, likewise
 
 
 class MemoryProbe:
@@ -75,6 +78,15 @@ class MemoryProbe:
     def _rss(self) -> int:
         with open("/proc/self/statm") as statm:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def resident_mib(self) -> float:
+        """Memory held now: the process's resident set (freed memory returned to the OS first), or CUDA's
+        allocated memory."""
+        if self.cuda:
+            return self.torch.cuda.memory_allocated() / 2**20
+        if self._libc is not None:
+            self._libc.malloc_trim(0)
+        return self._rss() / 2**20
 
     @contextlib.contextmanager
     def measure(self) -> Iterator[list[float]]:
