@@ -47,8 +47,6 @@ METHODS = list(MODULES)
 # The folded form of each (what an artifact builds): the residual network computed away, the rest as trained.
 FOLDED = {"residual_prompt_tuning": {"residual": False}}
 RESIDUAL_MODULE = "residual_prompt_tuning.py"
-OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 0.01, "weight_decay": 0.0,
-             "scheduler": {"name": "constant", "warmup_steps": 0}}
 
 
 def words_for(backbone) -> list[list[str]]:
@@ -56,18 +54,19 @@ def words_for(backbone) -> list[list[str]]:
 
 
 @pytest.fixture(scope="module")
-def build(init_context, classification_objective):
+def build(init_context, classification_objective, method_config):
     """`build(method, backbone, seed=0, **changes)`: the method module on `backbone` with N virtual tokens."""
 
     def make(method: str, backbone, seed: int = 0, init: str = "random_uniform", objective=None, **changes):
         cls, settings = MODULES[method]
         words = words_for(backbone)
         torch.manual_seed(seed)
-        return cls(num_virtual_tokens=N, init=init,
-                   init_context=init_context(backbone, label_token_ids(words, backbone.tokenizer), seed=seed),
-                   backbone=backbone, objective=objective or classification_objective(backbone, words),
-                   optimizer=OPTIMIZER, name=method.removesuffix("_plain"), dropout=False,
-                   **{**settings, **changes})
+        if settings.get("generator") == "npg":
+            init = "random_uniform"  # the generator starts from PyTorch's Linear init, whatever the prompt inits
+        config = method_config(method.removesuffix("_plain"), num_virtual_tokens=N, init=init,
+                               **{**settings, **changes})
+        return cls(config, init_context=init_context(backbone, label_token_ids(words, backbone.tokenizer), seed=seed),
+                   backbone=backbone, objective=objective or classification_objective(backbone, words), dropout=False)
 
     return make
 

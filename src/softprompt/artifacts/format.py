@@ -34,7 +34,7 @@ from softprompt.data.datamodule import tokenizer_identity
 from softprompt.data.task import MIXTURE, parse_task
 from softprompt.errors import SoftPromptError
 from softprompt.methods import method_config
-from softprompt.methods.base import SoftPromptModule
+from softprompt.methods.base import SoftPromptMethod
 from softprompt.methods.layout import prompt_template
 
 FORMAT = "softprompt-artifact"
@@ -52,7 +52,7 @@ class ArtifactError(SoftPromptError):
 
 
 # -- saving ------------------------------------------------------------------------------------------
-def folded_tensors(module: SoftPromptModule) -> dict[str, torch.Tensor]:
+def folded_tensors(module: SoftPromptMethod) -> dict[str, torch.Tensor]:
     """The module's folded tensors as contiguous CPU tensors, computed in eval mode (no encoder dropout)."""
     was_training = module.training
     module.eval()
@@ -71,7 +71,7 @@ def without_sources(task: Mapping[str, Any]) -> dict[str, Any]:
     return {**task, "source": {}, "splits": {}}
 
 
-def artifact_spec(module: SoftPromptModule, job: Mapping[str, Any], summary: Mapping[str, Any], backbone: Backbone,
+def artifact_spec(module: SoftPromptMethod, job: Mapping[str, Any], summary: Mapping[str, Any], backbone: Backbone,
                   demonstration_ids: Sequence[int], tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """softprompt.json: everything but the tensors. `job` is the resolved run config, `summary` metrics.json."""
     method, task, trainer = job["method"], job["task"], job["trainer"]
@@ -109,7 +109,7 @@ def artifact_spec(module: SoftPromptModule, job: Mapping[str, Any], summary: Map
     }
 
 
-def run_artifact_files(module: SoftPromptModule, job: Mapping[str, Any], summary: Mapping[str, Any],
+def run_artifact_files(module: SoftPromptMethod, job: Mapping[str, Any], summary: Mapping[str, Any],
                        backbone: Backbone, demonstration_ids: Sequence[int] = ()) -> dict[str, bytes]:
     """A run's artifact (its folded tensors and spec) as {file name: bytes}, which the run commits together with its
     other results (training.results.write_run_results)."""

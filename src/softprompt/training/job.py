@@ -23,12 +23,13 @@ from softprompt.data.sources import read_splits
 from softprompt.data.task import MixtureTask, parse_task, task_members
 from softprompt.errors import ConfigError
 from softprompt.methods import build_method, method_class, method_config
-from softprompt.methods.base import SoftPromptModule
+from softprompt.methods.base import Injection
 from softprompt.methods.config import PromptConfig
 from softprompt.methods.init import InitContext
 from softprompt.methods.layout import prompt_template
 from softprompt.objectives import build_objective
 from softprompt.training.artifact_init import artifact_init_state
+from softprompt.training.module import TrainingModule, training_module
 
 log = logging.getLogger("softprompt")
 
@@ -73,7 +74,7 @@ class Job:
 
     backbone: Backbone
     datamodule: SplitLoaders
-    module: SoftPromptModule
+    module: TrainingModule
 
 
 def build_job(plain: dict[str, Any], cache_dir: Path) -> Job:
@@ -88,7 +89,7 @@ def build_job(plain: dict[str, Any], cache_dir: Path) -> Job:
     # Seeded after loading, so a job draws the same numbers whether its backbone was loaded or reused. Quietly:
     # Lightning says so on stderr, where a refusal must stay the one line (the seed is in metrics.json).
     L.seed_everything(seed, workers=True, verbose=False)
-    if method_class(plain["method"]).injection == "attention":
+    if method_class(plain["method"]).injection == Injection.ATTENTION:
         enable_prefix_injection(backbone.model)  # an architecture a prefix cannot reach fails before tokenising
     adapter = FAMILY_ADAPTERS[backbone.family]
     if plain["data"]["padding_side"] == "left" and not adapter.supports_left_padding:
@@ -106,8 +107,8 @@ def build_job(plain: dict[str, Any], cache_dir: Path) -> Job:
     objective = build_objective(task, adapter, backbone.tokenizer, backbone.hidden_size)  # before tokenising
     token_ids = getattr(objective, "label_token_ids", [])  # generation tasks have no label words
     datamodule.setup()
-    module = build_method(plain["method"], backbone=backbone, objective=objective, optimizer=plain["optimizer"],
-                          dropout=bool(plain["backbone"]["dropout"]),
-                          init_context=lambda: build_init_context(method, seed, backbone, datamodule, token_ids),
-                          initial_state=artifact_init_state(plain["method"], backbone.model))
+    trained = build_method(method, backbone=backbone, objective=objective, dropout=bool(plain["backbone"]["dropout"]),
+                           init_context=lambda: build_init_context(method, seed, backbone, datamodule, token_ids),
+                           initial_state=artifact_init_state(plain["method"], backbone.model))
+    module = training_module(trained, plain["optimizer"])
     return Job(backbone, datamodule, module)
