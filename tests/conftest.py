@@ -27,10 +27,12 @@ if TYPE_CHECKING:  # the heavy imports happen where they are used: the xdist con
     from omegaconf import DictConfig
 
     from softprompt.backbones import Backbone
+    from softprompt.methods.base import SoftPromptMethod
+    from softprompt.methods.config import MethodConfig
     from softprompt.methods.hard_prompt import HardPrompt
     from softprompt.methods.init import InitContext
-    from softprompt.methods.input_level import InputLevelPrompt
     from softprompt.objectives import ClassificationObjective, GenerationObjective, Objective
+    from softprompt.training.module import TrainingModule
 
 # `trainer.precision=auto` takes a CPU with avx512_bf16 to run bfloat16; the suite's numbers (and its subprocess runs)
 # must not depend on the machine, so every test sees a CPU that emulates it unless it pretends otherwise.
@@ -365,19 +367,32 @@ OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 0.01, "weight_decay": 0.0,
              "scheduler": {"name": "constant", "warmup_steps": 0}}
 INPUT_SETTINGS = {"encoder_hidden": None, "encoder_dropout": 0.0, "match_embedding_std": False}
 PREFIX_SETTINGS = {"reparam_hidden": 16, "zero_init": False}
-METHOD_SETTINGS = {  # the method presets' own settings, small sizes for tiny backbones; level: the method class
-    "prompt_tuning": {"level": "input", **INPUT_SETTINGS, "encoder": "none"},
-    "p_tuning_lstm": {"level": "input", **INPUT_SETTINGS, "encoder": "lstm", "encoder_hidden": 12},
-    "p_tuning_mlp": {"level": "input", **INPUT_SETTINGS, "encoder": "mlp", "encoder_hidden": 12},
-    "prefix_tuning": {"level": "attention", **PREFIX_SETTINGS, "reparam": "mlp"},
-    "p_tuning_v2": {"level": "attention", **PREFIX_SETTINGS, "reparam": "none"},
+METHOD_SETTINGS = {  # the method presets' own settings, small sizes for tiny backbones; preset: the method's yaml
+    "prompt_tuning": {"preset": "prompt_tuning", **INPUT_SETTINGS, "encoder": "none"},
+    "p_tuning_lstm": {"preset": "p_tuning", **INPUT_SETTINGS, "encoder": "lstm", "encoder_hidden": 12},
+    "p_tuning_mlp": {"preset": "p_tuning", **INPUT_SETTINGS, "encoder": "mlp", "encoder_hidden": 12},
+    "prefix_tuning": {"preset": "prefix_tuning", **PREFIX_SETTINGS, "reparam": "mlp"},
+    "p_tuning_v2": {"preset": "p_tuning_v2", **PREFIX_SETTINGS, "reparam": "none"},
 }
+_PRESETS: dict[str, dict] = {}
+
+
+def _method_config(preset: str, **settings) -> MethodConfig:
+    """conf/method/`preset`.yaml as its class's typed config, with `settings` in place of the preset's values."""
+    from omegaconf import OmegaConf
+
+    from softprompt.config.compose import compose_train
+    from softprompt.methods import method_config
+
+    if preset not in _PRESETS:
+        _PRESETS[preset] = OmegaConf.to_container(compose_train([f"method={preset}"]).method, resolve=True)
+    return method_config({**_PRESETS[preset], **settings})
 
 
 @pytest.fixture(scope="session")
 def method_settings() -> dict[str, dict]:
-    """Per method of `method_module`: its level (input: InputLevelPrompt, attention: AttentionLevelPrefix) and
-    settings (the tiny sizes: encoder_hidden, reparam_hidden)."""
+    """Per method of `method_module`: its preset (conf/method/) and settings (the tiny sizes: encoder_hidden,
+    reparam_hidden)."""
     return {name: dict(settings) for name, settings in METHOD_SETTINGS.items()}
 
 
@@ -415,22 +430,35 @@ def _generation(backbone: Backbone, **decoding) -> GenerationObjective:
 
 def _method_module(method: str, backbone: Backbone, words: list[list[str]] | None, n: int = 4,
                    init: str = "random_uniform", dropout: bool = False, seed: int = 0,
-                   objective: Objective | None = None, **overrides):
+                   objective: Objective | None = None, **overrides) -> SoftPromptMethod:
     import torch
 
     from softprompt.data.verbalizer import label_token_ids
-    from softprompt.methods.attention_level import AttentionLevelPrefix
-    from softprompt.methods.input_level import InputLevelPrompt
+    from softprompt.methods import build_method
 
     context_keys = ("init_text", "init_std", "init_range", "init_vocab_size")
     context = {k: overrides.pop(k) for k in context_keys if k in overrides}
     settings = {**METHOD_SETTINGS[method], **overrides}
-    cls = {"input": InputLevelPrompt, "attention": AttentionLevelPrefix}[settings.pop("level")]
+    config = _method_config(settings.pop("preset"), name=method, num_virtual_tokens=n, init=init, **settings)
     token_ids = label_token_ids(words, backbone.tokenizer) if words else []
     torch.manual_seed(seed)  # encoder / MLP weights
-    return cls(num_virtual_tokens=n, init=init, init_context=_init_context(backbone, token_ids, seed=seed, **context),
-               backbone=backbone, objective=objective or _classification(backbone, words), optimizer=OPTIMIZER,
-               name=method, dropout=dropout, **settings)
+    return build_method(config, backbone=backbone, objective=objective or _classification(backbone, words),
+                        dropout=dropout, init_context=lambda: _init_context(backbone, token_ids, seed=seed, **context))
+
+
+@pytest.fixture(scope="session")
+def lightning_module() -> Callable[..., TrainingModule]:
+    """`lightning_module(method)`: the LightningModule that trains `method` (AdamW at lr 0.01, constant)."""
+    from softprompt.training.module import training_module
+
+    return lambda method: training_module(method, OPTIMIZER)
+
+
+@pytest.fixture(scope="session")
+def method_config() -> Callable[..., MethodConfig]:
+    """`method_config(preset, **settings)`: conf/method/`preset`.yaml parsed by its class's typed config, with
+    `settings` in place of the preset's values."""
+    return _method_config
 
 
 @pytest.fixture(scope="session")
@@ -461,11 +489,11 @@ def method_module() -> Callable[..., object]:
 
 
 @pytest.fixture(scope="session")
-def prompt_module() -> Callable[..., InputLevelPrompt]:
+def prompt_module() -> Callable[..., SoftPromptMethod]:
     """`prompt_module(backbone, words, n=4, init="random_uniform", dropout=False)`: prompt tuning."""
 
     def _prompt(backbone: Backbone, words: list[list[str]], n: int = 4, init: str = "random_uniform",
-                dropout: bool = False) -> InputLevelPrompt:
+                dropout: bool = False) -> SoftPromptMethod:
         return _method_module("prompt_tuning", backbone, words, n=n, init=init, dropout=dropout)
 
     return _prompt
@@ -478,8 +506,8 @@ def hard_prompt_module() -> Callable[..., HardPrompt]:
     def _hard(backbone: Backbone, words: list[list[str]] | None, objective: Objective | None = None) -> HardPrompt:
         from softprompt.methods.hard_prompt import HardPrompt
 
-        return HardPrompt(backbone=backbone, objective=objective or _classification(backbone, words),
-                          optimizer=OPTIMIZER, name="hard_prompt")
+        return HardPrompt(_method_config("hard_prompt"), backbone=backbone,
+                          objective=objective or _classification(backbone, words))
 
     return _hard
 
@@ -489,7 +517,7 @@ def template_for() -> Callable[..., str]:
     """`template_for(method, n, task_template="Review: {text}\\nSentiment:")`: input-level methods get n front slots."""
 
     def _template(method: str, n: int, task_template: str = "Review: {text}\nSentiment:") -> str:
-        input_level = METHOD_SETTINGS.get(method, {}).get("level") == "input"
+        input_level = METHOD_SETTINGS.get(method, {}).get("preset") in ("prompt_tuning", "p_tuning")
         return f"[P:{n}]{task_template}" if input_level else task_template
 
     return _template

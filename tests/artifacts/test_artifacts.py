@@ -87,9 +87,9 @@ def test_artifact_holds_the_folded_tensors_of_the_tested_checkpoint_and_the_spec
     out, summary = trained_run("prompt_tuning")
     assert summary["best_step"] < summary["steps"]
     prompt = load_file(out / "prompt" / TENSORS_FILE)["prompt"]
-    best = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]["prompt"]
+    best = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]["method.prompt"]
     last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-    assert torch.equal(prompt, best) and not torch.equal(prompt, last["prompt"])
+    assert torch.equal(prompt, best) and not torch.equal(prompt, last["method.prompt"])
 
     out, _ = trained_run("hard_prompt")  # nothing trained, but everything needed to predict
     assert load_file(out / "prompt" / TENSORS_FILE) == {}

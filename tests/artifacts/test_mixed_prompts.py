@@ -13,7 +13,7 @@ import softprompt
 from softprompt.artifacts.format import SPEC_FILE, ArtifactError
 from softprompt.artifacts.mixed import injection_kind
 from softprompt.backbones.attention_prefix import PREFIX_KWARG
-from softprompt.methods.input_level import InputLevelPrompt
+from softprompt.methods.prompt_tuning import PromptTuning
 
 pytestmark = pytest.mark.xdist_group("mixed_prompts")  # its tests share the module's trained prompts
 
@@ -164,7 +164,7 @@ def test_prompts_from_different_backbones_are_refused_before_loading_unless_forc
 def test_a_method_injecting_another_way_is_refused(artifacts):
     module = softprompt.load(artifacts["sentiment_pt"]).module
 
-    class Shifted(InputLevelPrompt):  # e.g. a custom method that changes the embeddings differently
+    class Shifted(PromptTuning):  # e.g. a custom method that changes the embeddings differently
         def embed_inputs(self, batch):
             return super().embed_inputs(batch) * 2
 
@@ -175,7 +175,7 @@ def test_a_method_injecting_another_way_is_refused(artifacts):
                                                 "prompt in a way mixed batches cannot reproduce row by row"):
             injection_kind(module, "x")
     finally:
-        module.__class__ = InputLevelPrompt
+        module.__class__ = PromptTuning
 
 
 def test_generation_prompts_decode_greedily_next_to_classification_rows(artifacts, sentiment_texts, headlines, run_job,

@@ -29,21 +29,19 @@ N = 3
 TEXTS = ["short", "a somewhat longer review of a film", "middling"]
 WORDS = [["n"], ["p"]]
 TEMPLATE = "Review: {text}\nSentiment:"
-OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 0.01, "weight_decay": 0.0,
-             "scheduler": {"name": "constant", "warmup_steps": 0}}
 
 
 @pytest.fixture(scope="module")
-def adaption(classification_objective, init_context):
+def adaption(classification_objective, init_context, method_config):
     """`adaption(backbone, layers=None, gate="layer", gates=None, init="random_normal")`: our module; `gates`
     (a list, one value or row per layer) replaces the zero init."""
 
     def build(backbone, layers: int | None = None, gate: str = "layer", gates=None, init: str = "random_normal"):
         torch.manual_seed(0)
-        module = AdaptionPrompt(num_virtual_tokens=N, adapter_layers=layers, gate=gate, init=init,
-                                init_context=init_context(backbone, [], init_std=1.0), backbone=backbone,
-                                objective=classification_objective(backbone, WORDS), optimizer=OPTIMIZER,
-                                name="adaption_prompt")
+        config = method_config("adaption_prompt", num_virtual_tokens=N, adapter_layers=layers, gate=gate,
+                               init=init)
+        module = AdaptionPrompt(config, init_context=init_context(backbone, [], init_std=1.0), backbone=backbone,
+                                objective=classification_objective(backbone, WORDS))
         if gates is not None:
             with torch.no_grad():
                 module.gate.copy_(torch.tensor(gates, dtype=torch.float32).view(module.gate.shape[0], -1))
@@ -272,18 +270,17 @@ def test_the_preset_parses_and_builds_with_every_layer_adapted(adaption, tiny_ba
 
 def test_initial_state_becomes_the_trainable_tensors_and_a_wrong_shape_is_named(adaption, tiny_backbone,
                                                                                  classification_objective,
-                                                                                 init_context):
+                                                                                 init_context, method_config):
     backbone = tiny_backbone("llama")
     state = {"prompt": torch.randn(1, N, 32), "gate": torch.tensor([[0.25]])}
-    common = {"num_virtual_tokens": N, "gate": "layer", "init": "from_artifact", "backbone": backbone,
-              "objective": classification_objective(backbone, WORDS), "optimizer": OPTIMIZER,
-              "name": "adaption_prompt", "init_context": init_context(backbone, [])}
-    module = AdaptionPrompt(adapter_layers=1, initial_state=state, **common)
+    restart = {"num_virtual_tokens": N, "gate": "layer", "init": "from_artifact", "init_artifact": "a trained prompt"}
+    common = {"backbone": backbone, "objective": classification_objective(backbone, WORDS), "tensors": state}
+    module = AdaptionPrompt.folded(method_config("adaption_prompt", adapter_layers=1, **restart), **common)
     assert all(torch.equal(module.folded_state()[k], v) for k, v in state.items()) and module.layers == [1]
     assert {n for n, p in module.named_parameters() if p.requires_grad} == {"prompt", "gate"}
     with pytest.raises(SoftPromptError, match=r"^folded prompt has shape \(1, 3, 32\); adaption_prompt expects "
                                               r"\(2, 3, 32\)"):
-        AdaptionPrompt(adapter_layers=2, initial_state=state, **common)
+        AdaptionPrompt.folded(method_config("adaption_prompt", adapter_layers=2, **restart), **common)
 
 
 # -- a trained run (conftest's trained_run: 1 adapted layer, lr 0.05): artifact, export, mixed batches, inspection --

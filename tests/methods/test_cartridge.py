@@ -36,13 +36,11 @@ N, FROZEN = 3, 1
 TEXTS = ["ok", "a much longer review that goes on and on", "mid-length text here"]
 TEMPLATE = "Review: {text}\nSentiment:"
 WORDS = [["n"], ["p"]]
-OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 0.01, "weight_decay": 0.0,
-             "scheduler": {"name": "constant", "warmup_steps": 0}}
 READ_TEXT = "The film"  # 8 tokens on the byte-level tiny tokenizers
 
 
 @pytest.fixture(scope="module")
-def build(init_context):
+def build(init_context, method_config):
     """`build(backbone, n=N, frozen=FROZEN, init="random_normal", text=READ_TEXT, chat=False)`: a cartridge scoring
     WORDS; random inits draw N(0, 1), PEFT's."""
 
@@ -51,9 +49,9 @@ def build(init_context):
         objective = ClassificationObjective(label_token_ids(WORDS, backbone.tokenizer),
                                             FAMILY_ADAPTERS[backbone.family], backbone.hidden_size)
         context = init_context(backbone, objective.label_token_ids, init_text=text, init_std=1.0)
-        return Cartridge(num_virtual_tokens=n, num_frozen_tokens=frozen, init=init, init_context=context,
-                         use_chat_template=chat, backbone=backbone, objective=objective, optimizer=OPTIMIZER,
-                         name="cartridge")
+        config = method_config("cartridge", num_virtual_tokens=n, num_frozen_tokens=frozen, init=init,
+                               init_text=text, use_chat_template=chat)
+        return Cartridge(config, init_context=context, backbone=backbone, objective=objective)
 
     return make
 
@@ -223,22 +221,23 @@ def test_the_artifact_reproduces_the_runs_predictions(trained, local_task_files,
 def test_a_run_resumes_exactly_from_a_checkpoint_holding_both_parts(trained, run_job, local_task_overrides,
                                                                     tmp_path):
     last = torch.load(trained / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert {k: list(v.shape) for k, v in last["state_dict"].items()} == {"frozen_prefix": [FROZEN, WIDTH],
-                                                                         "trainable_prefix": [N - FROZEN, WIDTH]}
+    assert {k: list(v.shape) for k, v in last["state_dict"].items()} == {
+        "method.frozen_prefix": [FROZEN, WIDTH], "method.trainable_prefix": [N - FROZEN, WIDTH]}
     four = [*RUN, *local_task_overrides, "trainer.max_steps=4"]
     straight = run_job(four, tmp_path / "straight")
     resumed = run_job([*four, f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}"], tmp_path / "resumed")
     assert resumed["steps"] == straight["steps"] == 4 and resumed["test"] == straight["test"]
     ends = [torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
             for run in ("straight", "resumed")]
-    assert torch.equal(ends[1]["frozen_prefix"], ends[0]["frozen_prefix"])
-    torch.testing.assert_close(ends[1]["trainable_prefix"], ends[0]["trainable_prefix"], rtol=0, atol=1e-6)
+    assert torch.equal(ends[1]["method.frozen_prefix"], ends[0]["method.frozen_prefix"])
+    torch.testing.assert_close(ends[1]["method.trainable_prefix"], ends[0]["method.trainable_prefix"], rtol=0,
+                               atol=1e-6)
     # The frozen rows are the checkpoint's, not rebuilt from the init: a marked checkpoint resumes marked.
-    last["state_dict"]["frozen_prefix"] = torch.full((FROZEN, WIDTH), 0.5)
+    last["state_dict"]["method.frozen_prefix"] = torch.full((FROZEN, WIDTH), 0.5)
     torch.save(last, tmp_path / "marked.ckpt")
     run_job([*four, f"ckpt_path={tmp_path / 'marked.ckpt'}"], tmp_path / "marked")
     marked = torch.load(tmp_path / "marked" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    assert torch.equal(marked["frozen_prefix"], torch.full((FROZEN, WIDTH), 0.5))
+    assert torch.equal(marked["method.frozen_prefix"], torch.full((FROZEN, WIDTH), 0.5))
 
 
 def test_a_cartridge_row_in_a_mixed_batch_equals_it_alone(trained, tmp_path, positive_reviews, negative_reviews):

@@ -16,7 +16,9 @@ from softprompt.artifacts.peft import InteropError, export_peft
 from softprompt.cli import inspect as inspect_prompt
 from softprompt.config.compose import compose_train
 from softprompt.data.verbalizer import label_token_ids
+from softprompt.methods import build_method
 from softprompt.methods.dept import DecomposedPrompt
+from softprompt.training.module import training_module
 
 N = 3
 TEXTS = ["ok", "a much longer review that goes on and on", "mid-length text here"]
@@ -32,18 +34,19 @@ def backbone(tiny_backbone):
 
 
 @pytest.fixture(scope="module")
-def dept(init_context, classification_objective, backbone):
+def dept(init_context, classification_objective, backbone, method_config):
     """`dept(positions=64, rank=4, lowrank_lr=0.001, initial_state=None)`: DePT on the shared tiny Llama, B drawn
     (not zero) unless restarted from `initial_state`."""
 
     def make(positions: int = 64, rank: int = 4, lowrank_lr: float = 0.001, initial_state=None) -> DecomposedPrompt:
         torch.manual_seed(0)
-        module = DecomposedPrompt(
-            num_virtual_tokens=N, init="random_normal" if initial_state is None else "from_artifact",
-            init_context=init_context(backbone, label_token_ids(WORDS, backbone.tokenizer)), encoder="none",
-            encoder_hidden=None, encoder_dropout=0.0, match_embedding_std=False, lowrank_rank=rank,
-            lowrank_positions=positions, lowrank_alpha=8.0, lowrank_lr=lowrank_lr, initial_state=initial_state,
-            backbone=backbone, objective=classification_objective(backbone, WORDS), optimizer=OPTIMIZER, name="dept")
+        init = ({"init": "random_normal"} if initial_state is None
+                else {"init": "from_artifact", "init_artifact": "a trained prompt"})
+        config = method_config("dept", num_virtual_tokens=N, match_embedding_std=False, lowrank_rank=rank,
+                               lowrank_positions=positions, lowrank_alpha=8.0, lowrank_lr=lowrank_lr, **init)
+        module = build_method(config, backbone=backbone, objective=classification_objective(backbone, WORDS),
+                              dropout=False, initial_state=initial_state,
+                              init_context=lambda: init_context(backbone, label_token_ids(WORDS, backbone.tokenizer)))
         if initial_state is None:
             assert torch.count_nonzero(module.lowrank_b) == 0  # the update starts at zero, as the authors' code
             with torch.no_grad():
@@ -77,8 +80,9 @@ def test_the_update_lands_on_the_inputs_own_tokens_by_position(positions, dept, 
 
 def test_the_prompt_and_the_pair_train_at_their_own_learning_rates(dept, make_batch, backbone):
     module = dept(lowrank_lr=0.001)
-    module._trainer = SimpleNamespace(estimated_stepping_batches=10)  # what the scheduler reads
-    settings = module.configure_optimizers()
+    trained = training_module(module, OPTIMIZER)
+    trained._trainer = SimpleNamespace(estimated_stepping_batches=10)  # what the scheduler reads
+    settings = trained.configure_optimizers()
     optimizer, scheduler = settings["optimizer"], settings["lr_scheduler"]["scheduler"]
     assert [group["lr"] for group in optimizer.param_groups] == [0.01, 0.001]
     names = {id(p): n for n, p in module.named_parameters()}

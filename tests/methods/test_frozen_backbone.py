@@ -22,9 +22,9 @@ def test_backbone_stays_in_eval_mode_unless_dropout_is_enabled(tiny_backbone, pr
     assert all(m.training for m in with_dropout.backbone.modules())
 
 
-def test_changed_backbone_fails_loudly(tiny_backbone, prompt_module):
+def test_changed_backbone_fails_loudly(tiny_backbone, prompt_module, lightning_module):
     backbone = tiny_backbone(fresh=True)  # its weights get changed
-    module = prompt_module(backbone, [["n"], ["p"]])
+    module = lightning_module(prompt_module(backbone, [["n"], ["p"]]))
     before = module.record_backbone_fingerprint()
     assert module.verify_backbone_unchanged() == before == fingerprint(backbone.model)
     with torch.no_grad():

@@ -19,8 +19,6 @@ N = 3
 TEXTS = ["ok", "a much longer review that goes on and on", "mid-length text here"]
 TEMPLATE = f"[P:{N}]Review: {{text}}\nSentiment:"
 PLAIN_TEMPLATE = "Review: {text}\nSentiment:"
-OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 0.01, "weight_decay": 0.0,
-             "scheduler": {"name": "constant", "warmup_steps": 0}}
 
 
 def words_for(backbone) -> list[list[str]]:
@@ -28,18 +26,19 @@ def words_for(backbone) -> list[list[str]]:
 
 
 @pytest.fixture(scope="module")
-def late(init_context, classification_objective):
+def late(init_context, classification_objective, method_config):
     """`late(backbone, generator="npg", insert_layer=None, objective=None)`: a late prompt on `backbone` (give it a
     fresh one: the method hooks its layers)."""
 
     def make(backbone, generator: str = "npg", insert_layer: int | None = None, objective=None) -> LatePrompt:
         words = words_for(backbone)
         torch.manual_seed(0)
-        module = LatePrompt(num_virtual_tokens=N, init="random_normal", insert_layer=insert_layer,
-                            init_context=init_context(backbone, label_token_ids(words, backbone.tokenizer)),
-                            generator=generator, generator_hidden=8, generator_dropout=0.0, backbone=backbone,
-                            objective=objective or classification_objective(backbone, words), optimizer=OPTIMIZER,
-                            name="late_prompt_tuning")
+        # The generator starts from PyTorch's Linear init: random_uniform names it (it reads no init_context).
+        init = "random_normal" if generator == "none" else "random_uniform"
+        config = method_config("late_prompt_tuning", num_virtual_tokens=N, init=init, insert_layer=insert_layer,
+                               generator=generator, generator_hidden=8, generator_dropout=0.0)
+        module = LatePrompt(config, init_context=init_context(backbone, label_token_ids(words, backbone.tokenizer)),
+                            backbone=backbone, objective=objective or classification_objective(backbone, words))
         return module.eval()
 
     return make
@@ -139,7 +138,7 @@ def test_cached_decoding_sees_the_prompt_as_a_full_forward_does(targets, late, m
 
 
 @pytest.mark.parametrize("generator", ["npg", "none"])
-def test_from_artifact_restarts_from_the_trained_tensors(generator, late, make_batch, tiny_backbone, init_context,
+def test_from_artifact_restarts_from_the_trained_tensors(generator, late, make_batch, tiny_backbone, method_config,
                                                          classification_objective):
     backbone = tiny_backbone("llama", fresh=True)
     trained = late(backbone, generator)
@@ -148,10 +147,11 @@ def test_from_artifact_restarts_from_the_trained_tensors(generator, late, make_b
             if parameter.requires_grad:
                 parameter.add_(0.1)
     words = words_for(backbone)
-    restarted = LatePrompt(num_virtual_tokens=N, init="from_artifact", init_context=None, insert_layer=None,
-                           generator=generator, generator_hidden=8, generator_dropout=0.0, backbone=backbone,
-                           objective=classification_objective(backbone, words), optimizer=OPTIMIZER,
-                           name="late_prompt_tuning", initial_state=trained.folded_state()).eval()
+    config = method_config("late_prompt_tuning", num_virtual_tokens=N, init="from_artifact",
+                           init_artifact="a trained prompt", insert_layer=None, generator=generator,
+                           generator_hidden=8, generator_dropout=0.0)
+    restarted = LatePrompt.folded(config, backbone=backbone, objective=classification_objective(backbone, words),
+                                  tensors=trained.folded_state()).eval()
     batch = make_batch(backbone, TEXTS, TEMPLATE)
     with torch.no_grad():
         assert torch.equal(restarted(batch), trained(batch))

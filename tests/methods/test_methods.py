@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from softprompt.backbones.attention_prefix import PREFIX_KWARG
 from softprompt.config.compose import compose_train
 from softprompt.errors import ConfigError, SoftPromptError
+from softprompt.methods import method_class, preset_classes
 from softprompt.methods.checks import check_method
 
 METHODS = ["p_tuning_lstm", "p_tuning_mlp", "p_tuning_v2", "prefix_tuning", "prompt_tuning"]  # method_settings
@@ -155,6 +156,17 @@ def test_nonsensical_method_settings_are_rejected(name, changes, key, message):
     assert str(raised.value).startswith(key) and message in str(raised.value)
 
 
+def test_configs_written_before_each_method_had_its_module_find_its_class():
+    """Artifacts and metrics.json of earlier runs name the shared modules the first four methods lived in."""
+    old = {"prompt_tuning": "input_level.InputLevelPrompt", "p_tuning": "input_level.InputLevelPrompt",
+           "prefix_tuning": "attention_level.AttentionLevelPrefix",
+           "p_tuning_v2": "attention_level.AttentionLevelPrefix"}
+    for name, target in old.items():
+        assert method_class({"_target_": f"softprompt.methods.{target}", "name": name}) is preset_classes()[name]
+    assert {name: cls.__module__.rsplit(".", 1)[1] for name, cls in preset_classes().items() if name in old} == {
+        name: name for name in old}  # each in the module named for it
+
+
 def test_zero_init_starts_prefix_tuning_from_an_all_zero_prefix(backbone, method_module, train_a_little):
     module = method_module("prefix_tuning", backbone, WORDS, n=N, zero_init=True)
     assert torch.count_nonzero(module.flat_prefix()) == 0
@@ -168,8 +180,9 @@ def test_p_tuning_encoder_starts_at_word_embedding_scale(backbone, method_module
     assert torch.allclose(module.prompt_embeddings().std(), target, rtol=1e-4)
 
 
-def test_non_finite_loss_stops_training_with_a_clear_error(backbone, make_batch, method_module, template_for):
-    module = method_module("prompt_tuning", backbone, WORDS, n=N)
+def test_non_finite_loss_stops_training_with_a_clear_error(backbone, make_batch, method_module, template_for,
+                                                           lightning_module):
+    module = lightning_module(method_module("prompt_tuning", backbone, WORDS, n=N))
     with torch.no_grad():
         module.prompt[0, 0] = float("nan")
     batch = make_batch(backbone, TEXTS, template_for("prompt_tuning", N), labels=[0, 1, 1])

@@ -27,7 +27,7 @@ from softprompt.cli.bench import main as bench_main
 from softprompt.config.compose import compose_train
 from softprompt.data.verbalizer import label_token_ids
 from softprompt.errors import ConfigError, SoftPromptError
-from softprompt.methods import method_class
+from softprompt.methods import build_method, method_class
 from softprompt.methods.checks import check_method
 from softprompt.methods.multitask_prompt_tuning import MultitaskPrompt
 from softprompt.objectives import ClassificationObjective
@@ -37,8 +37,6 @@ N, RANK = 3, 2
 TEXTS = ["ok", "a much longer review that goes on and on", "mid-length text here"]
 TEMPLATE = f"[P:{N}]Review: {{text}}\nSentiment:"
 WORDS = [["n"], ["p"]]  # single-token words: the scorer reads the batch as it is
-OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 0.01, "weight_decay": 0.0,
-             "scheduler": {"name": "constant", "warmup_steps": 0}}
 
 
 class TaskScoring(ClassificationObjective):
@@ -54,7 +52,7 @@ class TaskScoring(ClassificationObjective):
 
 
 @pytest.fixture(scope="module")
-def build(init_context):
+def build(init_context, method_config):
     """`build(backbone, tasks=2, init="random_normal", initial_state=None, seed=0, **settings)`: MPT with N virtual
     tokens and rank RANK, its factors drawn larger than PEFT's 0.02 so that every task's prompt differs visibly."""
 
@@ -62,13 +60,13 @@ def build(init_context):
              task_init_std: float = 0.5, **settings) -> MultitaskPrompt:
         objective = TaskScoring(label_token_ids(WORDS, backbone.tokenizer), FAMILY_ADAPTERS[backbone.family],
                                 backbone.hidden_size, tasks=tasks)
-        options = {"num_ranks": RANK, "init_source_task": 0, "init_artifact": None, **settings}
-        return MultitaskPrompt(
-            num_virtual_tokens=N, init=init, initial_state=initial_state, task_init_std=task_init_std,
-            init_context=init_context(backbone, label_token_ids(WORDS, backbone.tokenizer), seed=seed,
-                                      init_std=1.0),
-            encoder="none", encoder_hidden=None, encoder_dropout=0.0, match_embedding_std=False, backbone=backbone,
-            objective=objective, optimizer=OPTIMIZER, name="multitask_prompt_tuning", **options)
+        source = "a trained prompt" if initial_state is not None else None
+        options = {"num_ranks": RANK, "init_source_task": 0, "init_artifact": source, **settings}
+        config = method_config("multitask_prompt_tuning", num_virtual_tokens=N, init=init,
+                               task_init_std=task_init_std, match_embedding_std=False, **options)
+        return build_method(config, backbone=backbone, objective=objective, dropout=False, initial_state=initial_state,
+                            init_context=lambda: init_context(backbone, label_token_ids(WORDS, backbone.tokenizer),
+                                                              seed=seed, init_std=1.0))
 
     return make
 
@@ -318,8 +316,8 @@ def test_the_artifact_reproduces_the_runs_predictions_and_is_refused_in_mixed_ba
 
 def test_a_run_resumes_from_its_trainable_only_checkpoint(trained, run_job, local_task_overrides, tmp_path):
     last = trained / "checkpoints" / "last.ckpt"
-    assert set(torch.load(last, map_location="cpu", weights_only=False)["state_dict"]) == {"prompt", "task_cols",
-                                                                                            "task_rows"}
+    assert set(torch.load(last, map_location="cpu", weights_only=False)["state_dict"]) == {
+        "method.prompt", "method.task_cols", "method.task_rows"}
     summary = run_job([*RUN, *local_task_overrides, "trainer.max_steps=3", "trainer.val_check_interval=1",
                        f"ckpt_path={last}"], tmp_path / "resumed")
     assert summary["steps"] == 3

@@ -22,8 +22,8 @@ STEPS = ["trainer.max_steps=10", "trainer.val_check_interval=5", "data.max_sampl
 def last_prompt(run_dir: Path) -> torch.Tensor:
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["global_step"] == 10
-    assert set(state["state_dict"]) == {"prompt"}  # gathered from the shards under FSDP; never the backbone
-    return state["state_dict"]["prompt"]
+    assert set(state["state_dict"]) == {"method.prompt"}  # gathered from the shards under FSDP; never the backbone
+    return state["state_dict"]["method.prompt"]
 
 
 @pytest.mark.xdist_group("distributed")  # two training processes each: one such test at a time

@@ -30,7 +30,8 @@ def test_training_run_on_an_encoder_with_a_head(make_cfg, local_task_overrides):
     assert summary["trainable_params"] == 3 * 32 + 32 * 2 + 2
     assert summary["folded_params"] == summary["trainable_params"]
     checkpoint = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
-    assert set(checkpoint) == {"prompt", "objective.classifier.weight", "objective.classifier.bias"}
+    assert set(checkpoint) == {"method.prompt", "method.objective.classifier.weight",
+                          "method.objective.classifier.bias"}
 
 
 def test_seq2seq_run_refuses_left_padding_and_trains(make_cfg, local_task_overrides):

@@ -40,7 +40,7 @@ def test_generation_run_reports_rouge_bleu_and_writes_predictions(make_cfg, gene
     assert [p["reference"] for p in predictions] == [title for title, _ in headlines]
     assert all(isinstance(p["prediction"], str) for p in predictions)
     best = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=False)
-    assert all(not k.startswith("backbone.") for k in best["state_dict"])
+    assert all(not k.startswith("method.backbone.") for k in best["state_dict"])
     assert summary["backbone_fingerprint_start"] == summary["backbone_fingerprint_end"]
 
 

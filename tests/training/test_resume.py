@@ -12,6 +12,7 @@ import torch
 
 from softprompt.errors import ConfigError
 from softprompt.training.checkpointing import resume_checkpoint
+from softprompt.training.module import TRAINABLE_KEYS, migrate_checkpoint_keys
 
 # 48 training rows at batch 8: 6 steps per epoch, so step 4 is mid-epoch and step 12 is in epoch 2.
 TRAIN = ["backbone=tiny_random", "logger=none", "trainer.max_steps=12", "trainer.val_check_interval=4",
@@ -21,7 +22,7 @@ TRAIN = ["backbone=tiny_random", "logger=none", "trainer.max_steps=12", "trainer
 def final_prompt(run_dir: Path) -> torch.Tensor:
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["global_step"] == 12
-    return state["state_dict"]["prompt"]
+    return state["state_dict"]["method.prompt"]
 
 
 def test_a_run_killed_mid_epoch_resumes_to_the_same_final_metrics(tmp_path, train, local_task_overrides):
@@ -61,6 +62,29 @@ def test_ckpt_path_last_needs_a_checkpoint_and_null_starts_fresh(tmp_path):
     assert resume_checkpoint("auto", tmp_path) == resume_checkpoint("last", tmp_path) == \
         str(tmp_path / "checkpoints" / "last.ckpt")
     assert resume_checkpoint(None, tmp_path) is None
+
+
+def test_a_checkpoint_of_the_earlier_layout_resumes_as_it_was_written(tmp_path, run_job, local_task_overrides):
+    """Checkpoints written when the method itself was the LightningModule hold `prompt`, not `method.prompt`:
+    resuming one moves its keys under `method.` and goes on exactly as from the same checkpoint in this layout."""
+    args = ["backbone=tiny_random", "logger=none", "trainer.val_check_interval=2", "method.num_virtual_tokens=3",
+            *local_task_overrides]
+    run_job([*args, "trainer.max_steps=2"], tmp_path / "first")
+    checkpoint = torch.load(tmp_path / "first" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    earlier = {**checkpoint, "state_dict": {k.removeprefix("method."): v for k, v in checkpoint["state_dict"].items()},
+               TRAINABLE_KEYS: [k.removeprefix("method.") for k in checkpoint[TRAINABLE_KEYS]]}
+    assert list(earlier["state_dict"]) == ["prompt"]
+    torch.save(earlier, tmp_path / "earlier.ckpt")
+    resumed = {name: run_job([*args, "trainer.max_steps=4", f"ckpt_path={path}"], tmp_path / name)
+               for name, path in (("now", tmp_path / "first" / "checkpoints" / "last.ckpt"),
+                                  ("earlier", tmp_path / "earlier.ckpt"))}
+    assert resumed["earlier"]["steps"] == 4 and resumed["earlier"]["test"] == resumed["now"]["test"]
+    ends = [torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+            for name in ("now", "earlier")]
+    assert torch.equal(ends[0]["method.prompt"], ends[1]["method.prompt"])
+    assert migrate_checkpoint_keys(earlier) and list(earlier["state_dict"]) == earlier[TRAINABLE_KEYS] == [
+        "method.prompt"]
+    assert not migrate_checkpoint_keys(earlier)  # moved once: a checkpoint in this layout is left alone
 
 
 def test_checkpoint_size_does_not_depend_on_backbone_size(tmp_path, run_job, local_task_overrides):

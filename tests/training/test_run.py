@@ -45,7 +45,7 @@ def test_run_trains_prompt_only_and_writes_metrics(make_cfg, local_task_override
     assert checkpoints, "the default callbacks save the best and last checkpoints"
     for path in checkpoints:
         state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-        assert list(state) == ["prompt"] and state["prompt"].shape == (3, 32)
+        assert list(state) == ["method.prompt"] and state["method.prompt"].shape == (3, 32)
     assert written["best_checkpoint"] and Path(written["best_checkpoint"]).exists()
 
 
@@ -147,7 +147,7 @@ def test_adafactor_preset_with_warmup_is_what_trains(make_cfg, local_task_overri
     assert state["param_groups"][0]["initial_lr"] == 0.03 and state["param_groups"][0]["scale_parameter"] is False
     assert {"exp_avg_sq_row", "exp_avg_sq_col"} <= set(state["state"][0])  # Adafactor's factored moments
     assert last["global_step"] == 4 and last["lr_schedulers"][0]["_last_lr"][0] == 0.0  # linear decay to 0
-    assert list(last["state_dict"]) == ["prompt"]
+    assert list(last["state_dict"]) == ["method.prompt"]
 
 
 def test_reused_backbone_gives_the_same_results_as_a_fresh_load(make_cfg, local_task_overrides, tmp_path):

@@ -35,7 +35,7 @@ from softprompt.data.datamodule import tokenizer_identity
 from softprompt.data.task import MIXTURE, parse_task
 from softprompt.errors import SoftPromptError
 from softprompt.methods import MethodConfig, method_config
-from softprompt.methods.base import SoftPromptModule
+from softprompt.methods.base import SoftPromptMethod
 from softprompt.methods.layout import prompt_template
 
 FORMAT = "softprompt-artifact"
@@ -53,7 +53,7 @@ class ArtifactError(SoftPromptError):
 
 
 # -- saving ------------------------------------------------------------------------------------------
-def folded_tensors(module: SoftPromptModule) -> dict[str, torch.Tensor]:
+def folded_tensors(module: SoftPromptMethod) -> dict[str, torch.Tensor]:
     """The module's folded tensors as contiguous CPU tensors, computed in eval mode (no encoder dropout)."""
     was_training = module.training
     module.eval()
@@ -72,7 +72,7 @@ def without_sources(task: Mapping[str, Any]) -> dict[str, Any]:
     return {**task, "source": {}, "splits": {}}
 
 
-def artifact_spec(module: SoftPromptModule, job: Mapping[str, Any], summary: RunSummary | Mapping[str, Any],
+def artifact_spec(module: SoftPromptMethod, job: Mapping[str, Any], summary: RunSummary | Mapping[str, Any],
                   backbone: Backbone, demonstration_ids: Sequence[int], tensors: Mapping[str, torch.Tensor],
                   settings: MethodConfig | None = None) -> dict[str, Any]:
     """softprompt.json: everything but the tensors. `job` is the resolved run config, `summary` the run's (or
@@ -113,7 +113,7 @@ def artifact_spec(module: SoftPromptModule, job: Mapping[str, Any], summary: Run
     }
 
 
-def run_artifact_files(module: SoftPromptModule, job: Mapping[str, Any], summary: RunSummary, backbone: Backbone,
+def run_artifact_files(module: SoftPromptMethod, job: Mapping[str, Any], summary: RunSummary, backbone: Backbone,
                        demonstration_ids: Sequence[int] = (), settings: MethodConfig | None = None) -> dict[str, bytes]:
     """A run's artifact (its folded tensors and spec) as {file name: bytes}, which the run commits together with its
     other results (training.results.write_run_results)."""

@@ -1,5 +1,5 @@
 """What a trained prompt's vectors look like (softprompt-inspect): a header naming the prompt, then what its
-method declares (`SoftPromptModule.inspect`): nearest vocabulary tokens for input-level prompts, per-layer
+method declares (`SoftPromptMethod.inspect`): nearest vocabulary tokens for input-level prompts, per-layer
 key/value norms for prefixes, nothing for a hard prompt."""
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from softprompt.backbones.loading import fingerprint_algorithm
 from softprompt.data.collate import PadCollator, insert_demonstrations
 from softprompt.data.sampling import longest_first_shard
 from softprompt.data.task import MIXTURE, parse_task
-from softprompt.methods.base import SoftPromptModule
+from softprompt.methods.base import Injection, SoftPromptMethod
 from softprompt.objectives.decoding import DecodingConfig, decode
 from softprompt.objectives.scoring import Batch
 
@@ -47,11 +47,11 @@ Input = str | Mapping[str, Any]
 PromptRef = int | str
 
 
-def injection_kind(module: SoftPromptModule, name: str) -> str:
-    """"input", "attention" or "none" (hard prompt): how the module's class declares it joins a mixed batch
-    (`SoftPromptModule.mixed_batch_kind`); a method injecting some other way is refused."""
+def injection_kind(module: SoftPromptMethod, name: str) -> Injection:
+    """INPUT, ATTENTION or NONE (hard prompt): how the module's class declares it joins a mixed batch
+    (`SoftPromptMethod.mixed_batch_kind`); a method injecting some other way is refused."""
     kind = type(module).mixed_batch_kind()
-    if kind is None or (kind == "none" and module.position_offset):
+    if kind is None or (kind == Injection.NONE and module.position_offset):
         raise ArtifactError(f"prompt {name!r}: method {module.method_name} ({type(module).__qualname__}) injects its "
                             "prompt in a way mixed batches cannot reproduce row by row; predict with softprompt.load")
     return kind
@@ -120,7 +120,7 @@ class MixedPredictor:
             tables, offsets, start = [], [], 0
             for module, kind in zip(modules, self.kinds, strict=True):
                 offsets.append(start)
-                if kind == "input":
+                if kind == Injection.INPUT:
                     tables.append(module.prompt_embeddings().detach())
                     start += len(tables[-1])
             self.prompt_table = torch.cat(tables).to(device) if tables else None
@@ -128,7 +128,7 @@ class MixedPredictor:
             self.position_offsets = torch.tensor([m.position_offset for m in modules], device=device)
             # Attention level: every prompt's (layers, 2, heads, P, head_dim) grid padded to the longest P;
             # `prefix_visible` marks each prompt's real columns (none for the other kinds).
-            grids = {i: m.prefix_grid().detach() for i, m in enumerate(modules) if self.kinds[i] == "attention"}
+            grids = {i: m.prefix_grid().detach() for i, m in enumerate(modules) if self.kinds[i] == Injection.ATTENTION}
             self.prefix_table = self.prefix_visible = None
             if grids:
                 enable_prefix_injection(self.backbone)

@@ -1,6 +1,6 @@
 """PEFT interop: a trained prompt (a `prompt/` folder) as a PEFT prompt-learning adapter, and back.
 
-Each method class declares its PEFT form (`SoftPromptModule.peft_form`: PEFT's type, which folded tensor
+Each method class declares its PEFT form (`SoftPromptMethod.peft_form`: PEFT's type, which folded tensor
 PEFT stores as `prompt_embeddings` in `adapter_model.safetensors` and which beside it, the config fields,
 those read off the tensors' shapes) and which foreign PEFT types are its folded form (`peft_imports`); this
 module reads those declarations and never names a method. An input-level prompt must sit at the front, with
@@ -41,7 +41,7 @@ from softprompt.config.compose import compose_train, config_dir
 from softprompt.data.templates import Template, special_tokens_around
 from softprompt.errors import SoftPromptError
 from softprompt.methods import method_class, preset_classes
-from softprompt.methods.base import NotRepresentable, PeftForm, SoftPromptModule
+from softprompt.methods.base import Injection, NotRepresentable, PeftForm, SoftPromptMethod
 from softprompt.methods.checks import check_method, check_task
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def _load_tensors(directory: Path) -> dict[str, torch.Tensor]:
     return read_tensors(directory) if (directory / TENSORS_FILE).is_file() else {}  # checked against the spec
 
 
-def peft_form_of(spec: Mapping[str, Any]) -> tuple[type[SoftPromptModule], PeftForm]:
+def peft_form_of(spec: Mapping[str, Any]) -> tuple[type[SoftPromptMethod], PeftForm]:
     """(the method class, its PEFT form) for this artifact, or an InteropError saying what PEFT cannot represent
     and why; read from the method class's declarations and the spec only."""
     family, method = spec["backbone"]["family"], spec["method"]["config"]
@@ -87,7 +87,7 @@ def peft_form_of(spec: Mapping[str, Any]) -> tuple[type[SoftPromptModule], PeftF
                            "scores it as we do (a verbalizer at the mask, or our classification head), so an adapter "
                            f"would not reproduce the prompt's predictions; exportable families: "
                            f"{', '.join(TASK_TYPES)}")
-    if cls.injection == "input":
+    if cls.injection == Injection.INPUT:
         name, n = spec["method"]["name"], int(spec["num_virtual_tokens"])
         template = Template.parse(spec["prompt_template"], spec["task"]["text_fields"], key="prompt_template")
         slots = [i for i, segment in enumerate(template.segments) if isinstance(segment, int)]
@@ -172,11 +172,11 @@ def export_peft(prompt: str | Path, out: str | Path, cache_dir: str | Path | Non
     cache = Path(cache_dir or default_cache_dir()).expanduser()
     backbone = _backbone_for(spec, cache)
     check_fingerprint(spec, backbone, force)
-    if cls.injection == "input":
+    if cls.injection == Injection.INPUT:
         check_no_leading_specials(backbone, peft_type)
     random_init = backbone.source.startswith("random:")  # no folder or hub id holds these weights
     config = peft_config(form, spec, backbone, None if random_init else backbone.source)
-    shape = peft_shape(config, cls.injection == "attention")
+    shape = peft_shape(config, cls.injection == Injection.ATTENTION)
     if tuple(tensors[key].shape) != shape:
         raise InteropError(f"PEFT's {peft_type} on {backbone.name} holds {PEFT_KEY} of shape {shape}; the prompt's "
                            f"{key} is {tuple(tensors[key].shape)}")
@@ -232,7 +232,7 @@ def read_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     return config, {name: value.float() for name, value in weights.items()}
 
 
-def importer(peft_type: str) -> type[SoftPromptModule]:
+def importer(peft_type: str) -> type[SoftPromptMethod]:
     """The method class whose folded form a foreign adapter of `peft_type` is."""
     return next(cls for cls in preset_classes().values() if peft_type in cls.peft_imports)
 
@@ -326,7 +326,7 @@ def _import_foreign(directory: Path, out: Path, config: Mapping[str, Any], weigh
     if backbone.family != FAMILIES[task_type]:
         raise InteropError(f"the adapter's task_type is {task_type}, but backbone {backbone.name} is a "
                            f"{backbone.family} model")
-    if cls.injection == "input":
+    if cls.injection == Injection.INPUT:
         check_no_leading_specials(backbone, peft_type)
     try:  # the shape check against this backbone's geometry
         module = build_folded_module({"task": job["task"], "method": {"config": job["method"]}}, backbone, tensors)

@@ -31,17 +31,13 @@ from softprompt.data import PromptDataModule
 from softprompt.data.sampling import longest_first_shard
 from softprompt.data.settings import CVSettings, DataSettings, Rendering
 from softprompt.data.task import MIXTURE, parse_task
-from softprompt.methods import build_method, method_class
-from softprompt.methods.base import SoftPromptModule
-from softprompt.methods.init import InitContext
+from softprompt.methods import method_class
+from softprompt.methods.base import SoftPromptMethod
 from softprompt.objectives import build_objective
 from softprompt.objectives.scoring import Batch
 
 log = logging.getLogger("softprompt")
 
-# The folded form gets a cheap placeholder init that `load_folded_state` replaces (a data-dependent init such
-# as `vocab` would need the training split).
-PLACEHOLDER_INIT = "random_uniform"
 DEFAULT_BATCH_SIZE = 64
 
 
@@ -89,30 +85,21 @@ def quantization_change(spec: Mapping[str, Any], config: Mapping[str, Any]) -> d
 
 def plain_method_config(method: Mapping[str, Any]) -> dict[str, Any]:
     """The method config of the folded form: the method class's `folded_config` (its reparameterisation
-    computed away) and a placeholder init."""
-    plain = {**method, **method_class(method).folded_config}
-    if plain.get("init"):
-        # The tensors come from the artifact itself: whatever prompt the run started from is not read again.
-        plain["init"], plain["init_artifact"] = PLACEHOLDER_INIT, None
-    return plain
-
-
-def _placeholder_init(backbone: Backbone, method: Mapping[str, Any]) -> InitContext:
-    return InitContext(embeddings=backbone.model.get_input_embeddings().weight.detach(),
-                       tokenizer=backbone.tokenizer, token_counts=None, label_token_ids=[],
-                       generator=torch.Generator().manual_seed(0), init_range=float(method.get("init_range") or 0.5),
-                       init_std=None, init_vocab_size=1, init_text=None)
+    computed away); its init is never read (the tensors come from the artifact)."""
+    return {**method, **method_class(method).folded_config}
 
 
 def build_folded_module(spec: Mapping[str, Any], backbone: Backbone, tensors: Mapping[str, torch.Tensor],
-                        source: Path | None = None) -> SoftPromptModule:
-    """The method in its folded form with the artifact's tensors in, in eval mode. Given `source` (the tensors'
-    file), tensors that are not the ones this method stores on this backbone are one line naming it."""
+                        source: Path | None = None) -> SoftPromptMethod:
+    """The method in its folded form holding the artifact's tensors, in eval mode (no init, no optimizer). Given
+    `source` (the tensors' file), tensors that are not the ones this method stores on this backbone are one line
+    naming it."""
     objective = build_objective(parse_task(spec["task"]), FAMILY_ADAPTERS[backbone.family], backbone.tokenizer,
                                 backbone.hidden_size)
     method = plain_method_config(spec["method"]["config"])
-    module = build_method(method, backbone=backbone, objective=objective, optimizer={}, dropout=False,
-                          init_context=lambda: _placeholder_init(backbone, method))
+    cls = method_class(method)
+    # No init: the folded method's tensors are placeholders of their shapes until the artifact's are loaded.
+    module = cls(cls.parse_config(method), backbone=backbone, objective=objective)
     expected = {key: list(t.shape) for key, t in module.folded_state().items()}
     if set(tensors) != set(expected):
         raise ArtifactError(f"{source or 'the artifact'} holds the tensors {sorted(tensors)}; {module.method_name} "
@@ -233,7 +220,7 @@ class Predictor:
     """Predictions from a loaded artifact: labels and probabilities, or generated text. Batched, eval mode,
     no gradients, longest inputs first (as the run evaluated its test split)."""
 
-    def __init__(self, module: SoftPromptModule, datamodule: PromptDataModule, spec: Mapping[str, Any],
+    def __init__(self, module: SoftPromptMethod, datamodule: PromptDataModule, spec: Mapping[str, Any],
                  directory: Path | None = None, batch_size: int | None = None, task: str | None = None) -> None:
         self.module, self.datamodule, self.spec, self.directory = module, datamodule, spec, directory
         name, task_id = chosen_task(spec, task)

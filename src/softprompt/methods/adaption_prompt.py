@@ -16,7 +16,6 @@ away.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -34,15 +33,14 @@ from softprompt.backbones.attention_prefix import (
 )
 from softprompt.backbones.families import Family
 from softprompt.config.typed import at_least
-from softprompt.errors import ConfigError, SoftPromptError
-from softprompt.methods.base import NotRepresentable, PeftForm, SoftPromptModule
+from softprompt.errors import ConfigError
+from softprompt.methods.base import Injection, NotRepresentable, PeftForm, SoftPromptMethod
 from softprompt.methods.config import PromptConfig
 from softprompt.methods.init import RANDOM_INITS, InitContext, initial_embeddings, random_values
 from softprompt.methods.inspection import input_level_report
 
 FAMILY = Family.CAUSAL_LM  # the paper's and PEFT's setting: decoder-only self-attention
 ROLE = "self"
-TENSORS = ("prompt", "gate")
 
 
 @dataclass(frozen=True)
@@ -55,15 +53,15 @@ class AdaptionPromptConfig(PromptConfig):
     gate: Literal["layer", "head"]
 
 
-class AdaptionPrompt(SoftPromptModule):
+class AdaptionPrompt(SoftPromptMethod):
     """LLaMA-Adapter's gated adaption prompts: per layer, prompts (P, hidden) and a zero-initialised gate."""
 
     Config = AdaptionPromptConfig
-    injection = "attention"
+    injection = Injection.ATTENTION
 
-    def __init__(self, *, num_virtual_tokens: int, adapter_layers: int | None, gate: str, init: str,
-                 init_context: InitContext, initial_state: Mapping[str, torch.Tensor] | None = None, **base) -> None:
-        super().__init__(**base)
+    def __init__(self, config: AdaptionPromptConfig, *, init_context: InitContext | None = None, **common) -> None:
+        super().__init__(config, **common)
+        adapter_layers = config.adapter_layers
         architecture = type(self.backbone).__name__
         if self.adapter.family != FAMILY:
             raise ConfigError("backbone.family", self.adapter.family, f"{self.method_name} needs a {FAMILY} backbone "
@@ -82,25 +80,17 @@ class AdaptionPrompt(SoftPromptModule):
             raise UnreachableAttentionError(
                 f"{self.method_name} cannot serve {architecture}: attention layers {unreachable} have no separate "
                 "k_proj/v_proj (nor GPT-2's c_attn) to project the prompts with; use prefix_tuning or p_tuning_v2")
-        config = self.backbone.config.get_text_config()
-        self.num_virtual_tokens = num_virtual_tokens
-        self.init = init
-        self.gate_kind = gate
-        self.prompt_shape = (count, num_virtual_tokens, config.hidden_size)
-        self.gate_shape = (count, config.num_attention_heads if gate == "head" else 1)
-        # Trainable tensors stay fp32 whatever the backbone dtype; the attention wrapper casts them.
-        if initial_state is not None:  # init=from_artifact: a trained prompt's tensors
-            self._load_own(initial_state)
-        else:
-            self.prompt = nn.Parameter(self._initial_prompt(init, init_context))
-            self.gate = nn.Parameter(torch.zeros(self.gate_shape))  # zero-init: the frozen model's outputs
-
-    @classmethod
-    def from_config(cls, config: AdaptionPromptConfig, init_context: Callable[[], InitContext],
-                    initial_state: Mapping[str, torch.Tensor] | None = None, **common) -> AdaptionPrompt:
-        return cls(num_virtual_tokens=config.num_virtual_tokens, adapter_layers=config.adapter_layers,
-                   gate=config.gate, init=config.init, init_context=init_context(), initial_state=initial_state,
-                   **common)
+        text = self.backbone.config.get_text_config()
+        self.num_virtual_tokens = config.num_virtual_tokens
+        self.init = config.init
+        self.gate_kind = config.gate
+        self.prompt_shape = (count, config.num_virtual_tokens, text.hidden_size)
+        self.gate_shape = (count, text.num_attention_heads if config.gate == "head" else 1)
+        # Trainable tensors stay fp32 whatever the backbone dtype; the attention wrapper casts them. Without an
+        # init, the prompt comes from `load_folded_state` (a trained prompt's).
+        self.prompt = nn.Parameter(self._initial_prompt(config.init, init_context) if init_context is not None
+                                   else torch.zeros(self.prompt_shape))
+        self.gate = nn.Parameter(torch.zeros(self.gate_shape))  # zero-init: the frozen model's outputs
 
     @classmethod
     def peft_form(cls, config: AdaptionPromptConfig, family: Family) -> PeftForm:
@@ -118,7 +108,7 @@ class AdaptionPrompt(SoftPromptModule):
                         length_field="adapter_len", export_refusal=refusal)
 
     @classmethod
-    def mixed_batch_kind(cls) -> str | None:
+    def mixed_batch_kind(cls) -> Injection | None:
         """None: mixed batches carry key/value prefixes per row, not gated adaption prompts."""
         return None
 
@@ -154,20 +144,11 @@ class AdaptionPrompt(SoftPromptModule):
             gates={(ROLE, layer): self.gate[i] for i, layer in enumerate(self.layers)})}
 
     # -- folding: the prompts and gates are already the folded form -------------------------------
-    def folded_state(self) -> dict[str, torch.Tensor]:
-        return {**super().folded_state(), "prompt": self.prompt.detach().clone(), "gate": self.gate.detach().clone()}
+    def folded_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"prompt": self.prompt_shape, "gate": self.gate_shape}
 
-    def load_folded_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        self._load_own(state)
+    def own_folded_state(self) -> dict[str, torch.Tensor]:
+        return {"prompt": self.prompt, "gate": self.gate}
 
-    def _load_own(self, state: Mapping[str, torch.Tensor]) -> None:
-        missing = [key for key in TENSORS if key not in state]
-        if missing:
-            raise SoftPromptError(f"{self.method_name} needs tensors {list(TENSORS)}; {sorted(missing)} missing")
-        for key, shape in zip(TENSORS, (self.prompt_shape, self.gate_shape), strict=True):
-            if tuple(state[key].shape) != shape:
-                raise SoftPromptError(f"folded {key} has shape {tuple(state[key].shape)}; {self.method_name} "
-                                      f"expects {shape}")
-        SoftPromptModule.load_folded_state(self, {k: v for k, v in state.items() if k not in TENSORS})
-        self.prompt = nn.Parameter(state["prompt"].detach().clone().float())
-        self.gate = nn.Parameter(state["gate"].detach().clone().float())
+    def set_folded(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.prompt, self.gate = nn.Parameter(tensors["prompt"]), nn.Parameter(tensors["gate"])

@@ -1,41 +1,43 @@
-"""The shared LightningModule: loop, forward passes with the prompt in, generation, optimizer,
-checkpoint hygiene. The task side (loss, metrics, predictions) is an Objective.
+"""The method contract: a plain `nn.Module` holding a frozen backbone and a method's trainable part.
 
-A method subclass adds only its trainable tensors and how they enter the frozen backbone
-(`embed_inputs` for input-level methods, `attention_kwargs` for attention-level ones), and declares
-what it is, once (see "what the method is" below): its typed config, injection point, folded form,
-PEFT form and what inspection shows. Artifacts, PEFT interop, mixed batches, inspection and the
-benchmark read these declarations and never name a method.
+A method subclass takes its typed config as it is (`cls(config, backbone=..., objective=...)`), adds its
+trainable tensors and how they enter the frozen backbone (`embed_inputs` for input-level methods,
+`attention_kwargs` for attention-level ones), how they fold (`folded_shapes` and `set_folded`), and declares
+what it is, once (see "what the method is" below): its injection point, folded form, PEFT form, mixed-batch kind
+and what inspection shows. Artifacts, PEFT interop, mixed batches, inspection and the benchmark read these
+declarations and never name a method. The objective (loss, metrics, predictions) is the task side; the training
+loop, optimizer, backbone fingerprints and checkpoint hooks wrap a method in `softprompt.training.module`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, ClassVar
 
-import lightning as L
 import torch
-from hydra.utils import instantiate
-from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-from transformers import PreTrainedTokenizerBase, get_scheduler
+from torch import nn
+from transformers import PreTrainedTokenizerBase
 
-from softprompt.backbones import Backbone, fingerprint
+from softprompt.backbones import Backbone
 from softprompt.backbones.checkpointing import checkpoint_in_any_mode
 from softprompt.backbones.families import FAMILY_ADAPTERS, Family, PromptedInput
-from softprompt.backbones.loading import fingerprint_state, tied_aliases
 from softprompt.config.typed import parse
-from softprompt.errors import BackboneModifiedError, SoftPromptError
+from softprompt.errors import SoftPromptError
 from softprompt.methods.config import MethodConfig
-from softprompt.methods.init import ARTIFACT_INIT, InitContext
+from softprompt.methods.init import ARTIFACT_INIT
 from softprompt.objectives.base import Objective
 from softprompt.objectives.decoding import DecodingConfig, decode
 from softprompt.objectives.scoring import Batch
 
-BACKBONE_PREFIX = "backbone."
-TRAINABLE_KEYS = "softprompt_trainable_keys"  # saved beside the state dict, which FSDP pops on load
+
+class Injection(StrEnum):
+    """Where a method's prompt enters the backbone."""
+
+    INPUT = "input"  # embeddings at the template's slots: prompt_embeddings()
+    ATTENTION = "attention"  # key/value prefixes in the attention layers: prefix_grid() and geometry
+    NONE = "none"  # nothing enters (the hard prompt)
 
 
 @dataclass(frozen=True)
@@ -63,17 +65,19 @@ class NotRepresentable(SoftPromptError):
 
 
 # The hooks through which a method's prompt enters a forward; a mixed batch reproduces them row by row.
-INJECTION_HOOKS = ("embed_inputs", "attention_kwargs", "hidden_states", "target_hidden", "generate")
+INJECTION_HOOKS = ("embed_inputs", "attention_kwargs", "prompted", "check_entered", "hidden_states", "target_hidden",
+                   "generate")
+
+# Each method class by its own typed Config: `build_method` reads the class off a parsed config.
+METHODS: dict[type[MethodConfig], type[SoftPromptMethod]] = {}
 
 
-class SoftPromptModule(L.LightningModule):
-    """Frozen backbone + a method's trainable part, trained by its objective's loss."""
+class SoftPromptMethod(nn.Module):
+    """Frozen backbone + a method's trainable part; the objective's forward passes go through it."""
 
     # -- what the method is: declared once, read by artifacts, interop, mixed batches, inspection, benchmark ---
-    Config: ClassVar[type[MethodConfig]] = MethodConfig  # the typed `method` config
-    # Where the prompt enters: "input" (embeddings at template slots: prompt_embeddings()), "attention"
-    # (key/value prefixes: prefix_grid() and geometry) or "none".
-    injection: ClassVar[str] = "none"
+    Config: ClassVar[type[MethodConfig]] = MethodConfig  # the typed `method` config; its class owns it
+    injection: ClassVar[Injection] = Injection.NONE
     trains = True  # False for methods without trainable tensors: fitting is skipped
     # The folded form's config values (the artifact, init=from_artifact): the reparameterisation is computed away.
     folded_config: ClassVar[Mapping[str, Any]] = {}
@@ -81,34 +85,39 @@ class SoftPromptModule(L.LightningModule):
     # The `method.init` values that start from a trained prompt of this method (`method.init_artifact`, a run's
     # prompt/ folder): training/artifact_init.py reads its tensors for them.
     artifact_inits: ClassVar[tuple[str, ...]] = (ARTIFACT_INIT,)
+    # PEFT types whose foreign adapters are this class's folded form: peft_type -> softprompt-train overrides.
+    peft_imports: ClassVar[Mapping[str, list[str]]] = {}
     num_virtual_tokens = 0
     position_offset = 0  # where real tokens' position ids start (the prefix length for prefix methods)
 
-    def __init__(self, *, backbone: Backbone, objective: Objective, optimizer: Mapping, name: str,
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Config" in vars(cls):
+            METHODS[cls.Config] = cls
+
+    def __init__(self, config: MethodConfig, *, backbone: Backbone, objective: Objective,
                  dropout: bool = False) -> None:
         super().__init__()
+        self.config = config
         self.backbone = backbone.model
         self.adapter = FAMILY_ADAPTERS[backbone.family]
         self.objective = objective
-        self.optimizer_cfg = dict(optimizer)
-        self.method_name = name
+        self.method_name = config.name
         self.backbone_dropout = dropout
-        self.strict_loading = False  # checkpoints deliberately hold the trainable state only
-        self.test_predictions: list[dict[str, Any]] = []
-        self.val_predictions: list[dict[str, Any]] = []  # this process's share of the latest validation pass
-        self.backbone_fingerprint: str | None = None
 
-    # -- configuration ---------------------------------------------------------------------------
     @classmethod
     def parse_config(cls, method: Mapping) -> MethodConfig:
         """The `method` group as this method's typed Config, every key checked (ConfigError, one line)."""
         return parse(cls.Config, method, "method", name=str(method.get("name")))
 
     @classmethod
-    def from_config(cls, config: MethodConfig, init_context: Callable[[], InitContext],
-                    initial_state: Mapping[str, torch.Tensor] | None = None, **common) -> SoftPromptModule:
-        """The module for `config`; `initial_state` holds a trained prompt's folded tensors (init=from_artifact)."""
-        return cls(**common)
+    def folded(cls, config: MethodConfig, *, backbone: Backbone, objective: Objective,
+               tensors: Mapping[str, torch.Tensor], dropout: bool = False) -> SoftPromptMethod:
+        """The method holding a trained prompt's folded tensors (an artifact's): built without an init (nothing is
+        drawn for the tensors), then loaded."""
+        method = cls(config, backbone=backbone, objective=objective, dropout=dropout)
+        method.load_folded_state(tensors)
+        return method
 
     # -- declarations a subclass overrides ---------------------------------------------------------
     @classmethod
@@ -122,9 +131,6 @@ class SoftPromptModule(L.LightningModule):
         spec, before anything loads) cannot start `config`; the generic checks (method, prompt length, backbone)
         are done."""
 
-    # PEFT types whose foreign adapters are this class's folded form: peft_type -> softprompt-train overrides.
-    peft_imports: ClassVar[Mapping[str, list[str]]] = {}
-
     @classmethod
     def peft_import_overrides(cls, adapter_config: Mapping[str, Any]) -> list[str]:
         """The softprompt-train overrides that build a foreign adapter's folded form: `peft_imports` for its type,
@@ -137,7 +143,7 @@ class SoftPromptModule(L.LightningModule):
         (`width`: the stored tensor's last dimension)."""
 
     @classmethod
-    def mixed_batch_kind(cls) -> str | None:
+    def mixed_batch_kind(cls) -> Injection | None:
         """How this method joins a mixed-prompt batch: its injection point, provided it enters the backbone only
         through the hooks of the class that declared that point (a subclass that overrides a hook injects some
         other way and must declare it); None = it cannot join one."""
@@ -151,6 +157,11 @@ class SoftPromptModule(L.LightningModule):
         names the prompt ("... 20 virtual tokens"), the rest follow."""
         return [f": {self.method_name} has no trained prompt tensors, so there is nothing to inspect"]
 
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: by default one, at the optimizer's lr; a method whose tensors train
+        at different rates gives a group its own `lr` (the scheduler scales each group's lr alike)."""
+        return [{"params": self.trainable_parameters()}]
+
     # -- injection: subclasses override -------------------------------------------------------
     def embed_inputs(self, batch: Batch) -> torch.Tensor:
         """Input embeddings for the backbone; input-level methods place their prompt here."""
@@ -161,26 +172,36 @@ class SoftPromptModule(L.LightningModule):
         return {}
 
     # -- folding: the trained tensors with any reparameterisation computed away -------------------
+    def folded_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The folded tensors this method owns (beside the objective's), by key, with their shapes."""
+        return {}
+
+    def own_folded_state(self) -> dict[str, torch.Tensor]:
+        """This method's folded tensors (the keys of `folded_shapes`), computed from the trained ones."""
+        return {}
+
+    def set_folded(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Become the folded form holding `tensors` (checked, fp32 copies of every key of `folded_shapes`)."""
+
     def folded_state(self) -> dict[str, torch.Tensor]:
-        """Subclasses add their tensors to the objective's (the classification head, for encoder families)."""
-        return self.objective.folded_state()
+        """The objective's tensors (the classification head, for encoder families) and the method's own."""
+        return {**self.objective.folded_state(), **{k: v.detach().clone() for k, v in self.own_folded_state().items()}}
 
     def load_folded_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Load the objective's part; subclasses load their own tensor via `_folded_parameter`."""
-        own = set(self.objective.folded_state())
-        unknown = sorted(k for k in state if k not in own)
+        """The one loader of folded tensors: every key the method owns, of its shape, and the objective's."""
+        shapes, objective_keys = self.folded_shapes(), set(self.objective.folded_state())
+        missing = sorted(set(shapes) - set(state))
+        if missing:
+            raise SoftPromptError(f"{self.method_name} needs the folded tensors {missing}; found {sorted(state)}")
+        unknown = sorted(k for k in state if k not in shapes and k not in objective_keys)
         if unknown:
             raise SoftPromptError(f"{self.method_name} does not store {unknown}")
-        self.objective.load_folded_state(state)
-
-    def _folded_parameter(self, state: Mapping[str, torch.Tensor], key: str,
-                          shape: tuple[int, ...]) -> torch.nn.Parameter:
-        """`state[key]` as a fresh fp32 parameter after checking its shape; the rest goes to the base."""
-        tensor = state[key]
-        if tuple(tensor.shape) != tuple(shape):
-            raise SoftPromptError(f"folded {key} has shape {tuple(tensor.shape)}; {self.method_name} expects {shape}")
-        SoftPromptModule.load_folded_state(self, {k: v for k, v in state.items() if k != key})
-        return torch.nn.Parameter(tensor.detach().clone().float())
+        for key, shape in shapes.items():
+            if tuple(state[key].shape) != tuple(shape):
+                raise SoftPromptError(f"folded {key} has shape {tuple(state[key].shape)}; {self.method_name} "
+                                      f"expects {tuple(shape)}")
+        self.objective.load_folded_state({k: v for k, v in state.items() if k not in shapes})
+        self.set_folded({key: state[key].detach().clone().float() for key in shapes})
 
     def num_folded_params(self) -> int:
         return sum(t.numel() for t in self.folded_state().values())
@@ -192,17 +213,29 @@ class SoftPromptModule(L.LightningModule):
                              self.attention_kwargs(), batch.get("answer_index"), batch.get("target_ids"),
                              batch.get("target_mask"))
 
+    def check_entered(self, inputs: PromptedInput) -> None:
+        """Raise when the prompt did not reach the backbone in a forward on `inputs` (a method whose prompt enters
+        through hooks of its own checks that they ran); the embeddings and attention kwargs always do."""
+
     def hidden_states(self, batch: Batch) -> torch.Tensor:
-        return self.adapter.hidden_states(self.backbone, self.prompted(batch))
+        inputs = self.prompted(batch)
+        hidden = self.adapter.hidden_states(self.backbone, inputs)
+        self.check_entered(inputs)
+        return hidden
 
     def target_hidden(self, batch: Batch) -> torch.Tensor:
         """Teacher-forced hidden states predicting each target token (generation tasks)."""
-        return self.adapter.target_hidden(self.backbone, self.prompted(batch))
+        inputs = self.prompted(batch)
+        hidden = self.adapter.target_hidden(self.backbone, inputs)
+        self.check_entered(inputs)
+        return hidden
 
     @torch.no_grad()
     def generate(self, batch: Batch, config: DecodingConfig, eos_token_id: int) -> list[list[int]]:
         """Token ids per row (cut before `eos_token_id`), decoded with the prompt in place and the KV cache on."""
-        first, session = self.adapter.start_generation(self.backbone, self.prompted(batch))
+        inputs = self.prompted(batch)
+        first, session = self.adapter.start_generation(self.backbone, inputs)
+        self.check_entered(inputs)
         return decode(first.float(), session, eos_token_id, config)
 
     @torch.no_grad()
@@ -210,45 +243,17 @@ class SoftPromptModule(L.LightningModule):
                            ) -> tuple[torch.Tensor, list[list[int]]]:
         """Evaluation of a generation task with the prompted source read once: the teacher-forced hidden states
         predicting each target token, and the decoded token ids per row (as `generate` gives them)."""
-        hidden, first, session = self.adapter.score_and_start_generation(self.backbone, self.prompted(batch))
+        inputs = self.prompted(batch)
+        hidden, first, session = self.adapter.score_and_start_generation(self.backbone, inputs)
+        self.check_entered(inputs)
         return hidden, decode(first.float(), session, eos_token_id, config)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """The objective's outputs: (batch, num_labels) label scores, or target-token logits."""
         return self.objective.outputs(self, batch)
 
-    # -- loop ----------------------------------------------------------------------------------
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        loss = self.objective.loss(self, batch)
-        if not torch.isfinite(loss):
-            hint = "lower optimizer.lr or check the inputs"
-            if self.backbone.dtype == torch.float16:
-                hint += " (a float16 backbone overflows past 65504; bfloat16 has float32's range)"
-            raise SoftPromptError(f"train/loss is {loss.item()} at step {self.global_step} of {self.method_name}; "
-                                  f"nothing was saved from this step on: {hint}")
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
-        return loss
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self.val_predictions.extend(self.objective.evaluate(self, batch, "val"))
-
-    def on_validation_epoch_start(self) -> None:
-        self.val_predictions = []
-
-    def on_validation_epoch_end(self) -> None:
-        self.objective.end_epoch(self, "val")
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self.test_predictions.extend(self.objective.evaluate(self, batch, "test"))
-
-    def on_test_epoch_start(self) -> None:
-        self.test_predictions = []
-
-    def on_test_epoch_end(self) -> None:
-        self.objective.end_epoch(self, "test")
-
     # -- frozen backbone -----------------------------------------------------------------------
-    def train(self, mode: bool = True) -> SoftPromptModule:
+    def train(self, mode: bool = True) -> SoftPromptMethod:
         super().train(mode)
         if not self.backbone_dropout:
             # Every backbone module stays in eval mode: no dropout anywhere, whatever a layer's own body
@@ -264,98 +269,3 @@ class SoftPromptModule(L.LightningModule):
 
     def num_trainable_params(self) -> int:
         return sum(p.numel() for p in self.trainable_parameters())
-
-    def parameter_groups(self) -> list[dict[str, Any]]:
-        """The optimizer's parameter groups: by default one, at the optimizer's lr; a method whose tensors train
-        at different rates gives a group its own `lr` (the scheduler scales each group's lr alike)."""
-        return [{"params": self.trainable_parameters()}]
-
-    def sharded_root(self) -> FSDP | None:
-        """The root FSDP unit this module runs in, if any (its ranks each hold a shard of its tensors)."""
-        root = self._trainer.strategy.model if self._trainer is not None else None
-        return root if isinstance(root, FSDP) else None
-
-    def current_backbone_fingerprint(self) -> str:
-        root = self.sharded_root()
-        if root is None:
-            return fingerprint(self.backbone)
-        # Gathered on every rank (a collective), under the names the unwrapped backbone has.
-        config = FullStateDictConfig(offload_to_cpu=root.compute_device.type != "cpu", rank0_only=False)
-        with FSDP.state_dict_type(root, StateDictType.FULL_STATE_DICT, config):
-            state = root.state_dict()
-        return fingerprint_state({k.removeprefix(BACKBONE_PREFIX): v for k, v in state.items()
-                                  if k.startswith(BACKBONE_PREFIX)}, skip=tied_aliases(self.backbone))
-
-    @contextmanager
-    def full_trainable_tensors(self) -> Iterator[None]:
-        """Under FSDP, gather the root unit's own tensors (the prompt, encoders, heads) for folding;
-        every rank must enter. Elsewhere a no-op."""
-        root = self.sharded_root()
-        with FSDP.summon_full_params(root, recurse=False, writeback=False) if root else nullcontext():
-            yield
-
-    def record_backbone_fingerprint(self) -> str:
-        self.backbone_fingerprint = self.current_backbone_fingerprint()
-        return self.backbone_fingerprint
-
-    def verify_backbone_unchanged(self) -> str:
-        """Fail loudly if any frozen weight changed since `record_backbone_fingerprint`."""
-        now = self.current_backbone_fingerprint()
-        if self.backbone_fingerprint is not None and now != self.backbone_fingerprint:
-            raise BackboneModifiedError(
-                f"frozen backbone weights changed during the run (fingerprint {self.backbone_fingerprint} -> {now})")
-        return now
-
-    def on_fit_start(self) -> None:
-        if self.backbone_fingerprint is None:
-            self.record_backbone_fingerprint()
-        if any(p.requires_grad for p in self.backbone.parameters()):
-            raise BackboneModifiedError("a backbone parameter has requires_grad=True; the backbone must stay frozen")
-
-    def on_fit_end(self) -> None:
-        self.verify_backbone_unchanged()
-
-    # -- checkpoints: trainable state only -------------------------------------------------------
-    def trainable_state_names(self) -> set[str]:
-        """State-dict keys outside the frozen backbone, found without calling the backbone's state_dict
-        (under FSDP that would gather every shard)."""
-        names = {name for name, _ in (*self.named_parameters(recurse=False), *self.named_buffers(recurse=False))}
-        for child_name, child in self.named_children():
-            if child is not self.backbone:
-                names |= {f"{child_name}.{key}" for key in child.state_dict(keep_vars=True)}
-        return names
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The strategy's state dict (gathered under FSDP), less the frozen backbone.
-        state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(BACKBONE_PREFIX)}
-        checkpoint["state_dict"] = state
-        checkpoint[TRAINABLE_KEYS] = sorted(state)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # FSDP's strategy loads the state dict and pops it before this hook; the key list saved beside it stays.
-        found = set(checkpoint["state_dict"] if "state_dict" in checkpoint else checkpoint.get(TRAINABLE_KEYS, ()))
-        expected = self.trainable_state_names()
-        if expected != found:
-            raise SoftPromptError(f"checkpoint does not match method {self.method_name}: "
-                                  f"missing {sorted(expected - found)}, unexpected {sorted(found - expected)}")
-
-    # -- optimisation ------------------------------------------------------------------------------
-    def configure_optimizers(self) -> dict[str, Any]:
-        settings = dict(self.optimizer_cfg)
-        schedule = settings.pop("scheduler")
-        # Partial: Hydra would turn the groups (dicts of tensors) into DictConfigs, which torch refuses.
-        optimizer = instantiate(settings, _partial_=True)(params=self.parameter_groups())
-        scheduler = get_scheduler(str(schedule["name"]), optimizer,
-                                  num_warmup_steps=int(schedule["warmup_steps"]),
-                                  num_training_steps=int(self.trainer.estimated_stepping_batches))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
-                                    gradient_clip_algorithm: str | None = None) -> None:
-        # Lightning's FSDP precision refuses norm clipping; FSDP's own clip_grad_norm_ takes the norm
-        # over every shard, so trainer.gradient_clip_val means the same under FSDP as elsewhere.
-        sharded = self.trainer.strategy.model
-        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and isinstance(sharded, FSDP):
-            sharded.clip_grad_norm_(gradient_clip_val)
-            return
-        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)

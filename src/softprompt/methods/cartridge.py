@@ -16,13 +16,13 @@ Two things set it apart from P-tuning v2:
   by the input (tested on Llama's rotary and GPT-2's absolute positions).
 
 Random inits draw the whole cache (PEFT's nn.Embedding init, N(0, 1), is `random_normal` with `init_std=1.0`).
-Everything else (injection, generation, gradient checkpointing, mixed batches, inspection) is the attention-level
-prefix's, which this class inherits unchanged.
+Everything else (injection, generation, gradient checkpointing, mixed batches, inspection) is the key/value
+prefix's (`prefixes.py`), which this class inherits unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
@@ -31,14 +31,14 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from softprompt.backbones.attention_prefix import CAPTURE_KWARG, KVCapture, enable_prefix_injection
+from softprompt.backbones.attention_prefix import CAPTURE_KWARG, KVCapture
 from softprompt.backbones.families import Family
 from softprompt.config.typed import at_least
 from softprompt.errors import ConfigError
-from softprompt.methods.attention_level import AttentionLevelPrefix, prefix_geometry
-from softprompt.methods.base import NotRepresentable, PeftForm, SoftPromptModule
+from softprompt.methods.base import NotRepresentable, PeftForm
 from softprompt.methods.config import PromptConfig
 from softprompt.methods.init import ARTIFACT_INIT, RANDOM_INITS, InitContext
+from softprompt.methods.prefixes import KeyValuePrefix
 
 PREFILL_INIT = "prefill"
 INITS = (PREFILL_INIT, *RANDOM_INITS, ARTIFACT_INIT)
@@ -79,7 +79,7 @@ def prefill_ids(tokenizer: PreTrainedTokenizerBase, text: str, use_chat_template
                                               add_generation_prompt=False, return_dict=False))
 
 
-class Cartridge(AttentionLevelPrefix):
+class Cartridge(KeyValuePrefix):
     """A key/value cache per layer, trained directly, its first `num_frozen_tokens` positions frozen."""
 
     Config = CartridgeConfig
@@ -88,29 +88,16 @@ class Cartridge(AttentionLevelPrefix):
     folded_away: ClassVar[tuple[str, ...]] = ()
     peft_imports: ClassVar[Mapping[str, list[str]]] = {PEFT_TYPE: ["method=cartridge"]}
 
-    def __init__(self, *, num_virtual_tokens: int, num_frozen_tokens: int, init: str,
-                 init_context: InitContext | None, use_chat_template: bool,
-                 initial_state: Mapping[str, torch.Tensor] | None = None, **base) -> None:
-        SoftPromptModule.__init__(self, **base)  # the parent's __init__ builds an MLP or a single prefix
-        enable_prefix_injection(self.backbone)
-        self.num_virtual_tokens = self.position_offset = num_virtual_tokens
-        self.num_frozen_tokens = num_frozen_tokens
-        self.init = init
-        self.reparam = None
-        self.geometry = prefix_geometry(self.backbone)
-        if initial_state is not None:  # init=from_artifact: a trained cartridge's folded cache
-            self.load_folded_state(initial_state)
-        elif init == PREFILL_INIT:
-            self._set_prefix(self._prefilled(init_context, use_chat_template))
+    def __init__(self, config: CartridgeConfig, *, init_context: InitContext | None = None, **common) -> None:
+        super().__init__(config, **common)
+        self.num_frozen_tokens = config.num_frozen_tokens
+        n = config.num_virtual_tokens
+        if init_context is None:  # placeholders: the cache comes from `load_folded_state` (a trained cartridge's)
+            self._set_prefix(torch.zeros(n, self.flat_width))
+        elif config.init == PREFILL_INIT:
+            self._set_prefix(self._prefilled(init_context, config.use_chat_template))
         else:
-            self._set_prefix(self._initial_prefix(init, num_virtual_tokens, init_context))
-
-    @classmethod
-    def from_config(cls, config: CartridgeConfig, init_context: Callable[[], InitContext],
-                    initial_state: Mapping[str, torch.Tensor] | None = None, **common) -> Cartridge:
-        return cls(num_virtual_tokens=config.num_virtual_tokens, num_frozen_tokens=config.num_frozen_tokens,
-                   init=config.init, init_context=init_context() if initial_state is None else None,
-                   use_chat_template=config.use_chat_template, initial_state=initial_state, **common)
+            self._set_prefix(self._initial_prefix(config.init, n, init_context))
 
     # -- PEFT: CARTRIDGE stores the whole cache as prompt_embeddings and splits off the frozen rows on load ---------
     @classmethod
@@ -171,8 +158,6 @@ class Cartridge(AttentionLevelPrefix):
         """(num_virtual_tokens, layers x 2 x kv_heads x head_dim): the frozen rows, then the trained ones, fp32."""
         return torch.cat([self.frozen_prefix, self.trainable_prefix])
 
-    def load_folded_state(self, state: Mapping[str, torch.Tensor]) -> None:
+    def set_folded(self, tensors: dict[str, torch.Tensor]) -> None:
         """The folded cache (every position), split into its frozen and trainable rows."""
-        roles, kv_heads, head_dim = self.geometry
-        shape = (self.num_virtual_tokens, sum(roles.values()) * 2 * kv_heads * head_dim)
-        self._set_prefix(self._folded_parameter(state, "prefix", shape).detach())
+        self._set_prefix(tensors["prefix"])

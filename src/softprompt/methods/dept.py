@@ -26,22 +26,22 @@ Section and equation numbers follow secondary sources; they were not checked aga
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from softprompt.backbones.families import Family, place_prompts
 from softprompt.config.precision import full_precision
 from softprompt.config.typed import above, at_least
-from softprompt.errors import SoftPromptError
 from softprompt.methods.base import NotRepresentable, PeftForm
 from softprompt.methods.config import InputPromptConfig
 from softprompt.methods.init import InitContext
-from softprompt.methods.input_level import InputLevelPrompt
+from softprompt.methods.virtual_tokens import VirtualTokens
 from softprompt.objectives.scoring import Batch
 
 LOWRANK_KEYS = ("lowrank_a", "lowrank_b")
@@ -58,35 +58,21 @@ class DecomposedPromptConfig(InputPromptConfig):
     lowrank_lr: float = field(metadata=above(0.0))  # A and B's learning rate (the prompt's: optimizer.lr)
 
 
-class DecomposedPrompt(InputLevelPrompt):
+class DecomposedPrompt(VirtualTokens):
     """A short prompt at the slots plus A B added to the input token embeddings, position by position."""
 
     Config = DecomposedPromptConfig
     folded_config: ClassVar[Mapping[str, Any]] = {}  # nothing to compute away: P, A and B are the folded form
     folded_away: ClassVar[tuple[str, ...]] = ()
-    peft_imports: ClassVar[Mapping[str, list[str]]] = {}
 
-    def __init__(self, *, lowrank_rank: int, lowrank_positions: int, lowrank_alpha: float, lowrank_lr: float,
-                 initial_state: Mapping[str, torch.Tensor] | None = None, **prompt) -> None:
-        own = {k: v for k, v in (initial_state or {}).items() if k not in LOWRANK_KEYS}
-        super().__init__(initial_state=own if initial_state is not None else None, **prompt)
+    def __init__(self, config: DecomposedPromptConfig, *, init_context: InitContext | None = None, **common) -> None:
+        super().__init__(config, init_context=init_context, **common)
         dim = self.prompt.shape[1]
-        self.lowrank_lr = lowrank_lr
-        self.scaling = lowrank_alpha / math.sqrt(lowrank_rank)
-        self.lowrank_a = nn.Parameter(torch.empty(lowrank_positions, lowrank_rank))
-        self.lowrank_b = nn.Parameter(torch.zeros(lowrank_rank, dim))
+        self.lowrank_lr = config.lowrank_lr
+        self.scaling = config.lowrank_alpha / math.sqrt(config.lowrank_rank)
+        self.lowrank_a = nn.Parameter(torch.empty(config.lowrank_positions, config.lowrank_rank))
+        self.lowrank_b = nn.Parameter(torch.zeros(config.lowrank_rank, dim))
         nn.init.kaiming_uniform_(self.lowrank_a, a=math.sqrt(5))
-        if initial_state is not None:  # init=from_artifact: the trained pair too
-            self._load_lowrank(initial_state)
-
-    @classmethod
-    def from_config(cls, config: DecomposedPromptConfig, init_context: Callable[[], InitContext],
-                    initial_state: Mapping[str, torch.Tensor] | None = None, **common) -> DecomposedPrompt:
-        return cls(num_virtual_tokens=config.num_virtual_tokens, init=config.init, init_context=init_context(),
-                   encoder="none", encoder_hidden=None, encoder_dropout=0.0,
-                   match_embedding_std=config.match_embedding_std, lowrank_rank=config.lowrank_rank,
-                   lowrank_positions=config.lowrank_positions, lowrank_alpha=config.lowrank_alpha,
-                   lowrank_lr=config.lowrank_lr, initial_state=initial_state, **common)
 
     @classmethod
     def peft_form(cls, config: DecomposedPromptConfig, family: Family) -> PeftForm:
@@ -111,28 +97,22 @@ class DecomposedPrompt(InputLevelPrompt):
         own = (batch["attention_mask"] > 0) & (batch["slot_ids"] < 0)  # the input's own tokens
         positions = own.long().cumsum(-1) - 1
         covered = own & (positions < len(self.lowrank_a))
-        update = self.embedding_update()[positions.clamp(0, len(self.lowrank_a) - 1)]
+        # F.embedding, not indexing: its backward sums a position's gradients in a fixed order (place_prompts' note).
+        update = F.embedding(positions.clamp(0, len(self.lowrank_a) - 1), self.embedding_update())
         embeds = embeds + (update * covered[..., None]).to(embeds.dtype)
         return place_prompts(embeds, self.prompt_embeddings().to(embeds.dtype), batch["slot_ids"])
 
     # -- folding: P, A and B as they are ----------------------------------------------------------------
-    def folded_state(self) -> dict[str, torch.Tensor]:
-        return {**super().folded_state(), "lowrank_a": self.lowrank_a.detach().clone(),
-                "lowrank_b": self.lowrank_b.detach().clone()}
+    def folded_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {**super().folded_shapes(), **{key: tuple(getattr(self, key).shape) for key in LOWRANK_KEYS}}
 
-    def load_folded_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        self._load_lowrank(state)
-        super().load_folded_state({k: v for k, v in state.items() if k not in LOWRANK_KEYS})
+    def own_folded_state(self) -> dict[str, torch.Tensor]:
+        return {**super().own_folded_state(), **{key: getattr(self, key) for key in LOWRANK_KEYS}}
 
-    def _load_lowrank(self, state: Mapping[str, torch.Tensor]) -> None:
+    def set_folded(self, tensors: dict[str, torch.Tensor]) -> None:
+        super().set_folded(tensors)
         for key in LOWRANK_KEYS:
-            if key not in state:
-                raise SoftPromptError(f"{self.method_name} needs the folded tensor {key}; found {sorted(state)}")
-            shape = tuple(getattr(self, key).shape)
-            if tuple(state[key].shape) != shape:
-                raise SoftPromptError(f"folded {key} has shape {tuple(state[key].shape)}; {self.method_name} "
-                                      f"expects {shape}")
-            setattr(self, key, nn.Parameter(state[key].detach().clone().float()))
+            setattr(self, key, nn.Parameter(tensors[key]))
 
     def inspect(self, tokenizer: PreTrainedTokenizerBase, top_k: int) -> list[str]:
         """The prompt's nearest vocabulary tokens (as prompt tuning's), then the size of each position's update

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 from softprompt.backbones.families import Family
 from softprompt.errors import ConfigError
-from softprompt.methods.base import NotRepresentable, PeftForm, SoftPromptModule
+from softprompt.methods.base import NotRepresentable, PeftForm, SoftPromptMethod
 from softprompt.methods.config import NoPromptConfig
 
 
-class HardPrompt(SoftPromptModule):
+class HardPrompt(SoftPromptMethod):
     """Zero-/few-shot scoring through the same template, verbalizer and metrics as the soft methods."""
 
     Config = NoPromptConfig
     trains = False
 
-    def __init__(self, **common) -> None:
-        super().__init__(**common)
+    def __init__(self, config: NoPromptConfig, *, init_context: None = None, **common) -> None:
+        super().__init__(config, **common)
         if self.adapter.needs_head:
             raise ConfigError("method", self.method_name, f"a {self.adapter.family} backbone scores labels with a "
                               "trained head, so it has no zero-shot baseline; use a soft-prompt method")

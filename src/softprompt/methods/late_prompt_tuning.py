@@ -48,10 +48,9 @@ from softprompt.backbones.families import Family, PromptedInput
 from softprompt.config.precision import full_precision
 from softprompt.config.typed import at_least, bounded
 from softprompt.errors import ConfigError, SoftPromptError
-from softprompt.methods.base import NotRepresentable, PeftForm, SoftPromptModule
+from softprompt.methods.base import Injection, NotRepresentable, PeftForm, SoftPromptMethod
 from softprompt.methods.config import PromptConfig
 from softprompt.methods.init import ARTIFACT_INIT, InitContext, initial_embeddings
-from softprompt.objectives.decoding import DecodingConfig, decode
 from softprompt.objectives.scoring import Batch
 
 LATE_KWARG = "softprompt_late"  # the forward keyword argument carrying one batch's LateInsertion
@@ -180,49 +179,36 @@ def install_hooks(model: PreTrainedModel, layers: list[nn.Module]) -> None:
     setattr(model, HOOKED_ATTRIBUTE, True)
 
 
-class LatePrompt(SoftPromptModule):
+class LatePrompt(SoftPromptMethod):
     """A prompt (instance-aware from a generator, or plain) inserted before layer k of a frozen backbone."""
 
     Config = LatePromptConfig
-    injection = "input"  # the slots sit in the input (as prompt tuning's); the prompt fills them at layer k
+    injection = Injection.INPUT  # the slots sit in the input (as prompt tuning's); the prompt fills them at layer k
     folded_config: ClassVar[Mapping[str, Any]] = {}  # nothing folds away: the generator is the trained prompt
     folded_away: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, *, num_virtual_tokens: int, init: str, init_context: InitContext | None,
-                 insert_layer: int | None, generator: str, generator_hidden: int, generator_dropout: float,
-                 initial_state: Mapping[str, torch.Tensor] | None = None, **base) -> None:
-        super().__init__(**base)
+    def __init__(self, config: LatePromptConfig, *, init_context: InitContext | None = None, **common) -> None:
+        super().__init__(config, **common)
         if self.adapter.family == Family.SEQ2SEQ:
             raise ConfigError("method", self.method_name, "an encoder-decoder backbone is not served: the decoder's "
                               "cross-attention would need the late prompt too; use a causal_lm or encoder backbone")
-        self.num_virtual_tokens = num_virtual_tokens
-        self.init = init
+        n = self.num_virtual_tokens = config.num_virtual_tokens
+        self.init = config.init
         self.layers = stack_layers(self.backbone, self.method_name)
         count = len(self.layers)
-        self.insert_layer = count // 2 if insert_layer is None else insert_layer
+        self.insert_layer = count // 2 if config.insert_layer is None else config.insert_layer
         if not 0 <= self.insert_layer < count:
-            raise ConfigError("method.insert_layer", insert_layer, f"the backbone has {count} layers: allowed 0 to "
-                              f"{count - 1} (null: the middle one, {count // 2})")
+            raise ConfigError("method.insert_layer", config.insert_layer, f"the backbone has {count} layers: "
+                              f"allowed 0 to {count - 1} (null: the middle one, {count // 2})")
         install_hooks(self.backbone, self.layers)
         dim = self.backbone.get_input_embeddings().embedding_dim
         self.causal = self.adapter.family == Family.CAUSAL_LM  # the summary token: answer position, else first token
-        if generator == "npg":
-            self.generator = PromptGenerator(dim, generator_hidden, num_virtual_tokens, generator_dropout)
-        else:
+        if config.generator == "npg":
+            self.generator = PromptGenerator(dim, config.generator_hidden, n, config.generator_dropout)
+        else:  # without an init, the prompt comes from `load_folded_state` (a trained prompt's)
             self.generator = None
-            self.prompt = nn.Parameter(initial_embeddings(init, num_virtual_tokens, init_context)
-                                       if initial_state is None else torch.zeros(num_virtual_tokens, dim))
-        if initial_state is not None:  # init=from_artifact: a trained prompt's tensors
-            self.load_folded_state(initial_state)
-
-    @classmethod
-    def from_config(cls, config: LatePromptConfig, init_context: Callable[[], InitContext],
-                    initial_state: Mapping[str, torch.Tensor] | None = None, **common) -> LatePrompt:
-        context = init_context() if config.generator == "none" and initial_state is None else None
-        return cls(num_virtual_tokens=config.num_virtual_tokens, init=config.init, init_context=context,
-                   insert_layer=config.insert_layer, generator=config.generator,
-                   generator_hidden=config.generator_hidden, generator_dropout=config.generator_dropout,
-                   initial_state=initial_state, **common)
+            self.prompt = nn.Parameter(initial_embeddings(config.init, n, init_context) if init_context is not None
+                                       else torch.zeros(n, dim))
 
     @classmethod
     def peft_form(cls, config: LatePromptConfig, family: Family) -> PeftForm:
@@ -230,7 +216,7 @@ class LatePrompt(SoftPromptModule):
                                "generator=npg); PEFT's prompt types enter at the input or as key/value prefixes")
 
     @classmethod
-    def mixed_batch_kind(cls) -> str | None:
+    def mixed_batch_kind(cls) -> Injection | None:
         """None: the prompt enters at layer k through hooks that a mixed batch does not reproduce."""
         return None
 
@@ -251,43 +237,17 @@ class LatePrompt(SoftPromptModule):
         state = LateInsertion(self.insert_layer, batch["slot_ids"], lambda hidden: self.late_prompt(hidden, summary))
         return {**batch, "attention_mask": own.to(batch["attention_mask"].dtype)}, {LATE_KWARG: state}
 
-    @staticmethod
-    def _check(kwargs: dict[str, LateInsertion]) -> None:
-        if not kwargs[LATE_KWARG].inserted:
-            raise SoftPromptError("the late prompt never entered the backbone: its insertion layer did not run")
-
-    # -- forward passes with the prompt in at layer k --------------------------------------------------------
-    def _prompted(self, batch: Batch) -> tuple[PromptedInput, dict[str, LateInsertion]]:
+    # -- the prompt enters at layer k, through the hooks installed above ----------------------------------------
+    def prompted(self, batch: Batch) -> PromptedInput:
+        """The batch as the backbone reads it: slots left out of the mask, the prompt's insertion as the forward
+        keyword argument that reaches layer k."""
         plain, kwargs = self._insertion(batch)
         return PromptedInput(self.embed_inputs(plain), plain["attention_mask"], self.position_offset, kwargs,
-                             plain.get("answer_index"), plain.get("target_ids"), plain.get("target_mask")), kwargs
+                             plain.get("answer_index"), plain.get("target_ids"), plain.get("target_mask"))
 
-    def hidden_states(self, batch: Batch) -> torch.Tensor:
-        inputs, kwargs = self._prompted(batch)
-        hidden = self.adapter.hidden_states(self.backbone, inputs)
-        self._check(kwargs)
-        return hidden
-
-    def target_hidden(self, batch: Batch) -> torch.Tensor:
-        inputs, kwargs = self._prompted(batch)
-        hidden = self.adapter.target_hidden(self.backbone, inputs)
-        self._check(kwargs)
-        return hidden
-
-    @torch.no_grad()
-    def generate(self, batch: Batch, config: DecodingConfig, eos_token_id: int) -> list[list[int]]:
-        inputs, kwargs = self._prompted(batch)
-        first, session = self.adapter.start_generation(self.backbone, inputs)
-        self._check(kwargs)
-        return decode(first.float(), session, eos_token_id, config)
-
-    @torch.no_grad()
-    def score_and_generate(self, batch: Batch, config: DecodingConfig, eos_token_id: int
-                           ) -> tuple[torch.Tensor, list[list[int]]]:
-        inputs, kwargs = self._prompted(batch)
-        hidden, first, session = self.adapter.score_and_start_generation(self.backbone, inputs)
-        self._check(kwargs)
-        return hidden, decode(first.float(), session, eos_token_id, config)
+    def check_entered(self, inputs: PromptedInput) -> None:
+        if not inputs.attention[LATE_KWARG].inserted:
+            raise SoftPromptError("the late prompt never entered the backbone: its insertion layer did not run")
 
     # -- folding: the trained tensors as they are -----------------------------------------------------------
     def _own_state(self) -> dict[str, nn.Parameter | torch.Tensor]:
@@ -295,23 +255,17 @@ class LatePrompt(SoftPromptModule):
             return {"prompt": self.prompt}
         return {f"generator.{k}": v for k, v in self.generator.state_dict(keep_vars=True).items()}
 
-    def folded_state(self) -> dict[str, torch.Tensor]:
-        return {**super().folded_state(), **{k: v.detach().clone() for k, v in self._own_state().items()}}
+    def folded_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {key: tuple(tensor.shape) for key, tensor in self._own_state().items()}
 
-    def load_folded_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        own = self._own_state()
-        missing = sorted(set(own) - set(state))
-        if missing:
-            raise SoftPromptError(f"{self.method_name} needs the folded tensors {missing}; found {sorted(state)}")
-        for key, tensor in own.items():
-            if tuple(state[key].shape) != tuple(tensor.shape):
-                raise SoftPromptError(f"folded {key} has shape {tuple(state[key].shape)}; {self.method_name} "
-                                      f"expects {tuple(tensor.shape)}")
-        SoftPromptModule.load_folded_state(self, {k: v for k, v in state.items() if k not in own})
+    def own_folded_state(self) -> dict[str, torch.Tensor]:
+        return self._own_state()
+
+    def set_folded(self, tensors: dict[str, torch.Tensor]) -> None:
         if self.generator is None:
-            self.prompt = nn.Parameter(state["prompt"].detach().clone().float())
+            self.prompt = nn.Parameter(tensors["prompt"])
         else:
-            self.generator.load_state_dict({k.removeprefix("generator."): state[k].float() for k in own})
+            self.generator.load_state_dict({k.removeprefix("generator."): v for k, v in tensors.items()})
 
     def inspect(self, tokenizer: PreTrainedTokenizerBase, top_k: int) -> list[str]:
         """Where the prompt enters; the plain prompt's norms and pairwise cosines, or the generator's sizes (its

@@ -26,7 +26,7 @@ The method overrides `embed_inputs`, so mixed batches refuse it in one line.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
@@ -35,15 +35,17 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from softprompt.backbones import Backbone
 from softprompt.backbones.families import Family, place_prompts
 from softprompt.config.precision import full_precision
 from softprompt.config.typed import above, at_least
 from softprompt.errors import ConfigError, SoftPromptError
-from softprompt.methods.base import PeftForm, SoftPromptModule
+from softprompt.methods.base import PeftForm
 from softprompt.methods.config import InputPromptConfig
 from softprompt.methods.init import ARTIFACT_INIT, INIT_STRATEGIES, InitContext
-from softprompt.methods.input_level import InputLevelPrompt
 from softprompt.methods.inspection import nearest_tokens_report
+from softprompt.methods.virtual_tokens import VirtualTokens
+from softprompt.objectives import Objective
 from softprompt.objectives.scoring import Batch
 
 FACTOR_KEYS = ("task_cols", "task_rows")
@@ -73,7 +75,7 @@ class MultitaskPromptConfig(InputPromptConfig):
         InputPromptConfig.validate(replace(self, init=ARTIFACT_INIT))  # prompt tuning's rules for reading one
 
 
-class MultitaskPrompt(InputLevelPrompt):
+class MultitaskPrompt(VirtualTokens):
     """A shared prompt times a low-rank matrix per task, each row prompted by its own task's product."""
 
     Config = MultitaskPromptConfig
@@ -83,37 +85,43 @@ class MultitaskPrompt(InputLevelPrompt):
     folded_away: ClassVar[tuple[str, ...]] = ()
     peft_imports: ClassVar[Mapping[str, list[str]]] = {"MULTITASK_PROMPT_TUNING": ["method=multitask_prompt_tuning"]}
 
-    def __init__(self, *, num_ranks: int, task_init_std: float, init_source_task: int,
-                 init_artifact: str | None = None, initial_state: Mapping[str, torch.Tensor] | None = None,
-                 **prompt) -> None:
-        init, context = prompt["init"], prompt["init_context"]
-        if init in SOURCE_INITS and initial_state is None:
-            raise ConfigError("method.init_artifact", init_artifact, f"init={init} starts from a trained prompt's "
-                              "tensors, and none were given")
-        shared = None
-        if initial_state is not None:  # from_artifact: all but the factors; a source init: its shared prompt only
-            shared = ({k: v for k, v in initial_state.items() if k not in FACTOR_KEYS} if init == ARTIFACT_INIT
-                      else {"prompt": initial_state["prompt"]})
-        super().__init__(initial_state=shared, **prompt)
-        self.init_artifact = init_artifact
+    def __init__(self, config: MultitaskPromptConfig, *, init_context: InitContext | None = None,
+                 source: Mapping[str, torch.Tensor] | None = None, **common) -> None:
+        """`source`: a trained prompt's folded tensors, which a source init (SOURCE_INITS) starts from."""
+        init = config.init
+        if init in SOURCE_INITS and source is None and init_context is not None:
+            raise ConfigError("method.init_artifact", config.init_artifact, f"init={init} starts from a trained "
+                              "prompt's tensors, and none were given")
+        # A source init takes the shared prompt from the source; without an init, `load_folded_state` fills it.
+        super().__init__(config, init_context=init_context if init not in SOURCE_INITS else None, **common)
+        self.init_artifact = config.init_artifact
         n, dim = self.prompt.shape
-        tasks = self.objective.num_tasks
-        if initial_state is not None and init != "only_source_shared":
-            cols, rows = self._source_factors(initial_state, init, init_source_task, tasks, num_ranks)
+        tasks, rank = self.objective.num_tasks, config.num_ranks
+        if source is not None:
+            if tuple(source["prompt"].shape) != (n, dim):
+                raise SoftPromptError(f"folded prompt has shape {tuple(source['prompt'].shape)}; "
+                                      f"{self.method_name} expects {(n, dim)}")
+            self.prompt = nn.Parameter(source["prompt"].detach().clone().float())
+        if source is not None and init != "only_source_shared":
+            cols, rows = self._source_factors(source, init, config.init_source_task, tasks, rank)
+        elif init_context is None:  # placeholders for `load_folded_state`
+            cols, rows = torch.zeros(tasks, n, rank), torch.zeros(tasks, rank, dim)
         else:  # PEFT's draw: cols, then rows
-            generator = context.generator if context is not None else None
-            cols = torch.randn((tasks, n, num_ranks), generator=generator) * task_init_std
-            rows = torch.randn((tasks, num_ranks, dim), generator=generator) * task_init_std
+            cols = torch.randn((tasks, n, rank), generator=init_context.generator) * config.task_init_std
+            rows = torch.randn((tasks, rank, dim), generator=init_context.generator) * config.task_init_std
         self.task_cols, self.task_rows = nn.Parameter(cols), nn.Parameter(rows)
 
     @classmethod
-    def from_config(cls, config: MultitaskPromptConfig, init_context: Callable[[], InitContext],
-                    initial_state: Mapping[str, torch.Tensor] | None = None, **common) -> MultitaskPrompt:
-        return cls(num_virtual_tokens=config.num_virtual_tokens, init=config.init, init_context=init_context(),
-                   encoder="none", encoder_hidden=None, encoder_dropout=0.0,
-                   match_embedding_std=config.match_embedding_std, num_ranks=config.num_ranks,
-                   task_init_std=config.task_init_std, init_source_task=config.init_source_task,
-                   init_artifact=config.init_artifact, initial_state=initial_state, **common)
+    def folded(cls, config: MultitaskPromptConfig, *, backbone: Backbone, objective: Objective,
+               tensors: Mapping[str, torch.Tensor], dropout: bool = False) -> MultitaskPrompt:
+        """As every method's, after checking a run's start (init=from_artifact) reads the factors of as many tasks
+        as it trains (a ConfigError naming the source inits otherwise)."""
+        method = cls(config, backbone=backbone, objective=objective, dropout=dropout)
+        if config.init == ARTIFACT_INIT:
+            method._source_factors(tensors, ARTIFACT_INIT, config.init_source_task, objective.num_tasks,
+                                   config.num_ranks)
+        method.load_folded_state(tensors)
+        return method
 
     @classmethod
     def check_init_artifact(cls, config: MultitaskPromptConfig, shapes: Mapping[str, list[int]]) -> None:
@@ -203,22 +211,16 @@ class MultitaskPrompt(InputLevelPrompt):
         return place_prompts(embeds, self.prompt_embeddings().to(embeds.dtype), slots)
 
     # -- folding: P and the factors as they are -------------------------------------------------------------
-    def folded_state(self) -> dict[str, torch.Tensor]:
-        return {**SoftPromptModule.folded_state(self), "prompt": self.prompt.detach().clone(),
-                **{key: getattr(self, key).detach().clone() for key in FACTOR_KEYS}}
+    def folded_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {**super().folded_shapes(), **{key: tuple(getattr(self, key).shape) for key in FACTOR_KEYS}}
 
-    def load_folded_state(self, state: Mapping[str, torch.Tensor]) -> None:
+    def own_folded_state(self) -> dict[str, torch.Tensor]:
+        return {"prompt": self.prompt, **{key: getattr(self, key) for key in FACTOR_KEYS}}
+
+    def set_folded(self, tensors: dict[str, torch.Tensor]) -> None:
+        super().set_folded(tensors)
         for key in FACTOR_KEYS:
-            shape = tuple(getattr(self, key).shape)
-            if key not in state:
-                raise SoftPromptError(f"{self.method_name} needs the folded tensor {key}; found {sorted(state)}")
-            if tuple(state[key].shape) != shape:
-                raise SoftPromptError(f"folded {key} has shape {tuple(state[key].shape)}; {self.method_name} "
-                                      f"expects {shape}")
-        self.prompt = self._folded_parameter({k: v for k, v in state.items() if k not in FACTOR_KEYS}, "prompt",
-                                             tuple(self.prompt.shape))
-        for key in FACTOR_KEYS:
-            setattr(self, key, nn.Parameter(state[key].detach().clone().float()))
+            setattr(self, key, nn.Parameter(tensors[key]))
 
     # -- inspection ------------------------------------------------------------------------------------------
     def inspect(self, tokenizer: PreTrainedTokenizerBase, top_k: int) -> list[str]:

@@ -20,10 +20,9 @@ PEFT has no residual reparameterisation, so the benchmark's PEFT baseline trains
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 from torch import nn
@@ -33,8 +32,8 @@ from softprompt.config.typed import at_least, bounded
 from softprompt.methods.base import PeftForm
 from softprompt.methods.config import InputPromptConfig
 from softprompt.methods.init import InitContext
-from softprompt.methods.input_level import InputLevelPrompt
 from softprompt.methods.prompt_encoders import match_output_std
+from softprompt.methods.virtual_tokens import VirtualTokens
 
 
 @dataclass(frozen=True)
@@ -62,32 +61,21 @@ class ResidualMLP(nn.Module):
         return self.module(prompt) + prompt
 
 
-class ResidualPrompt(InputLevelPrompt):
+class ResidualPrompt(VirtualTokens):
     """Prompt tuning whose embeddings go through a shared residual MLP while training (folded away after)."""
 
     Config = ResidualPromptConfig
-    folded_config = MappingProxyType({**InputLevelPrompt.folded_config, "residual": False})
-    folded_away = (*InputLevelPrompt.folded_away, "residual")
-    # Foreign PROMPT_TUNING adapters import as prompt tuning; this method's own exports carry their spec.
-    peft_imports: ClassVar[Mapping[str, list[str]]] = {}
+    folded_config = MappingProxyType({**VirtualTokens.folded_config, "residual": False})
+    folded_away = (*VirtualTokens.folded_away, "residual")
 
-    def __init__(self, *, residual: bool, residual_hidden: int, residual_dropout: float, residual_layer_norm: bool,
-                 **prompt) -> None:
-        super().__init__(**prompt)
-        if residual:
+    def __init__(self, config: ResidualPromptConfig, *, init_context: InitContext | None = None, **common) -> None:
+        super().__init__(config, init_context=init_context, **common)
+        if config.residual:
             dim = self.prompt.shape[1]
-            self.encoder = ResidualMLP(dim, residual_hidden, residual_dropout, residual_layer_norm)
-            if prompt["match_embedding_std"]:
-                self._match_embedding_std(float(prompt["init_context"].embeddings.float().std()))
-
-    @classmethod
-    def from_config(cls, config: ResidualPromptConfig, init_context: Callable[[], InitContext],
-                    initial_state: Mapping[str, torch.Tensor] | None = None, **common) -> ResidualPrompt:
-        return cls(num_virtual_tokens=config.num_virtual_tokens, init=config.init, init_context=init_context(),
-                   encoder="none", encoder_hidden=None, encoder_dropout=0.0,
-                   match_embedding_std=config.match_embedding_std, residual=config.residual,
-                   residual_hidden=config.residual_hidden, residual_dropout=config.residual_dropout,
-                   residual_layer_norm=config.residual_layer_norm, initial_state=initial_state, **common)
+            self.encoder = ResidualMLP(dim, config.residual_hidden, config.residual_dropout,
+                                       config.residual_layer_norm)
+            if config.match_embedding_std and init_context is not None:
+                self._match_embedding_std(float(init_context.embeddings.float().std()))
 
     def _match_embedding_std(self, target_std: float) -> None:
         """Scale the residual branch so that phi(P) starts at the word embeddings' std (LayerNorm alone gives std

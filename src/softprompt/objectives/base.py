@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
 
 class PromptedModel(Protocol):
-    """What an objective needs of a method module: forward passes with the prompt in, and logging. Every
-    SoftPromptModule is one; objectives never see the method's tensors."""
+    """What an objective needs of a method module: forward passes with the prompt in (a method's), and logging
+    (the LightningModule that trains it); objectives never see the method's tensors."""
 
     backbone: torch.nn.Module
     adapter: type[FamilyAdapter]

@@ -14,15 +14,15 @@ import torch
 from softprompt.artifacts.format import ArtifactError, artifact_dir, read_spec, read_tensors
 from softprompt.backbones.loading import fingerprint, fingerprint_algorithm
 from softprompt.errors import ConfigError
-from softprompt.methods import MethodConfig, SoftPromptModule
+from softprompt.methods import MethodConfig, SoftPromptMethod
 
 
-def reads_init_artifact(cls: type[SoftPromptModule], method: MethodConfig) -> bool:
+def reads_init_artifact(cls: type[SoftPromptMethod], method: MethodConfig) -> bool:
     """Whether `method.init` starts from the trained prompt `method.init_artifact` (the class's `artifact_inits`)."""
     return method.init in cls.artifact_inits
 
 
-def check_artifact_init(cls: type[SoftPromptModule], method: MethodConfig) -> tuple[Path, dict]:
+def check_artifact_init(cls: type[SoftPromptMethod], method: MethodConfig) -> tuple[Path, dict]:
     """The artifact exists and holds this method's tensors at this prompt length, no reparameterisation would
     be stacked on its folded tensors (the method class's `folded_away` keys), and the method class accepts its
     tensor shapes (`check_init_artifact`). Returns (folder, spec)."""
@@ -49,7 +49,7 @@ def check_artifact_init(cls: type[SoftPromptModule], method: MethodConfig) -> tu
     return directory, spec
 
 
-def artifact_init_state(cls: type[SoftPromptModule], method: MethodConfig,
+def artifact_init_state(cls: type[SoftPromptMethod], method: MethodConfig,
                         model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
     """The folded tensors of `method.init_artifact` (None unless `method.init` reads it), after checking that
     `model` (the run's frozen backbone) has the weights the prompt was trained on."""

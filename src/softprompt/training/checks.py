@@ -19,7 +19,7 @@ from softprompt.config.precision import check_hardware, check_precision, uses_fs
 from softprompt.data.checks import check_cv, check_data
 from softprompt.data.task import MixtureTask, TaskConfig, task_members
 from softprompt.errors import ConfigError
-from softprompt.methods import MethodConfig, SoftPromptModule, method_class
+from softprompt.methods import MethodConfig, SoftPromptMethod, method_class
 from softprompt.methods.checks import check_method, check_task
 from softprompt.training.artifact_init import check_artifact_init, reads_init_artifact
 from softprompt.training.transfer import check_transfer
@@ -46,7 +46,7 @@ def check_optimizer(optimizer: Mapping) -> None:
                           "warmup_steps=0")
 
 
-def check_config(cfg: Mapping) -> tuple[type[SoftPromptModule], MethodConfig, TaskConfig | MixtureTask]:
+def check_config(cfg: Mapping) -> tuple[type[SoftPromptMethod], MethodConfig, TaskConfig | MixtureTask]:
     """All cheap checks, in the order a user reads the config; returns the method class, its parsed config and the
     parsed task (or mixture)."""
     check_backbone(cfg["backbone"])

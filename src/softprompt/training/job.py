@@ -20,7 +20,7 @@ from softprompt.data.sources import read_splits
 from softprompt.data.task import MixtureTask, task_members
 from softprompt.errors import ConfigError
 from softprompt.methods import build_method
-from softprompt.methods.base import SoftPromptModule
+from softprompt.methods.base import Injection
 from softprompt.methods.config import PromptConfig
 from softprompt.methods.init import InitContext
 from softprompt.methods.layout import prompt_template
@@ -29,6 +29,7 @@ from softprompt.training.artifact_init import artifact_init_state
 from softprompt.training.job_config import JobConfig, resolved_config
 
 __all__ = ["Job", "build_init_context", "build_job", "resolved_config"]
+from softprompt.training.module import TrainingModule, training_module
 
 log = logging.getLogger("softprompt")
 
@@ -55,7 +56,7 @@ class Job:
 
     backbone: Backbone
     datamodule: SplitLoaders
-    module: SoftPromptModule
+    module: TrainingModule
 
 
 def build_job(job: JobConfig) -> Job:
@@ -67,7 +68,7 @@ def build_job(job: JobConfig) -> Job:
     # Seeded after loading, so a job draws the same numbers whether its backbone was loaded or reused. Quietly:
     # Lightning says so on stderr, where a refusal must stay the one line (the seed is in metrics.json).
     L.seed_everything(seed, workers=True, verbose=False)
-    if job.method_class.injection == "attention":
+    if job.method_class.injection == Injection.ATTENTION:
         enable_prefix_injection(backbone.model)  # an architecture a prefix cannot reach fails before tokenising
     adapter = FAMILY_ADAPTERS[backbone.family]
     if plain["data"]["padding_side"] == "left" and not adapter.supports_left_padding:
@@ -87,8 +88,8 @@ def build_job(job: JobConfig) -> Job:
     objective = build_objective(task, adapter, backbone.tokenizer, backbone.hidden_size)  # before tokenising
     token_ids = getattr(objective, "label_token_ids", [])  # generation tasks have no label words
     datamodule.setup()
-    module = build_method(method, cls=job.method_class, backbone=backbone, objective=objective,
-                          optimizer=plain["optimizer"], dropout=bool(plain["backbone"]["dropout"]),
-                          init_context=lambda: build_init_context(method, seed, backbone, datamodule, token_ids),
-                          initial_state=artifact_init_state(job.method_class, method, backbone.model))
+    trained = build_method(method, backbone=backbone, objective=objective, dropout=bool(plain["backbone"]["dropout"]),
+                           init_context=lambda: build_init_context(method, seed, backbone, datamodule, token_ids),
+                           initial_state=artifact_init_state(job.method_class, method, backbone.model))
+    module = training_module(trained, plain["optimizer"])
     return Job(backbone, datamodule, module)

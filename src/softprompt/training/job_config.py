@@ -18,7 +18,7 @@ from softprompt.config.mixture import with_task_mixture
 from softprompt.config.precision import Precision, settle_precision
 from softprompt.data.settings import CVSettings, DataSettings
 from softprompt.data.task import MixtureTask, TaskConfig
-from softprompt.methods import MethodConfig, SoftPromptModule
+from softprompt.methods import MethodConfig, SoftPromptMethod
 from softprompt.methods.init import ARTIFACT_INIT
 from softprompt.training.checks import check_config
 from softprompt.training.transfer import TransferSource, prepare_transfer
@@ -38,7 +38,7 @@ class JobConfig:
 
     composed: DictConfig
     plain: Mapping[str, Any]
-    method_class: type[SoftPromptModule]
+    method_class: type[SoftPromptMethod]
     method: MethodConfig
     task: TaskConfig | MixtureTask
     data: DataSettings

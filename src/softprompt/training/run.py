@@ -19,13 +19,13 @@ from softprompt.artifacts.summary import RunSummary, load_summary
 from softprompt.config.quantization import parse_quantization
 from softprompt.data.datamodule import SplitLoaders
 from softprompt.data.sampling import evaluates_whole_splits
-from softprompt.methods.base import SoftPromptModule
 from softprompt.training.checkpointing import AtomicCheckpointIO, RandomState, ValidationHistory, resume_checkpoint
 from softprompt.training.distributed import gather_objects, keep_frozen_out_of_ddp
 from softprompt.training.interrupts import Interrupted, lightning_call
 from softprompt.training.job import build_job
 from softprompt.training.job_config import JobConfig, parse_and_transfer
 from softprompt.training.loggers import finish_wandb, instantiate_all, prepare_wandb_env
+from softprompt.training.module import TrainingModule
 from softprompt.training.quantization_guard import QuantizedGradientGuard
 from softprompt.training.results import METRICS_FILE, stage_metrics, write_run_results
 from softprompt.training.timing import StepTimer
@@ -35,7 +35,7 @@ log = logging.getLogger("softprompt")
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 
 
-def _fit_and_test(job: JobConfig, module: SoftPromptModule, datamodule: SplitLoaders,
+def _fit_and_test(job: JobConfig, module: TrainingModule, datamodule: SplitLoaders,
                   hyperparameters: dict[str, Any], resume_from: str | None):
     """Fit (when there is anything to train), resuming from `resume_from` when given, then test the best
     checkpoint by the objective's metric. Also returns the per-example predictions of the validation pass whose
@@ -166,7 +166,8 @@ def _run(cfg: DictConfig, tasks: Sequence[Any] | None) -> RunSummary:
         if trainer.is_global_zero:
             # The module holds the tested (best) checkpoint's tensors: trainer.test(ckpt_path=best) loaded them.
             # One commit: metrics.json marks the run finished (resume_sweep); prompt/ appears only after it.
-            artifact = run_artifact_files(module, plain, summary, backbone, datamodule.demonstration_ids, job.method)
+            artifact = run_artifact_files(module.method, plain, summary, backbone, datamodule.demonstration_ids,
+                                          job.method)
             try:
                 path = write_run_results(output_dir, summary, predictions, {ARTIFACT_DIR: artifact},
                                          val_predictions=val_predictions)

@@ -58,8 +58,11 @@ def _peft_runner(job: Any, plain: dict, clip: float | None, device: Any, name: s
     import torch
     from peft import get_peft_model
 
-    form = peft_form(job.module, plain["method"], job.backbone.family)
-    config = peft_config(job.module, form)
+    from softprompt.methods.base import Injection
+
+    method = job.module.method
+    form = peft_form(method, plain["method"], job.backbone.family)
+    config = peft_config(method, form)
     model = copy.deepcopy(job.backbone.model)
     if attention is not None:
         model.set_attn_implementation(attention)
@@ -67,7 +70,7 @@ def _peft_runner(job: Any, plain: dict, clip: float | None, device: Any, name: s
     model.to(device)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=float(plain["optimizer"]["lr"]))
-    slots = job.module.num_virtual_tokens if plain["method"].get("slots") == "front" else 0
-    ahead = job.module.num_virtual_tokens if job.module.injection == "input" else 0  # PEFT's tokens go first
-    return Runner(name, lm_loss_step(model, parameters, optimizer, clip, label_word_ids(job.module), slots, ahead,
+    slots = method.num_virtual_tokens if plain["method"].get("slots") == "front" else 0
+    ahead = method.num_virtual_tokens if method.injection == Injection.INPUT else 0  # PEFT's tokens go first
+    return Runner(name, lm_loss_step(model, parameters, optimizer, clip, label_word_ids(method), slots, ahead,
                                      form.task_ids))
