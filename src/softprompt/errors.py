@@ -9,6 +9,8 @@ class ConfigError(SoftPromptError):
     """A config value is invalid. Raised before any compute."""
 
     def __init__(self, key: str, value: object, allowed: str) -> None:
+        if isinstance(value, str):
+            value = str(value)  # a string enum (a backbone family) reads as the string a config holds
         self.key, self.value, self.allowed = key, value, allowed
         super().__init__(f"{key}={value!r} is invalid: {allowed}")
 

@@ -19,8 +19,6 @@ TINY_SETTINGS = {
     "dept": {"lowrank_rank": 4, "lowrank_positions": 64},
     "late_prompt_tuning": {"generator_hidden": 8, "generator_dropout": 0.0},
 }
-PRESET_OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 0.01, "weight_decay": 0.0,
-                    "scheduler": {"name": "constant", "warmup_steps": 0}}
 INIT_SETTINGS = ("init_text", "init_std", "init_range")  # what the init context reads from the method config
 
 
@@ -62,7 +60,9 @@ def preset_module(preset_settings, init_context, classification_objective) -> Ca
     import torch
 
     from softprompt.data.verbalizer import label_token_ids
-    from softprompt.methods import build_method
+    from softprompt.methods import build_method, preset_classes
+
+    classes = preset_classes()
 
     def build(name: str, backbone, n: int = 3, seed: int = 0, folded: bool = False, dropout: bool = False,
               **changes):
@@ -71,8 +71,8 @@ def preset_module(preset_settings, init_context, classification_objective) -> Ca
         token_ids = label_token_ids(words, backbone.tokenizer)
         context = {k: method[k] for k in INIT_SETTINGS if method.get(k) is not None}
         torch.manual_seed(seed)  # encoder / MLP weights
-        return build_method(method, backbone=backbone, objective=classification_objective(backbone, words),
-                            optimizer=PRESET_OPTIMIZER, dropout=dropout,
+        return build_method(classes[name].parse_config(method), backbone=backbone,
+                            objective=classification_objective(backbone, words), dropout=dropout,
                             init_context=lambda: init_context(backbone, token_ids, seed=seed, **context))
 
     return build
