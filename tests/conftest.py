@@ -116,6 +116,27 @@ def local_task_files(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def reloaded_prompt(local_task_files) -> Callable[[Path], object]:
+    """`reloaded_prompt(run_dir)`: the run's prompt loaded afresh (its backbone rebuilt from the artifact's config,
+    not the run's in-memory copy), after checking that it scores the local test reviews as the run's
+    test_predictions.jsonl did, within 1e-5; returns the Predictor."""
+    import softprompt
+    from softprompt.backbones.cache import BACKBONES
+
+    def load_and_check(run_dir: Path):
+        expected = [json.loads(line) for line in (run_dir / "test_predictions.jsonl").read_text().splitlines()]
+        rows = [json.loads(line) for line in Path(local_task_files["test"]).read_text().splitlines()]
+        BACKBONES.clear()
+        predictor = softprompt.load(run_dir / "prompt")
+        for score, want in zip(predictor.score([row["review"] for row in rows]), expected, strict=True):
+            assert list(score.values()) == pytest.approx(want["probabilities"], abs=1e-5)
+        return predictor
+
+    return load_and_check
+
+
+
+@pytest.fixture(scope="session")
 def local_task_overrides(local_task_files) -> list[str]:
     """Train overrides that select the local sentiment dataset (`local_task_files`)."""
     files = local_task_files

@@ -10,8 +10,8 @@ import torch
 
 from softprompt.backbones.loading import fingerprint
 from softprompt.config.compose import config_dir
-from softprompt.training.checks import check_config
-from softprompt.training.job import build_job, resolved_config
+from softprompt.training.job import build_job
+from softprompt.training.job_config import parse_job
 
 pytest.importorskip("bitsandbytes")
 pytest.importorskip("torchao")
@@ -26,9 +26,7 @@ RUNS = {"int8": PRESETS, "nf4": PRESETS, "int8_weight_only": PRESETS,
 def quantized_job(make_cfg, overrides: list[str], scheme: str):
     cfg = make_cfg(["backbone=tiny_random", f"backbone.quantization={scheme}", "callbacks=none",
                     "data.batch_size=4", *overrides])
-    plain = resolved_config(cfg)
-    check_config(plain)
-    return build_job(plain, Path(cfg.paths.cache_dir).expanduser())
+    return build_job(parse_job(cfg))
 
 
 # One scheme after another: each quantised backbone loads once (the in-process backbone cache).
