@@ -189,14 +189,15 @@ class SoftPromptMethod(nn.Module):
 
     def load_folded_state(self, state: Mapping[str, torch.Tensor]) -> None:
         """The one loader of folded tensors: every key the method owns, of its shape, and the objective's."""
-        shapes, objective_keys = self.folded_shapes(), set(self.objective.folded_state())
+        objective_shapes = {key: tuple(t.shape) for key, t in self.objective.folded_state().items()}
+        shapes, objective_keys = self.folded_shapes(), set(objective_shapes)
         missing = sorted(set(shapes) - set(state))
         if missing:
             raise SoftPromptError(f"{self.method_name} needs the folded tensors {missing}; found {sorted(state)}")
         unknown = sorted(k for k in state if k not in shapes and k not in objective_keys)
         if unknown:
             raise SoftPromptError(f"{self.method_name} does not store {unknown}")
-        for key, shape in shapes.items():
+        for key, shape in {**shapes, **{k: v for k, v in objective_shapes.items() if k in state}}.items():
             if tuple(state[key].shape) != tuple(shape):
                 raise SoftPromptError(f"folded {key} has shape {tuple(state[key].shape)}; {self.method_name} "
                                       f"expects {tuple(shape)}")
