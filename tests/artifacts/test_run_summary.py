@@ -47,3 +47,20 @@ def test_the_report_reads_an_older_metrics_json(tmp_path):
     [record] = collect_runs([tmp_path]).runs
     assert record["val/acc"] == 0.8 and record["test/acc"] == 0.7 and record["transfer_source"] is None
     assert record["method"] == "prompt_tuning" and record["steps"] is None
+
+
+def test_runs_on_different_quantisations_are_different_configurations_in_the_report(tmp_path):
+    """metrics.json records backbone.quantization; a file written before it did reads it from its overrides (else
+    full precision), so a sweep over quantisations never pools an 8-bit run with a full-precision one."""
+    base = {"method": "prompt_tuning", "task": "sst2", "seed": 1, "fold": 0, "selection_metric": "val/acc"}
+    runs = {"recorded": {**base, "quantization": "nf4", "val": {"acc": 0.7}, "test": {"acc": 0.6}},
+            "override_only": {**base, "overrides": ["backbone.quantization=int8"], "val": {"acc": 0.8},
+                              "test": {"acc": 0.7}},
+            "older": {**base, "val": {"acc": 0.9}, "test": {"acc": 0.8}}}
+    for name, data in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(data))
+    records = collect_runs([tmp_path]).runs
+    assert sorted((r["quantization"], r["test/acc"]) for r in records) == [("int8", 0.7), ("nf4", 0.6),
+                                                                           ("none", 0.8)]
+    assert read_summary(runs["older"]).quantization == "none"

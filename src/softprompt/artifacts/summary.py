@@ -46,6 +46,7 @@ class RunSummary:
     wall_seconds: float | None
     step_seconds: dict[str, Any] | None  # inside training/evaluation steps; the rest of wall_seconds is fixed cost
     precision: dict[str, str] | None  # {requested, trainer, backbone_dtype, why}
+    quantization: str  # backbone.quantization the frozen backbone ran with (none: full precision)
     transfer_source: str | None
     transfer: dict[str, Any] | None  # {source_task, source_run, source_val, source_test}
     # Examples whose text task.max_length cut, and split sizes before and after data.max_samples.
@@ -73,6 +74,7 @@ class RunSummary:
 # What a field meant before runs recorded it: every run was a single classification task, untagged, with no
 # transfer, folds grouping, grouped references or recorded overrides; the method config was not kept.
 OLD_MEANINGS: dict[str, Any] = {"task_type": "classification", "tasks": None, "transfer_source": None,
+                                "quantization": "none",
                                 "transfer": None, "fold_split": None, "references": None, "method_config": {},
                                 "tags": [], "overrides": []}
 
@@ -86,8 +88,12 @@ def summary_json(summary: RunSummary | Mapping[str, Any]) -> str:
 def read_summary(data: Mapping[str, Any]) -> RunSummary:
     """A summary from metrics.json's content; a key an older file lacks takes its old meaning (`OLD_MEANINGS`, else
     None), and keys this version does not know are ignored."""
-    return RunSummary(**{f.name: data[f.name] if f.name in data else OLD_MEANINGS.get(f.name)
-                         for f in dataclasses.fields(RunSummary)})
+    values = {f.name: data[f.name] if f.name in data else OLD_MEANINGS.get(f.name)
+              for f in dataclasses.fields(RunSummary)}
+    if "quantization" not in data:  # runs between quantisation and its summary field name it only as an override
+        values["quantization"] = next((str(o).split("=", 1)[1] for o in data.get("overrides") or []
+                                       if str(o).startswith("backbone.quantization=")), "none")
+    return RunSummary(**values)
 
 
 def load_summary(path: Path) -> RunSummary:

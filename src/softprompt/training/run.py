@@ -150,6 +150,7 @@ def _run(cfg: DictConfig, tasks: Sequence[Any] | None) -> RunSummary:
         wall_seconds=round(time.perf_counter() - started, 3),
         step_seconds=step_seconds,
         precision=job.precision.record(),
+        quantization=backbone.quantization,
         transfer_source=job.transfer.source_task if job.transfer else None,
         transfer=job.transfer.record() if job.transfer else None,
         truncated=datamodule.truncated,

@@ -14,7 +14,7 @@ from softprompt.artifacts.summary import RunSummary, read_summary
 from softprompt.errors import SoftPromptError
 from softprompt.training.results import CV_METRICS_FILE, FAILED_FILE, FOLD_DIR_PREFIX, METRICS_FILE
 
-SETTING_KEYS = ("method", "backbone", "task", "num_virtual_tokens", "init", "lr", "transfer_source")
+SETTING_KEYS = ("method", "backbone", "quantization", "task", "num_virtual_tokens", "init", "lr", "transfer_source")
 PAIR_KEYS = ("fold", "seed")
 RUN_FIELDS = ("trainable_params", "wall_seconds", "selection_metric", "num_folds", "steps")
 STAGES = ("val", "test")
