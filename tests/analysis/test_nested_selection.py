@@ -104,7 +104,7 @@ def test_an_unknown_tune_key_is_one_line_naming_the_allowed_ones(lr_sweep: Path,
         main([str(lr_sweep), "tune=learning_rate"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1
-    assert "unknown tune key 'learning_rate'; allowed: backbone, num_virtual_tokens, init, lr," in err
+    assert "unknown tune key 'learning_rate'; allowed: backbone, quantization, num_virtual_tokens, init, lr," in err
     assert not (lr_sweep / "results.csv").exists()
 
 

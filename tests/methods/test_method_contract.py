@@ -283,7 +283,7 @@ def test_a_run_resumed_from_its_step_2_checkpoint_trains_as_the_uninterrupted_ru
         return
     step2 = out / "checkpoints" / "step_000002.ckpt"
     state = torch.load(step2, map_location="cpu", weights_only=False)["state_dict"]
-    assert state and not [key for key in state if key.startswith("backbone.")]  # the trainable state only
+    assert state and not [k for k in state if k.removeprefix("method.").startswith("backbone.")]  # trainable only
     resumed = run_job([*trained_run_overrides(method), f"ckpt_path={step2}"], tmp_path / "resumed")
     assert resumed["steps"] == straight["steps"] == 4
     assert (resumed["best_step"], resumed["val"]) == (straight["best_step"], straight["val"])

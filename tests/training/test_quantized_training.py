@@ -55,14 +55,16 @@ def test_every_preset_trains_on_a_quantised_backbone_that_stays_bit_identical(ma
             assert any(bool(torch.any(p.grad != 0)) for p in trainable if p.grad is not None)
         optimizer.step()
     assert fingerprint(backbone.model) == before
-    assert not any(name.startswith("backbone.") for name in module.trainable_state_names())
+    assert not any(name.removeprefix("method.").startswith("backbone.") for name in module.trainable_state_names())
 
 
-def test_a_run_on_a_4bit_backbone_records_its_quantisation_and_saves_no_quantised_weight(
-        make_cfg, local_task_overrides, reloaded_prompt, local_task_files, caplog):
+def test_a_run_on_a_4bit_backbone_records_its_quantisation_saves_no_quantised_weight_and_mixes_batches(
+        make_cfg, local_task_overrides, reloaded_prompt, local_task_files, caplog, tmp_path):
     """Prefix tuning on NF4 (where PEFT's prefix tuning fails, #2035), through the whole run: Lightning's sanity
-    validation runs eval-mode forwards without grad before the first step, which bitsandbytes would repack for."""
+    validation runs eval-mode forwards without grad before the first step, which bitsandbytes would repack for.
+    Two prompts on the one quantised backbone then share a mixed batch, each row scored as alone."""
     import json
+    import shutil
 
     import softprompt
     from softprompt.training.run import run
@@ -76,7 +78,7 @@ def test_a_run_on_a_4bit_backbone_records_its_quantisation_and_saves_no_quantise
     spec = json.loads((run_dir / "prompt" / "softprompt.json").read_text())
     assert spec["backbone"]["config"]["quantization"] == "nf4"
     checkpoint = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
-    assert checkpoint and not any(key.startswith("backbone.") for key in checkpoint)
+    assert checkpoint and not any(key.removeprefix("method.").startswith("backbone.") for key in checkpoint)
     assert all(type(t) is torch.Tensor and t.dtype == torch.float32 for t in checkpoint.values())
     predictor = reloaded_prompt(run_dir)  # on the prompt's own quantisation by default, as the run scored
     assert predictor.quantization is None
@@ -90,6 +92,10 @@ def test_a_run_on_a_4bit_backbone_records_its_quantisation_and_saves_no_quantise
     records = full.predict_records(reviews)
     assert [r["quantization"] for r in records] == [{"trained": "nf4", "used": "none"}] * 3
     assert all("quantization" not in r for r in predictor.predict_records(reviews))
+    other = Path(shutil.copytree(run_dir / "prompt", tmp_path / "copy"))
+    mixed = softprompt.load_many({"a": run_dir / "prompt", "b": other})
+    for got, want in zip(mixed.score(reviews, ["a", "b", "a"]), predictor.score(reviews), strict=True):
+        assert list(got.values()) == pytest.approx(list(want.values()), abs=1e-5)
 
 
 def test_fsdp_on_a_quantised_backbone_is_refused_in_one_line_with_exit_status_2(tmp_path, softprompt_train):
