@@ -17,8 +17,8 @@ pytest.importorskip("bitsandbytes")
 pytest.importorskip("torchao")
 
 PRESETS = sorted(path.stem for path in (Path(config_dir()) / "method").glob("*.yaml"))
-# fp4 runs nf4's kernels with another code book: prompt tuning and the attention-level methods the issue names
-# (PEFT #2035: PEFT's prefix tuning failing on 4-bit models) cover it.
+# fp4 runs nf4's kernels with another code book: prompt tuning and the attention-level methods whose PEFT prefix
+# tuning fails on 4-bit models (PEFT #2035) cover it.
 RUNS = {"int8": PRESETS, "nf4": PRESETS, "int8_weight_only": PRESETS,
         "fp4": ["prompt_tuning", "prefix_tuning", "p_tuning_v2", "cartridge"]}
 

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from softprompt.artifacts.format import ARTIFACT_DIR, run_artifact_files
 from softprompt.artifacts.summary import RunSummary, load_summary
-from softprompt.config.quantization import parse_quantization
+from softprompt.config.quantization import NONE
 from softprompt.data.datamodule import SplitLoaders
 from softprompt.data.sampling import evaluates_whole_splits
 from softprompt.training.checkpointing import AtomicCheckpointIO, RandomState, ValidationHistory, resume_checkpoint
@@ -36,16 +36,16 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 
 
 def _fit_and_test(job: JobConfig, module: TrainingModule, datamodule: SplitLoaders,
-                  hyperparameters: dict[str, Any], resume_from: str | None):
+                  hyperparameters: dict[str, Any], resume_from: str | None, quantization: str):
     """Fit (when there is anything to train), resuming from `resume_from` when given, then test the best
     checkpoint by the objective's metric. Also returns the per-example predictions of the validation pass whose
-    metrics are reported (None when a run resumed from a checkpoint that predates them)."""
+    metrics are reported (None when a run resumed from a checkpoint that predates them). `quantization`: the
+    scheme the backbone loaded with."""
     history, timer = ValidationHistory(module.objective.metric), StepTimer()
     plain = job.plain  # the trainer node with its resolved precision; the composed config is only read
     callbacks = [*instantiate_all(plain.get("callbacks")), history, timer, RandomState()]
-    quantization = parse_quantization(plain["backbone"])
-    if quantization.quantized:  # refuse a training step no gradient can pass (checked before the timer starts)
-        callbacks.insert(0, QuantizedGradientGuard(module.backbone, quantization.scheme))
+    if quantization != NONE:  # refuse a training step no gradient can pass (checked before the timer starts)
+        callbacks.insert(0, QuantizedGradientGuard(module.backbone, quantization))
     trainer: L.Trainer = instantiate(plain["trainer"], callbacks=callbacks, logger=instantiate_all(plain.get("logger")),
                                      plugins=[AtomicCheckpointIO()])  # a kill mid-save keeps the last whole ckpt
     for logger in trainer.loggers:  # the resolved config and parameter counts, in every logger
@@ -118,7 +118,7 @@ def _run(cfg: DictConfig, tasks: Sequence[Any] | None) -> RunSummary:
     prepare_wandb_env(plain.get("logger"))
     counts = {"trainable_params": trainable, "folded_params": folded, "total_params": total}
     trainer, val, test, best_path, step_seconds, val_predictions = _fit_and_test(
-        job, module, datamodule, {**plain, **counts}, resume_from)
+        job, module, datamodule, {**plain, **counts}, resume_from, backbone.quantization)
     fingerprint_end = module.verify_backbone_unchanged()
 
     task, cv = plain["task"], plain["cv"]
